@@ -1,0 +1,314 @@
+//! The secret allowlist: which secrets the function may read, under which local names, and
+//! the exact IAM resource each one becomes in a session policy.
+//!
+//! `SCOPED_SECRETS_SECRETS` is a comma-separated list of `secret` or `alias=secret`, where
+//! `secret` is a Secrets Manager name (`app/db`) or ARN. A name becomes the ARN pattern
+//! `arn:PARTITION:secretsmanager:REGION:ACCOUNT:secret:NAME-??????` (the six characters are
+//! the suffix Secrets Manager appends), in the scoped role's account; a complete ARN is used as
+//! it is, a partial one (no suffix) gets `-??????`. Nothing else is ever reachable.
+
+use std::fmt;
+
+use crate::config::RoleArn;
+
+/// A rejected allowlist, as the end of a sentence starting with the variable's name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AllowlistError {
+    /// No entries at all.
+    #[error("must list at least one secret name or ARN.")]
+    Empty,
+    /// An entry is not a valid name or ARN.
+    #[error("entry {position} is not a valid secret name or ARN: {why}.")]
+    Invalid {
+        /// One-based position in the list.
+        position: usize,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// Two entries share a name or alias.
+    #[error("entry {position} repeats a secret or alias that an earlier entry already uses.")]
+    Duplicate {
+        /// One-based position in the list.
+        position: usize,
+    },
+    /// More entries than one session policy can hold.
+    #[error("lists {count} secrets; at most {max} fit in one session policy.")]
+    TooMany {
+        /// How many were given.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+/// At most this many secrets: the session policy (2,048 characters) must hold all their ARNs.
+pub const MAX_ENTRIES: usize = 20;
+
+/// One allowlisted secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Entry {
+    alias: Option<String>,
+    /// The id sent to Secrets Manager: the configured name or ARN.
+    secret_id: String,
+    /// The secret's name, without ARN prefix or random suffix, for matching requests by name.
+    name: String,
+    /// The IAM resource (ARN or ARN pattern) the session policy grants.
+    resource: String,
+}
+
+impl Entry {
+    /// The id sent to Secrets Manager.
+    pub fn secret_id(&self) -> &str {
+        &self.secret_id
+    }
+
+    /// The local alias, if one was configured.
+    pub fn alias(&self) -> Option<&str> {
+        self.alias.as_deref()
+    }
+
+    /// The IAM resource (ARN or pattern) that a session policy grants for this secret.
+    pub fn resource(&self) -> &str {
+        &self.resource
+    }
+
+    /// Whether `requested` names this secret: its alias, configured id, bare name, or a full
+    /// ARN that the entry's resource pattern covers.
+    fn answers_to(&self, requested: &str) -> bool {
+        if self.alias.as_deref() == Some(requested) || self.secret_id == requested || self.name == requested {
+            return true;
+        }
+        match self.resource.strip_suffix("-??????") {
+            Some(prefix) => requested
+                .strip_prefix(prefix)
+                .and_then(|rest| rest.strip_prefix('-'))
+                .is_some_and(|suffix| suffix.len() == 6 && suffix.bytes().all(|b| b.is_ascii_alphanumeric())),
+            None => self.resource == requested,
+        }
+    }
+}
+
+impl fmt::Debug for Entry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Names and ARNs are identifiers, not secrets: printing them is fine.
+        f.debug_struct("Entry").field("alias", &self.alias).field("secret_id", &self.secret_id).finish()
+    }
+}
+
+/// Index of an entry in the allowlist: the cache's key for "this secret".
+pub type EntryIndex = usize;
+
+/// The parsed allowlist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allowlist {
+    entries: Vec<Entry>,
+}
+
+impl Allowlist {
+    /// Parses the comma-separated list.
+    ///
+    /// # Errors
+    /// The first entry at fault.
+    pub fn parse(list: &str, role: &RoleArn, region: &str) -> Result<Self, AllowlistError> {
+        let raw: Vec<&str> = list.split(',').map(str::trim).filter(|e| !e.is_empty()).collect();
+        if raw.is_empty() {
+            return Err(AllowlistError::Empty);
+        }
+        if raw.len() > MAX_ENTRIES {
+            return Err(AllowlistError::TooMany { count: raw.len(), max: MAX_ENTRIES });
+        }
+        let mut entries: Vec<Entry> = Vec::with_capacity(raw.len());
+        for (index, text) in raw.iter().enumerate() {
+            let position = index + 1;
+            let entry = parse_entry(text, role, region)
+                .map_err(|why| AllowlistError::Invalid { position, why })?;
+            let names = [Some(entry.secret_id.as_str()), Some(entry.name.as_str()), entry.alias.as_deref()];
+            let clash = entries.iter().any(|earlier| {
+                names.iter().flatten().any(|name| earlier.answers_to(name))
+                    || [Some(earlier.secret_id.as_str()), earlier.alias.as_deref()]
+                        .iter()
+                        .flatten()
+                        .any(|name| entry.answers_to(name))
+            });
+            if clash {
+                return Err(AllowlistError::Duplicate { position });
+            }
+            entries.push(entry);
+        }
+        Ok(Self { entries })
+    }
+
+    /// The entry a local request names, if any.
+    pub fn find(&self, requested: &str) -> Option<EntryIndex> {
+        self.entries.iter().position(|entry| entry.answers_to(requested))
+    }
+
+    /// The entry at `index`.
+    pub fn entry(&self, index: EntryIndex) -> Option<&Entry> {
+        self.entries.get(index)
+    }
+
+    /// All entries with their indices.
+    pub fn iter(&self) -> impl Iterator<Item = (EntryIndex, &Entry)> {
+        self.entries.iter().enumerate()
+    }
+
+    /// How many secrets are allowlisted.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Never true for a parsed allowlist; here for clippy's `len_without_is_empty`.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+fn parse_entry(text: &str, role: &RoleArn, region: &str) -> Result<Entry, &'static str> {
+    let (alias, secret) = match text.split_once('=') {
+        Some((alias, secret)) if is_alias(alias.trim()) => (Some(alias.trim().to_owned()), secret.trim()),
+        Some((alias, _)) if !alias.contains('/') && !alias.starts_with("arn:") => {
+            return Err("an alias is 1 to 64 of A-Z a-z 0-9 _ . -");
+        }
+        _ => (None, text),
+    };
+    if let Some(rest) = secret.strip_prefix("arn:") {
+        let parts: Vec<&str> = rest.splitn(6, ':').collect();
+        let [partition, service, arn_region, account, kind, name] = parts.as_slice() else {
+            return Err("an ARN must look like arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME");
+        };
+        if !matches!(*partition, "aws" | "aws-cn" | "aws-us-gov") || *service != "secretsmanager" || *kind != "secret" {
+            return Err("an ARN must look like arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME");
+        }
+        if arn_region.is_empty() || !arn_region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+            return Err("the ARN's region is not a region name");
+        }
+        if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
+            return Err("the ARN's account must be 12 digits");
+        }
+        check_name(name)?;
+        let complete = has_random_suffix(name);
+        let bare = if complete { &name[..name.len() - 7] } else { name };
+        let resource = if complete { secret.to_owned() } else { format!("{secret}-??????") };
+        Ok(Entry { alias, secret_id: secret.to_owned(), name: bare.to_owned(), resource })
+    } else {
+        check_name(secret)?;
+        let resource = format!(
+            "arn:{}:secretsmanager:{region}:{}:secret:{secret}-??????",
+            role.partition(),
+            role.account_id()
+        );
+        Ok(Entry { alias, secret_id: secret.to_owned(), name: secret.to_owned(), resource })
+    }
+}
+
+fn is_alias(text: &str) -> bool {
+    (1..=64).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+}
+
+/// Secrets Manager names: 1 to 512 of `A-Z a-z 0-9 / _ + = . @ -`. Wildcards never pass, so
+/// an entry can never widen into a pattern.
+fn check_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name.len() > 512 {
+        return Err("a secret name is 1 to 512 characters");
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_+=.@-".contains(&b)) {
+        return Err("a secret name uses only A-Z a-z 0-9 / _ + = . @ - (no wildcards)");
+    }
+    Ok(())
+}
+
+/// Whether a name from an ARN ends in Secrets Manager's `-XXXXXX` random suffix.
+fn has_random_suffix(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    bytes.len() > 7
+        && bytes[bytes.len() - 7] == b'-'
+        && bytes[bytes.len() - 6..].iter().all(u8::is_ascii_alphanumeric)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn role() -> RoleArn {
+        RoleArn::parse("arn:aws:iam::123456789012:role/app-secrets").expect("valid role")
+    }
+
+    fn parse(list: &str) -> Result<Allowlist, AllowlistError> {
+        Allowlist::parse(list, &role(), "eu-west-1")
+    }
+
+    #[test]
+    fn names_become_suffix_patterns_in_the_roles_account_and_arns_stay_exact() {
+        let list = parse(
+            "db=app/db, arn:aws:secretsmanager:us-east-1:210987654321:secret:shared/key-AbC123,\
+             arn:aws:secretsmanager:us-east-1:210987654321:secret:partial",
+        )
+        .expect("valid");
+        let resources: Vec<&str> = list.iter().map(|(_, e)| e.resource()).collect();
+        assert_eq!(
+            resources,
+            [
+                "arn:aws:secretsmanager:eu-west-1:123456789012:secret:app/db-??????",
+                "arn:aws:secretsmanager:us-east-1:210987654321:secret:shared/key-AbC123",
+                "arn:aws:secretsmanager:us-east-1:210987654321:secret:partial-??????",
+            ]
+        );
+        assert_eq!(list.entry(0).and_then(Entry::alias), Some("db"));
+    }
+
+    #[test]
+    fn requests_match_by_alias_name_or_covered_arn_and_nothing_else() {
+        let list = parse("db=app/db,arn:aws:secretsmanager:us-east-1:210987654321:secret:shared/key-AbC123")
+            .expect("valid");
+        let cases = [
+            ("db", Some(0)),
+            ("app/db", Some(0)),
+            ("arn:aws:secretsmanager:eu-west-1:123456789012:secret:app/db-Xy12Z9", Some(0)),
+            ("arn:aws:secretsmanager:eu-west-1:123456789012:secret:app/db-Xy12Z", None),
+            ("arn:aws:secretsmanager:eu-west-1:123456789012:secret:app/db-Xy12Z9/x", None),
+            ("arn:aws:secretsmanager:eu-west-1:999999999999:secret:app/db-Xy12Z9", None),
+            ("shared/key", Some(1)),
+            ("arn:aws:secretsmanager:us-east-1:210987654321:secret:shared/key-AbC123", Some(1)),
+            ("arn:aws:secretsmanager:us-east-1:210987654321:secret:shared/key-ZZZZZZ", None),
+            ("app/db2", None),
+            ("app/*", None),
+            ("", None),
+            ("DB", None),
+        ];
+        for (requested, expected) in cases {
+            assert_eq!(list.find(requested), expected, "{requested}");
+        }
+    }
+
+    #[test]
+    fn malformed_lists_are_rejected_with_their_position() {
+        let cases = [
+            ("", AllowlistError::Empty),
+            (" , ", AllowlistError::Empty),
+            ("app/*", AllowlistError::Invalid { position: 1, why: "" }),
+            ("ok,app db", AllowlistError::Invalid { position: 2, why: "" }),
+            ("bad alias!=app/db", AllowlistError::Invalid { position: 1, why: "" }),
+            ("arn:aws:s3:::bucket", AllowlistError::Invalid { position: 1, why: "" }),
+            ("arn:aws:secretsmanager:us-east-1:1234:secret:x", AllowlistError::Invalid { position: 1, why: "" }),
+            ("arn:aws:secretsmanager:us-east-1:123456789012:secret:", AllowlistError::Invalid { position: 1, why: "" }),
+            ("app/db,app/db", AllowlistError::Duplicate { position: 2 }),
+            ("db=app/db,db=app/api", AllowlistError::Duplicate { position: 2 }),
+            ("x=app/db,x", AllowlistError::Duplicate { position: 2 }),
+        ];
+        for (list, expected) in cases {
+            let error = parse(list).expect_err(list);
+            match (&error, &expected) {
+                (AllowlistError::Invalid { position: a, .. }, AllowlistError::Invalid { position: b, .. }) => {
+                    assert_eq!(a, b, "{list}");
+                }
+                _ => assert_eq!(error, expected, "{list}"),
+            }
+        }
+        let too_many: Vec<String> = (0..=MAX_ENTRIES).map(|i| format!("s{i}")).collect();
+        assert_eq!(
+            parse(&too_many.join(",")),
+            Err(AllowlistError::TooMany { count: MAX_ENTRIES + 1, max: MAX_ENTRIES })
+        );
+    }
+}

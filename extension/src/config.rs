@@ -1,0 +1,477 @@
+//! Configuration: the function's environment, read once into an immutable, typed [`Config`].
+//!
+//! Every option has a default and a range (the README keeps the table). A rejection is a
+//! [`ConfigError`] whose message is a full sentence naming the variable, so the extension can
+//! post it to `init/error` and the function fails loudly at INIT. Values that are credentials
+//! (the function's session token) are never echoed back in an error.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
+
+use zeroize::Zeroizing;
+
+use crate::allowlist::{Allowlist, AllowlistError};
+
+/// The process environment, captured once. Tests build it from a map instead of mutating
+/// the real environment.
+#[derive(Clone, Default)]
+pub struct Env(HashMap<String, String>);
+
+impl Env {
+    /// Captures the process environment (non-UTF-8 entries are ignored).
+    pub fn from_process() -> Self {
+        Self(std::env::vars().collect())
+    }
+
+    /// An environment made of the given pairs.
+    pub fn from_pairs<K: Into<String>, V: Into<String>>(
+        pairs: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        Self(pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
+    }
+
+    /// The value of `name`, `None` when unset or empty.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str).filter(|v| !v.trim().is_empty())
+    }
+}
+
+impl fmt::Debug for Env {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Values may be credentials: list the names only.
+        let mut names: Vec<&String> = self.0.keys().collect();
+        names.sort();
+        f.debug_struct("Env").field("names", &names).finish()
+    }
+}
+
+/// A configuration value that was rejected, with a sentence that says why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{variable} {reason}")]
+pub struct ConfigError {
+    /// The environment variable at fault.
+    pub variable: &'static str,
+    /// What is wrong, completing the sentence that starts with the variable's name.
+    pub reason: String,
+}
+
+impl ConfigError {
+    fn new(variable: &'static str, reason: impl Into<String>) -> Self {
+        Self { variable, reason: reason.into() }
+    }
+}
+
+/// The IAM role that every session assumes, e.g. `arn:aws:iam::123456789012:role/app-secrets`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleArn {
+    arn: String,
+    partition: String,
+    account_id: String,
+}
+
+impl RoleArn {
+    /// Parses `arn:PARTITION:iam::ACCOUNT:role/[PATH/]NAME`.
+    ///
+    /// # Errors
+    /// A sentence saying which part is malformed.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = value.splitn(6, ':').collect();
+        let [arn, partition, service, region, account, resource] = parts.as_slice() else {
+            return Err("must be an IAM role ARN of the form arn:aws:iam::ACCOUNT:role/NAME.".into());
+        };
+        if *arn != "arn" || !matches!(*partition, "aws" | "aws-cn" | "aws-us-gov") {
+            return Err("must start with arn:aws:, arn:aws-cn: or arn:aws-us-gov:.".into());
+        }
+        if *service != "iam" || !region.is_empty() {
+            return Err("must name an IAM role (arn:PARTITION:iam::ACCOUNT:role/NAME).".into());
+        }
+        if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
+            return Err("must carry a 12-digit account id.".into());
+        }
+        let Some(path_and_name) = resource.strip_prefix("role/") else {
+            return Err("must name a role (its resource part must start with role/).".into());
+        };
+        let name = path_and_name.rsplit('/').next().unwrap_or_default();
+        let name_ok = !name.is_empty()
+            && name.len() <= 64
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b));
+        let path_ok = path_and_name.len() <= 512 + 64
+            && path_and_name.bytes().all(|b| b.is_ascii_graphic() && b != b'*' && b != b'?');
+        if !name_ok || !path_ok {
+            return Err("must end in a valid role name (1 to 64 of A-Z a-z 0-9 +=,.@_-).".into());
+        }
+        Ok(Self {
+            arn: value.to_owned(),
+            partition: (*partition).to_owned(),
+            account_id: (*account).to_owned(),
+        })
+    }
+
+    /// The whole ARN.
+    pub fn as_str(&self) -> &str {
+        &self.arn
+    }
+
+    /// `aws`, `aws-cn` or `aws-us-gov`.
+    pub fn partition(&self) -> &str {
+        &self.partition
+    }
+
+    /// The role's account: secrets configured by name are taken to live in it.
+    pub fn account_id(&self) -> &str {
+        &self.account_id
+    }
+}
+
+/// The value every local request must present: the function's own `AWS_SESSION_TOKEN`.
+/// Held in wiped memory, compared in constant time, never printed.
+#[derive(Clone)]
+pub struct LocalToken(Zeroizing<String>);
+
+impl LocalToken {
+    /// Whether `candidate` equals the token, in time independent of where they differ.
+    pub fn matches(&self, candidate: &[u8]) -> bool {
+        use subtle::ConstantTimeEq;
+        let expected = self.0.as_bytes();
+        // Length is not secret (AWS session tokens are long and of public shape), but
+        // comparing equal-length slices keeps `ct_eq` meaningful.
+        expected.len() == candidate.len() && bool::from(expected.ct_eq(candidate))
+    }
+}
+
+impl fmt::Debug for LocalToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LocalToken(<redacted>)")
+    }
+}
+
+/// How Lambda started this execution environment (`AWS_LAMBDA_INITIALIZATION_TYPE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitializationType {
+    /// The ordinary life: INIT, then invocations.
+    OnDemand,
+    /// INIT may run long before the first invocation.
+    ProvisionedConcurrency,
+}
+
+/// Where the extension sends its own AWS calls.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AwsEndpoints {
+    /// `AWS_ENDPOINT_URL_STS`, else `AWS_ENDPOINT_URL`, else the SDK's default.
+    pub sts: Option<String>,
+    /// `AWS_ENDPOINT_URL` only: `AWS_ENDPOINT_URL_SECRETS_MANAGER` points the *function* at
+    /// this extension, and following it would make the extension call itself.
+    pub secrets_manager: Option<String>,
+}
+
+/// The extension's whole configuration, parsed once at INIT.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The role each session assumes.
+    pub role_arn: RoleArn,
+    /// The secrets the function may read, with their local aliases.
+    pub allowlist: Allowlist,
+    /// Local API port on 127.0.0.1.
+    pub port: u16,
+    /// How long a fetched secret may be served without asking AWS again; zero means nothing
+    /// survives the invocation that fetched it.
+    pub cache_ttl: Duration,
+    /// Fetch the allowlisted secrets at INVOKE, overlapped with the function's start.
+    pub prefetch: bool,
+    /// `DurationSeconds` of every `AssumeRole`.
+    pub session_duration: Duration,
+    /// Added to the invocation's deadline to form the session policy's `aws:CurrentTime` bound.
+    pub deadline_margin: Duration,
+    /// How long a local request may wait for its invocation's session.
+    pub request_wait_timeout: Duration,
+    /// Bound on each call to AWS (connect to answer).
+    pub upstream_timeout: Duration,
+    /// Concurrent local connections; more wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// How long the function's INIT may use the init session.
+    pub init_budget: Duration,
+    /// The AWS region of the function.
+    pub region: String,
+    /// Endpoint overrides for the extension's own clients.
+    pub endpoints: AwsEndpoints,
+    /// `host:port` of the Lambda Runtime and Extensions APIs.
+    pub runtime_api: String,
+    /// The token local callers must present.
+    pub local_token: LocalToken,
+    /// Lambda's initialisation type.
+    pub initialization_type: InitializationType,
+}
+
+/// Variable names, in one place so the README and the errors agree.
+pub mod var {
+    #![allow(missing_docs)]
+    pub const ROLE_ARN: &str = "SCOPED_SECRETS_ROLE_ARN";
+    pub const SECRETS: &str = "SCOPED_SECRETS_SECRETS";
+    pub const PORT: &str = "SCOPED_SECRETS_PORT";
+    pub const CACHE_TTL: &str = "SCOPED_SECRETS_CACHE_TTL";
+    pub const PREFETCH: &str = "SCOPED_SECRETS_PREFETCH";
+    pub const SESSION_DURATION: &str = "SCOPED_SECRETS_SESSION_DURATION";
+    pub const DEADLINE_MARGIN_MS: &str = "SCOPED_SECRETS_DEADLINE_MARGIN_MS";
+    pub const REQUEST_WAIT_TIMEOUT_MS: &str = "SCOPED_SECRETS_REQUEST_WAIT_TIMEOUT_MS";
+    pub const UPSTREAM_TIMEOUT_MS: &str = "SCOPED_SECRETS_UPSTREAM_TIMEOUT_MS";
+    pub const MAX_CONNECTIONS: &str = "SCOPED_SECRETS_MAX_CONNECTIONS";
+    pub const INIT_BUDGET_MS: &str = "SCOPED_SECRETS_INIT_BUDGET_MS";
+    pub const LOG_LEVEL: &str = "SCOPED_SECRETS_LOG_LEVEL";
+}
+
+impl Config {
+    /// Reads and validates the whole configuration.
+    ///
+    /// # Errors
+    /// The first rejected variable, as a sentence fit for `init/error`.
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let role_arn = RoleArn::parse(required(env, var::ROLE_ARN)?)
+            .map_err(|reason| ConfigError::new(var::ROLE_ARN, reason))?;
+        let region = required(env, "AWS_REGION")?.to_owned();
+        if !region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+            return Err(ConfigError::new("AWS_REGION", "must be a region name such as us-east-1."));
+        }
+        let allowlist = Allowlist::parse(required(env, var::SECRETS)?, &role_arn, &region)
+            .map_err(|e: AllowlistError| ConfigError::new(var::SECRETS, e.to_string()))?;
+        let port = number(env, var::PORT, 2773, 1, 65_535)?;
+        let port = u16::try_from(port).map_err(|_| ConfigError::new(var::PORT, "is out of range."))?;
+        let cache_ttl = Duration::from_secs(number(env, var::CACHE_TTL, 300, 0, 86_400)?);
+        let prefetch = boolean(env, var::PREFETCH, true)?;
+        let session_duration =
+            Duration::from_secs(number(env, var::SESSION_DURATION, 900, 900, 3_600)?);
+        let deadline_margin =
+            Duration::from_millis(number(env, var::DEADLINE_MARGIN_MS, 2_000, 0, 60_000)?);
+        let request_wait_timeout =
+            Duration::from_millis(number(env, var::REQUEST_WAIT_TIMEOUT_MS, 5_000, 1, 60_000)?);
+        let upstream_timeout =
+            Duration::from_millis(number(env, var::UPSTREAM_TIMEOUT_MS, 5_000, 100, 60_000)?);
+        let max_connections = number(env, var::MAX_CONNECTIONS, 128, 1, 4_096)?;
+        let max_connections = usize::try_from(max_connections)
+            .map_err(|_| ConfigError::new(var::MAX_CONNECTIONS, "is out of range."))?;
+        let init_budget =
+            Duration::from_millis(number(env, var::INIT_BUDGET_MS, 10_000, 1_000, 900_000)?);
+        let runtime_api = required(env, "AWS_LAMBDA_RUNTIME_API")?.to_owned();
+        let local_token = match env.get("AWS_SESSION_TOKEN") {
+            Some(token) => LocalToken(Zeroizing::new(token.to_owned())),
+            None => {
+                return Err(ConfigError::new(
+                    "AWS_SESSION_TOKEN",
+                    "is not set, so there is no token to protect the local endpoint with; \
+                     the extension refuses to serve secrets unauthenticated.",
+                ));
+            }
+        };
+        let initialization_type = match env.get("AWS_LAMBDA_INITIALIZATION_TYPE") {
+            None | Some("on-demand") => InitializationType::OnDemand,
+            Some("provisioned-concurrency") => InitializationType::ProvisionedConcurrency,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "AWS_LAMBDA_INITIALIZATION_TYPE",
+                    format!(
+                        "is {other:?}, a mode this version of scoped-secrets does not support \
+                         safely; it refuses to start rather than be silently wrong."
+                    ),
+                ));
+            }
+        };
+        let endpoints = endpoints(env, port)?;
+        Ok(Self {
+            role_arn,
+            allowlist,
+            port,
+            cache_ttl,
+            prefetch,
+            session_duration,
+            deadline_margin,
+            request_wait_timeout,
+            upstream_timeout,
+            max_connections,
+            init_budget,
+            region,
+            endpoints,
+            runtime_api,
+            local_token,
+            initialization_type,
+        })
+    }
+}
+
+fn required<'a>(env: &'a Env, name: &'static str) -> Result<&'a str, ConfigError> {
+    env.get(name).map(str::trim).ok_or_else(|| ConfigError::new(name, "is required but not set."))
+}
+
+fn number(env: &Env, name: &'static str, default: u64, min: u64, max: u64) -> Result<u64, ConfigError> {
+    let Some(raw) = env.get(name) else { return Ok(default) };
+    let value: u64 = raw.trim().parse().map_err(|_| {
+        ConfigError::new(name, format!("must be a whole number from {min} to {max} (got {raw:?})."))
+    })?;
+    if !(min..=max).contains(&value) {
+        return Err(ConfigError::new(name, format!("must be from {min} to {max} (got {value}).")));
+    }
+    Ok(value)
+}
+
+fn boolean(env: &Env, name: &'static str, default: bool) -> Result<bool, ConfigError> {
+    match env.get(name).map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+        None => Ok(default),
+        Some("true" | "1" | "on" | "yes") => Ok(true),
+        Some("false" | "0" | "off" | "no") => Ok(false),
+        Some(other) => Err(ConfigError::new(name, format!("must be true or false (got {other:?})."))),
+    }
+}
+
+fn endpoints(env: &Env, port: u16) -> Result<AwsEndpoints, ConfigError> {
+    let mut endpoints = AwsEndpoints::default();
+    for (name, slot) in [("AWS_ENDPOINT_URL", 0), ("AWS_ENDPOINT_URL_STS", 1)] {
+        let Some(url) = env.get(name).map(str::trim) else { continue };
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(ConfigError::new(name, "must be an http:// or https:// URL."));
+        }
+        if points_at_local_api(url, port) {
+            return Err(ConfigError::new(
+                name,
+                format!("points at this extension's own port {port}; the extension would call itself."),
+            ));
+        }
+        if slot == 0 {
+            endpoints.secrets_manager = Some(url.to_owned());
+            endpoints.sts.get_or_insert_with(|| url.to_owned());
+        } else {
+            endpoints.sts = Some(url.to_owned());
+        }
+    }
+    Ok(endpoints)
+}
+
+fn points_at_local_api(url: &str, port: u16) -> bool {
+    let authority = url.split("://").nth(1).unwrap_or_default().split('/').next().unwrap_or_default();
+    let loopback = ["127.0.0.1", "localhost", "[::1]"];
+    loopback.iter().any(|host| authority == format!("{host}:{port}"))
+        || (port == 80 && loopback.contains(&authority))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Vec<(&'static str, &'static str)> {
+        vec![
+            (var::ROLE_ARN, "arn:aws:iam::123456789012:role/app-secrets"),
+            (var::SECRETS, "db=app/db,app/api"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9001"),
+            ("AWS_SESSION_TOKEN", "token-value"),
+        ]
+    }
+
+    fn with(extra: &[(&'static str, &'static str)]) -> Result<Config, ConfigError> {
+        let mut pairs = base();
+        for (k, v) in extra {
+            pairs.retain(|(name, _)| name != k);
+            pairs.push((k, v));
+        }
+        Config::from_env(&Env::from_pairs(pairs))
+    }
+
+    #[test]
+    fn defaults_apply_when_only_the_required_variables_are_set() {
+        let config = with(&[]).expect("base configuration is valid");
+        assert_eq!(config.port, 2773);
+        assert_eq!(config.cache_ttl, Duration::from_secs(300));
+        assert!(config.prefetch);
+        assert_eq!(config.session_duration, Duration::from_secs(900));
+        assert_eq!(config.deadline_margin, Duration::from_millis(2_000));
+        assert_eq!(config.request_wait_timeout, Duration::from_millis(5_000));
+        assert_eq!(config.initialization_type, InitializationType::OnDemand);
+        assert_eq!(config.endpoints, AwsEndpoints::default());
+        assert_eq!(config.allowlist.len(), 2);
+    }
+
+    #[test]
+    fn each_rejection_names_its_variable() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[(var::ROLE_ARN, "")], var::ROLE_ARN),
+            (&[(var::ROLE_ARN, "not-an-arn")], var::ROLE_ARN),
+            (&[(var::ROLE_ARN, "arn:aws:iam::12345:role/x")], var::ROLE_ARN),
+            (&[(var::ROLE_ARN, "arn:aws:iam::123456789012:user/x")], var::ROLE_ARN),
+            (&[(var::ROLE_ARN, "arn:aws:s3::123456789012:role/x")], var::ROLE_ARN),
+            (&[(var::ROLE_ARN, "arn:evil:iam::123456789012:role/x")], var::ROLE_ARN),
+            (&[(var::ROLE_ARN, "arn:aws:iam::123456789012:role/")], var::ROLE_ARN),
+            (&[(var::ROLE_ARN, "arn:aws:iam::123456789012:role/a*b")], var::ROLE_ARN),
+            (&[(var::SECRETS, "")], var::SECRETS),
+            (&[(var::SECRETS, "app/*")], var::SECRETS),
+            (&[(var::PORT, "0")], var::PORT),
+            (&[(var::PORT, "65536")], var::PORT),
+            (&[(var::PORT, "http")], var::PORT),
+            (&[(var::PORT, "-1")], var::PORT),
+            (&[(var::CACHE_TTL, "86401")], var::CACHE_TTL),
+            (&[(var::CACHE_TTL, "1.5")], var::CACHE_TTL),
+            (&[(var::PREFETCH, "maybe")], var::PREFETCH),
+            (&[(var::SESSION_DURATION, "899")], var::SESSION_DURATION),
+            (&[(var::SESSION_DURATION, "3601")], var::SESSION_DURATION),
+            (&[(var::DEADLINE_MARGIN_MS, "60001")], var::DEADLINE_MARGIN_MS),
+            (&[(var::REQUEST_WAIT_TIMEOUT_MS, "0")], var::REQUEST_WAIT_TIMEOUT_MS),
+            (&[(var::UPSTREAM_TIMEOUT_MS, "99")], var::UPSTREAM_TIMEOUT_MS),
+            (&[(var::MAX_CONNECTIONS, "0")], var::MAX_CONNECTIONS),
+            (&[(var::INIT_BUDGET_MS, "999")], var::INIT_BUDGET_MS),
+            (&[("AWS_REGION", "")], "AWS_REGION"),
+            (&[("AWS_REGION", "us east")], "AWS_REGION"),
+            (&[("AWS_LAMBDA_RUNTIME_API", "")], "AWS_LAMBDA_RUNTIME_API"),
+            (&[("AWS_SESSION_TOKEN", "")], "AWS_SESSION_TOKEN"),
+            (&[("AWS_LAMBDA_INITIALIZATION_TYPE", "snap-start")], "AWS_LAMBDA_INITIALIZATION_TYPE"),
+            (&[("AWS_ENDPOINT_URL", "127.0.0.1:4566")], "AWS_ENDPOINT_URL"),
+            (&[("AWS_ENDPOINT_URL", "http://127.0.0.1:2773")], "AWS_ENDPOINT_URL"),
+            (&[("AWS_ENDPOINT_URL_STS", "http://localhost:2773/")], "AWS_ENDPOINT_URL_STS"),
+        ];
+        for (extra, variable) in cases {
+            let error = with(extra).expect_err(&format!("{extra:?} must be rejected"));
+            assert_eq!(error.variable, *variable, "{extra:?}");
+            let sentence = error.to_string();
+            assert!(sentence.starts_with(variable) && sentence.ends_with('.'), "{sentence}");
+        }
+    }
+
+    #[test]
+    fn accepted_values_parse_to_their_typed_form() {
+        let config = with(&[
+            (var::PORT, "8080"),
+            (var::CACHE_TTL, "0"),
+            (var::PREFETCH, "off"),
+            (var::SESSION_DURATION, "3600"),
+            (var::DEADLINE_MARGIN_MS, "0"),
+            ("AWS_LAMBDA_INITIALIZATION_TYPE", "provisioned-concurrency"),
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:4566"),
+        ])
+        .expect("valid");
+        assert_eq!(config.port, 8080);
+        assert_eq!(config.cache_ttl, Duration::ZERO);
+        assert!(!config.prefetch);
+        assert_eq!(config.session_duration, Duration::from_secs(3600));
+        assert_eq!(config.initialization_type, InitializationType::ProvisionedConcurrency);
+        assert_eq!(config.endpoints.sts.as_deref(), Some("http://127.0.0.1:4566"));
+        assert_eq!(config.endpoints.secrets_manager.as_deref(), Some("http://127.0.0.1:4566"));
+    }
+
+    #[test]
+    fn the_function_facing_secrets_manager_endpoint_is_never_followed() {
+        let config = with(&[
+            ("AWS_ENDPOINT_URL_SECRETS_MANAGER", "http://127.0.0.1:2773"),
+            ("AWS_ENDPOINT_URL_STS", "http://127.0.0.1:4567"),
+        ])
+        .expect("valid");
+        assert_eq!(config.endpoints.secrets_manager, None);
+        assert_eq!(config.endpoints.sts.as_deref(), Some("http://127.0.0.1:4567"));
+    }
+
+    #[test]
+    fn the_token_is_compared_exactly_and_never_printed() {
+        let config = with(&[]).expect("valid");
+        assert!(config.local_token.matches(b"token-value"));
+        for wrong in [&b"token-valuE"[..], b"token-valu", b"token-value ", b""] {
+            assert!(!config.local_token.matches(wrong));
+        }
+        let printed = format!("{config:?} {:?}", Env::from_pairs(base()));
+        assert!(!printed.contains("token-value"), "{printed}");
+    }
+}

@@ -1,0 +1,321 @@
+//! scoped-secrets: a Lambda extension that serves secrets through per-invocation,
+//! session-policy-scoped credentials held in zeroizing memory.
+//!
+//! # Layout
+//! - [`config`], [`allowlist`]: the environment, parsed once into a typed `Config`.
+//! - [`extensions_api`]: register, `event/next`, `init/error`, `exit/error`, telemetry subscription.
+//! - [`telemetry`]: the listener that learns `platform.runtimeDone` for each request id.
+//! - [`invocation`]: scopes (the init phase, each invocation) and the phase they move through.
+//! - [`session`], [`policy`]: `AssumeRole` with a generated session policy bound to the scope's end.
+//! - [`secrets`]: fetch into zeroizing memory, single-flight, batch prefetch, the cache.
+//! - [`server`]: the local HTTP API on 127.0.0.1 and the one error-to-status mapping.
+//! - [`hardening`], [`logging`]: no core dumps, not dumpable; JSON lines with audit records.
+//!
+//! [`run`] wires them: register → configure (or `init/error`) → bind → subscribe → loop over
+//! INVOKE (open a scope, prefetch, wait for runtimeDone, end the scope) until SHUTDOWN (stop
+//! accepting, wipe, report, exit 0).
+
+pub mod allowlist;
+pub mod config;
+pub mod extensions_api;
+pub mod hardening;
+pub mod invocation;
+pub mod logging;
+pub mod policy;
+pub mod secrets;
+pub mod server;
+pub mod session;
+pub mod telemetry;
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, Env};
+use crate::extensions_api::{Event, ExtensionsApi, Registered, ShutdownReason};
+use crate::hardening::Hardening;
+use crate::invocation::Lifecycle;
+use crate::secrets::Secrets;
+use crate::server::{ConnectionLimits, LocalApi};
+use crate::session::SessionFactory;
+use crate::telemetry::Completions;
+
+/// Time kept back from Lambda's SHUTDOWN deadline, so the summary is written before it.
+const SHUTDOWN_MARGIN: Duration = Duration::from_millis(300);
+
+/// An INIT failure: the `init/error` type and a full-sentence reason.
+#[derive(Debug)]
+struct InitFailure {
+    error_type: &'static str,
+    message: String,
+}
+
+fn init_failure(error_type: &'static str, message: impl Into<String>) -> InitFailure {
+    InitFailure { error_type, message: message.into() }
+}
+
+/// Runs the extension to completion. Returns the process exit code.
+pub async fn run(env: Env, name: String, hardening: Hardening, log_problem: Option<String>) -> ExitCode {
+    let started = Instant::now();
+    let Some(runtime_api) = env.get("AWS_LAMBDA_RUNTIME_API") else {
+        tracing::error!(event = "init_failed", reason = "AWS_LAMBDA_RUNTIME_API is not set; not running inside Lambda.");
+        return ExitCode::FAILURE;
+    };
+    let registered = match ExtensionsApi::new(runtime_api).register(&name).await {
+        Ok(registered) => registered,
+        Err(error) => {
+            tracing::error!(event = "register_failed", cause = %error);
+            return ExitCode::FAILURE;
+        }
+    };
+    let extension = match Extension::init(&env, &registered, log_problem).await {
+        Ok(extension) => extension,
+        Err(failure) => {
+            tracing::error!(event = "init_failed", error_type = failure.error_type, reason = %failure.message);
+            if let Err(error) = registered.init_error(failure.error_type, &failure.message).await {
+                tracing::error!(event = "init_error_not_delivered", cause = %error);
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(
+        event = "ready",
+        extension = %name,
+        environment_id = %extension.factory.environment_id(),
+        port = extension.config.port,
+        secrets = extension.config.allowlist.len() as u64,
+        start_to_ready_us = started.elapsed().as_micros() as u64,
+        core_dumps_disabled = hardening.core_dumps_disabled,
+        not_dumpable = hardening.not_dumpable,
+    );
+    extension.run(registered).await
+}
+
+/// A configured extension with its sockets bound.
+struct Extension {
+    config: Arc<Config>,
+    factory: Arc<SessionFactory>,
+    lifecycle: Arc<Lifecycle>,
+    secrets: Arc<Secrets>,
+    api: Arc<LocalApi>,
+    completions: Arc<Completions>,
+    shutdown: CancellationToken,
+    tasks: tokio_util::task::TaskTracker,
+}
+
+impl Extension {
+    async fn init(env: &Env, registered: &Registered, log_problem: Option<String>) -> Result<Self, InitFailure> {
+        if let Some(problem) = log_problem {
+            return Err(init_failure("Extension.ConfigInvalid", problem));
+        }
+        let config = Config::from_env(env).map_err(|e| init_failure("Extension.ConfigInvalid", e.to_string()))?;
+        policy::check_fits(&config.allowlist)
+            .map_err(|reason| init_failure("Extension.ConfigInvalid", format!("{} would {reason}", config::var::SECRETS)))?;
+        let config = Arc::new(config);
+        let address = SocketAddr::from(([127, 0, 0, 1], config.port));
+        let listener = TcpListener::bind(address).await.map_err(|error| {
+            init_failure(
+                "Extension.BindFailed",
+                format!("The local API could not listen on {address}: {error}. Is another extension using that port?"),
+            )
+        })?;
+        let (telemetry_listener, destination) = telemetry::bind().await.map_err(|error| {
+            init_failure("Extension.TelemetryUnavailable", format!("The telemetry listener could not bind: {error}."))
+        })?;
+        let shutdown = CancellationToken::new();
+        let tasks = tokio_util::task::TaskTracker::new();
+        let completions = Arc::new(Completions::default());
+        tasks.spawn(telemetry::serve(telemetry_listener, Arc::clone(&completions), shutdown.clone()));
+        registered.subscribe_telemetry(&destination).await.map_err(|error| {
+            init_failure(
+                "Extension.TelemetryUnavailable",
+                format!("The Telemetry API subscription failed ({error}); without it invocations cannot end on time."),
+            )
+        })?;
+
+        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(config.region.clone()))
+            // hyper 1 + rustls on ring: one TLS stack, no aws-lc build.
+            .http_client(
+                aws_smithy_http_client::Builder::new()
+                    .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                        aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+                    ))
+                    .build_https(),
+            )
+            .load()
+            .await;
+        let factory = Arc::new(SessionFactory::new(&sdk, Arc::clone(&config), environment_id()));
+        let init_end = SystemTime::now() + config.init_budget + config.deadline_margin;
+        let lifecycle = Arc::new(Lifecycle::new(Arc::clone(&factory), init_end, config.request_wait_timeout));
+        let secrets = Arc::new(Secrets::new(config.allowlist.clone(), config.cache_ttl, Arc::clone(&lifecycle)));
+        let api = Arc::new(LocalApi {
+            allowlist: config.allowlist.clone(),
+            token: config.local_token.clone(),
+            secrets: Arc::clone(&secrets),
+            lifecycle: Arc::clone(&lifecycle),
+            denied: Default::default(),
+            served: Default::default(),
+        });
+        let limits = ConnectionLimits { max_connections: config.max_connections, ..Default::default() };
+        let handler_api = Arc::clone(&api);
+        tasks.spawn(server::accept_loop(listener, limits, shutdown.clone(), move |request| {
+            let api = Arc::clone(&handler_api);
+            async move { api.handle(request).await }
+        }));
+        Ok(Self { config, factory, lifecycle, secrets, api, completions, shutdown, tasks })
+    }
+
+    async fn run(self, registered: Registered) -> ExitCode {
+        let mut terminate = terminate_signal();
+        loop {
+            let event = tokio::select! {
+                event = registered.next_event() => event,
+                () = wait_for(&mut terminate) => {
+                    // SIGTERM: the same path as SHUTDOWN, with Lambda's usual budget.
+                    let deadline = SystemTime::now() + Duration::from_millis(1_700);
+                    return self.shut_down("sigterm", deadline).await;
+                }
+            };
+            match event {
+                Ok(Event::Invoke { request_id, deadline_ms }) => self.invocation(&request_id, deadline_ms).await,
+                Ok(Event::Shutdown { shutdown_reason, deadline_ms }) => {
+                    let reason = match shutdown_reason {
+                        ShutdownReason::Spindown => "spindown",
+                        ShutdownReason::Timeout => "timeout",
+                        ShutdownReason::Failure => "failure",
+                        ShutdownReason::Other => "other",
+                    };
+                    return self.shut_down(reason, UNIX_EPOCH + Duration::from_millis(deadline_ms)).await;
+                }
+                Err(error) => {
+                    tracing::error!(event = "event_loop_failed", cause = %error);
+                    let _ = registered.exit_error("Extension.EventLoopFailed", &format!("The extension lost the Extensions API: {error}.")).await;
+                    self.wipe_everything().await;
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    }
+
+    /// One invocation: open its scope, prefetch, wait for runtimeDone (or the deadline), end
+    /// the scope. Only then does the loop ask for the next event, so no credential waits in a
+    /// frozen environment.
+    async fn invocation(&self, request_id: &str, deadline_ms: u64) {
+        let began = Instant::now();
+        let deadline = UNIX_EPOCH + Duration::from_millis(deadline_ms);
+        let scope = self.lifecycle.begin(request_id, deadline + self.config.deadline_margin).await;
+        let prefetch = self.config.prefetch.then(|| {
+            let secrets = Arc::clone(&self.secrets);
+            let scope = Arc::clone(&scope);
+            tokio::spawn(async move { secrets.prefetch(&scope).await })
+        });
+        let until_deadline = deadline.duration_since(SystemTime::now()).unwrap_or_default();
+        let reason = tokio::select! {
+            () = self.completions.wait(request_id) => "runtime_done",
+            () = tokio::time::sleep(until_deadline) => "deadline",
+            () = self.shutdown.cancelled() => "shutdown",
+        };
+        let waited = began.elapsed();
+        if let Some(prefetch) = prefetch {
+            prefetch.abort();
+        }
+        self.lifecycle.finish(&scope, reason).await;
+        let expired = self.secrets.expire();
+        tracing::info!(
+            target: "audit",
+            event = "invocation_ended",
+            request_id,
+            reason,
+            invocation_ms = waited.as_millis() as u64,
+            secrets_wiped = expired as u64,
+            end_us = (began.elapsed() - waited).as_micros() as u64,
+        );
+    }
+
+    /// SHUTDOWN: stop accepting, wipe every secret and credential, report, exit 0 inside
+    /// Lambda's deadline.
+    async fn shut_down(self, reason: &'static str, deadline: SystemTime) -> ExitCode {
+        let began = Instant::now();
+        let budget = deadline.duration_since(SystemTime::now()).unwrap_or_default().saturating_sub(SHUTDOWN_MARGIN);
+        let (ended_session, wiped) = self.wipe_everything().await;
+        self.tasks.close();
+        let drained = tokio::time::timeout(budget, self.tasks.wait()).await.is_ok();
+        // Anything still cached by a request that finished while draining goes too.
+        let wiped = wiped + self.secrets.wipe_all();
+        let sessions = self.lifecycle.counters();
+        let counters = self.secrets.counters();
+        tracing::info!(
+            target: "audit",
+            event = "shutdown",
+            reason,
+            sessions_started = sessions.started.load(Relaxed),
+            sessions_ended = sessions.ended.load(Relaxed),
+            session_live_at_shutdown = ended_session.is_some(),
+            secrets_wiped = wiped as u64,
+            secrets_served = self.api.served.load(Relaxed),
+            requests_denied = self.api.denied.load(Relaxed),
+            cache_hits = counters.cache_hits.load(Relaxed),
+            secrets_fetched = counters.fetched.load(Relaxed),
+            upstream_calls = counters.upstream_calls.load(Relaxed),
+            connections_drained = drained,
+            shutdown_ms = began.elapsed().as_millis() as u64,
+        );
+        ExitCode::SUCCESS
+    }
+
+    /// Stops accepting and wipes every credential and secret. Returns the live session that
+    /// was ended (if any) and how many secrets were wiped.
+    async fn wipe_everything(&self) -> (Option<String>, usize) {
+        self.shutdown.cancel();
+        let ended = self.lifecycle.shut_down().await;
+        let wiped = self.secrets.wipe_all();
+        (ended, wiped)
+    }
+}
+
+/// A random id for this execution environment: 8 characters of `[a-z2-7]` (40 bits), so
+/// `ss-{env}-{uuid}` is 48 characters, inside STS's 64.
+fn environment_id() -> String {
+    const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        // No entropy source: fall back to the clock, still unique enough per environment.
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
+        bytes = (nanos as u64).to_le_bytes();
+    }
+    bytes.iter().map(|b| char::from(ALPHABET[usize::from(b % 32)])).collect()
+}
+
+type Terminate = Option<tokio::signal::unix::Signal>;
+
+fn terminate_signal() -> Terminate {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok()
+}
+
+async fn wait_for(signal: &mut Terminate) {
+    match signal {
+        Some(signal) => {
+            signal.recv().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn environment_ids_are_short_random_and_sts_safe() {
+        let a = super::environment_id();
+        let b = super::environment_id();
+        assert_eq!(a.len(), 8);
+        assert_ne!(a, b);
+        assert!(crate::policy::is_valid_session_name(&crate::policy::session_name(&a, &"f".repeat(36), 0)));
+        assert_eq!(crate::policy::session_name(&a, &"f".repeat(36), 0).len(), 48);
+    }
+}

@@ -1,0 +1,24 @@
+//! `/opt/extensions/scoped-secrets`: hardening, logging, a single-threaded runtime, then
+//! [`scoped_secrets::run`].
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let hardening = scoped_secrets::hardening::harden();
+    let env = scoped_secrets::config::Env::from_process();
+    let log_problem = scoped_secrets::logging::init(&env).err();
+    // The extension name Lambda knows us by is our file name.
+    let name = std::env::args()
+        .next()
+        .as_deref()
+        .and_then(|path| std::path::Path::new(path).file_name()?.to_str().map(str::to_owned))
+        .unwrap_or_else(|| "scoped-secrets".to_owned());
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(event = "runtime_failed", cause = %error);
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(scoped_secrets::run(env, name, hardening, log_problem))
+}

@@ -1,0 +1,463 @@
+//! The local HTTP API on 127.0.0.1, compatible with AWS's Parameters and Secrets Lambda
+//! Extension: `GET /secretsmanager/get?secretId=…` with the `X-Aws-Parameters-Secrets-Token`
+//! header, and a token-free `GET /ping`.
+//!
+//! Every request is checked before anything is fetched: GET only, no `X-Forwarded-For`, no
+//! body, an origin-form target, a loopback `Host`, the token (constant-time), well-formed
+//! query parameters, and the allowlist. Every answer that is not 200 carries a JSON body with a
+//! stable error code; [`error_for`] is the one place that maps fetch failures to HTTP.
+//! Every allow and deny is an audit line with the invocation's request id and the secret id.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::{Body, Incoming};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::allowlist::Allowlist;
+use crate::config::LocalToken;
+use crate::invocation::{Lifecycle, Phase};
+use crate::secrets::{FetchError, Secrets, Version};
+use crate::session::SessionError;
+
+/// The token header AWS's extension defines.
+pub const TOKEN_HEADER: &str = "x-aws-parameters-secrets-token";
+/// Longest request target accepted.
+pub const MAX_TARGET_BYTES: usize = 4_096;
+/// Longest secret id accepted (Secrets Manager's own limit is 2,048).
+pub const MAX_SECRET_ID_BYTES: usize = 2_048;
+
+/// Bounds on the accept loop and each connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Connections served at once; the rest wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Time allowed for a request's headers to arrive.
+    pub header_timeout: Duration,
+    /// Read buffer, so the cap on a request's head (hyper answers 431 above it).
+    pub max_head_bytes: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self { max_connections: 128, header_timeout: Duration::from_secs(5), max_head_bytes: 16 * 1024 }
+    }
+}
+
+/// Accepts HTTP/1 connections until `shutdown`, then lets the open ones finish their current
+/// request. Shared by the local API and the telemetry listener.
+pub async fn accept_loop<H, F>(listener: TcpListener, limits: ConnectionLimits, shutdown: CancellationToken, handler: H)
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + 'static,
+    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let tracker = TaskTracker::new();
+    loop {
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => break,
+            permit = Arc::clone(&permits).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_closed) => break,
+            },
+        };
+        let stream = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => stream,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off briefly, never spin.
+                    tracing::warn!(event = "accept_failed", cause = %error);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            let _permit = permit;
+            let service = hyper::service::service_fn(move |request| {
+                let response = handler(request);
+                async move { Ok::<_, Infallible>(response.await) }
+            });
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .max_buf_size(limits.max_head_bytes.max(8_192))
+                .keep_alive(true);
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                () = shutdown.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_millis(500), connection).await;
+                }
+            }
+        });
+    }
+    drop(listener);
+    tracker.close();
+    tracker.wait().await;
+}
+
+/// What the local API handler needs.
+#[derive(Debug)]
+pub struct LocalApi {
+    /// The allowlist.
+    pub allowlist: Allowlist,
+    /// The token callers present.
+    pub token: LocalToken,
+    /// The cache and fetcher.
+    pub secrets: Arc<Secrets>,
+    /// The current phase, for request ids in audit lines.
+    pub lifecycle: Arc<Lifecycle>,
+    /// Local requests refused, for the SHUTDOWN summary.
+    pub denied: std::sync::atomic::AtomicU64,
+    /// Secrets served.
+    pub served: std::sync::atomic::AtomicU64,
+}
+
+/// A refusal: status, stable code, and a sentence for the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable, machine-readable code.
+    pub code: &'static str,
+    /// Human-readable explanation, never containing a value or token.
+    pub message: &'static str,
+}
+
+const fn refusal(status: StatusCode, code: &'static str, message: &'static str) -> Refusal {
+    Refusal { status, code, message }
+}
+
+impl LocalApi {
+    /// Answers one request.
+    pub async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        let request_id = self.request_id();
+        match self.answer(&request, &request_id).await {
+            Ok(response) => response,
+            Err((refusal, secret_id)) => {
+                self.denied.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(
+                    target: "audit",
+                    event = "deny",
+                    request_id = %request_id,
+                    secret_id = %secret_id.as_deref().map(printable).unwrap_or_default(),
+                    code = refusal.code,
+                    status = refusal.status.as_u16(),
+                );
+                error_response(&refusal)
+            }
+        }
+    }
+
+    async fn answer(
+        &self,
+        request: &Request<Incoming>,
+        request_id: &str,
+    ) -> Result<Response<Full<Bytes>>, (Refusal, Option<String>)> {
+        check_envelope(request).map_err(|r| (r, None))?;
+        match request.uri().path() {
+            "/ping" => return Ok(json_response(StatusCode::OK, Bytes::from_static(br#"{"status":"ready"}"#))),
+            "/secretsmanager/get" => {}
+            _ => return Err((refusal(StatusCode::NOT_FOUND, "not_found", "No such path; use /secretsmanager/get."), None)),
+        }
+        self.check_token(request).map_err(|r| (r, None))?;
+        let query = SecretQuery::parse(request.uri().query().unwrap_or_default()).map_err(|r| (r, None))?;
+        let Some(entry) = self.allowlist.find(&query.secret_id) else {
+            return Err((
+                refusal(StatusCode::FORBIDDEN, "secret_not_allowed", "The secret is not in this function's allowlist."),
+                Some(query.secret_id),
+            ));
+        };
+        let (value, source) = self
+            .secrets
+            .get(entry, query.version.clone())
+            .await
+            .map_err(|error| (error_for(&error), Some(query.secret_id.clone())))?;
+        self.served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(
+            target: "audit",
+            event = "allow",
+            request_id = %request_id,
+            secret_id = %printable(&query.secret_id),
+            version_id = value.version_id(),
+            source = source.as_str(),
+        );
+        // The body is owned by a zeroizing buffer: wiped when hyper drops it.
+        Ok(json_response(StatusCode::OK, Bytes::from_owner(value.to_json())))
+    }
+
+    fn check_token(&self, request: &Request<Incoming>) -> Result<(), Refusal> {
+        let mut values = request.headers().get_all(TOKEN_HEADER).iter();
+        let Some(token) = values.next() else {
+            return Err(refusal(StatusCode::UNAUTHORIZED, "missing_token", "The X-Aws-Parameters-Secrets-Token header is required."));
+        };
+        if values.next().is_some() || !self.token.matches(token.as_bytes()) {
+            return Err(refusal(StatusCode::FORBIDDEN, "invalid_token", "The X-Aws-Parameters-Secrets-Token header is not valid."));
+        }
+        Ok(())
+    }
+
+    fn request_id(&self) -> String {
+        match self.lifecycle.phase() {
+            Phase::Init(scope) | Phase::Active(scope) => scope.label().to_owned(),
+            Phase::Idle => "idle".into(),
+            Phase::ShuttingDown => "shutdown".into(),
+        }
+    }
+}
+
+/// Checks that apply to every path: method, proxies, body, target form, host.
+fn check_envelope<B: Body>(request: &Request<B>) -> Result<(), Refusal> {
+    if request.method() != Method::GET {
+        return Err(refusal(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "Only GET is served."));
+    }
+    if request.headers().contains_key("x-forwarded-for") || request.headers().contains_key(header::FORWARDED) {
+        return Err(refusal(StatusCode::BAD_REQUEST, "forwarded_request", "Proxied requests are refused."));
+    }
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if request.headers().contains_key(header::TRANSFER_ENCODING) || declared.is_some_and(|n| n > 0) || !request.body().is_end_stream() {
+        return Err(refusal(StatusCode::PAYLOAD_TOO_LARGE, "body_not_allowed", "A GET request carries no body."));
+    }
+    let uri = request.uri();
+    if uri.scheme().is_some() || uri.authority().is_some() {
+        return Err(refusal(StatusCode::BAD_REQUEST, "absolute_target", "Use an origin-form request target."));
+    }
+    if uri.path_and_query().map_or(0, |p| p.as_str().len()) > MAX_TARGET_BYTES {
+        return Err(refusal(StatusCode::PAYLOAD_TOO_LARGE, "target_too_long", "The request target is too long."));
+    }
+    let host = request.headers().get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("localhost");
+    let hostname = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    if !matches!(hostname, "localhost" | "127.0.0.1" | "[::1]" | "0.0.0.0") {
+        return Err(refusal(StatusCode::BAD_REQUEST, "invalid_host", "The Host header must name the loopback address."));
+    }
+    Ok(())
+}
+
+/// A parsed `/secretsmanager/get` query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretQuery {
+    /// `secretId`.
+    pub secret_id: String,
+    /// `versionStage` or `versionId`.
+    pub version: Version,
+}
+
+impl SecretQuery {
+    /// Parses the query string: `secretId` once, and at most one of `versionStage`/`versionId`.
+    ///
+    /// # Errors
+    /// A 400 [`Refusal`] with the reason.
+    pub fn parse(query: &str) -> Result<Self, Refusal> {
+        let bad = |code, message| refusal(StatusCode::BAD_REQUEST, code, message);
+        let (mut secret_id, mut stage, mut id) = (None, None, None);
+        for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+            if value.contains('\u{FFFD}') || name.contains('\u{FFFD}') {
+                return Err(bad("invalid_query", "The query string is not valid UTF-8."));
+            }
+            let slot = match name.as_ref() {
+                "secretId" => &mut secret_id,
+                "versionStage" => &mut stage,
+                "versionId" => &mut id,
+                _ => return Err(bad("unknown_parameter", "Only secretId, versionStage and versionId are accepted.")),
+            };
+            if slot.replace(value.into_owned()).is_some() {
+                return Err(bad("duplicate_parameter", "Each query parameter may appear once."));
+            }
+        }
+        let Some(secret_id) = secret_id.filter(|s| !s.is_empty()) else {
+            return Err(bad("missing_secret_id", "The secretId query parameter is required."));
+        };
+        if secret_id.len() > MAX_SECRET_ID_BYTES || secret_id.chars().any(char::is_control) {
+            return Err(bad("invalid_secret_id", "The secretId is too long or contains control characters."));
+        }
+        let well_formed = |text: &str, max: usize| {
+            (1..=max).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+        };
+        let version = match (stage, id) {
+            (Some(_), Some(_)) => return Err(bad("conflicting_version", "Give versionStage or versionId, not both.")),
+            (Some(stage), None) if !well_formed(&stage, 256) => {
+                return Err(bad("invalid_version_stage", "The versionStage is not a valid staging label."));
+            }
+            (None, Some(id)) if !well_formed(&id, 64) => {
+                return Err(bad("invalid_version_id", "The versionId is not a valid version id."));
+            }
+            (Some(stage), None) if stage == "AWSCURRENT" => Version::Current,
+            (Some(stage), None) => Version::Stage(stage),
+            (None, Some(id)) => Version::Id(id),
+            (None, None) => Version::Current,
+        };
+        Ok(Self { secret_id, version })
+    }
+}
+
+/// The one mapping from fetch failures to HTTP.
+pub fn error_for(error: &FetchError) -> Refusal {
+    use StatusCode as S;
+    match error {
+        FetchError::NotFound => refusal(S::NOT_FOUND, "secret_not_found", "Secrets Manager has no such secret or version."),
+        FetchError::AccessDenied { .. } => refusal(
+            S::FORBIDDEN,
+            "upstream_access_denied",
+            "AWS refused the read with the scoped session; check the scoped role's policy.",
+        ),
+        FetchError::InvalidRequest { .. } => refusal(S::BAD_REQUEST, "invalid_request", "Secrets Manager rejected the request."),
+        FetchError::Throttled => refusal(S::SERVICE_UNAVAILABLE, "upstream_throttled", "Secrets Manager throttled the request; retry."),
+        FetchError::UpstreamTimeout => refusal(S::GATEWAY_TIMEOUT, "upstream_timeout", "Secrets Manager did not answer in time."),
+        FetchError::Upstream { .. } => refusal(S::BAD_GATEWAY, "upstream_error", "The call to Secrets Manager failed."),
+        FetchError::Session(SessionError::Timeout) => refusal(S::GATEWAY_TIMEOUT, "session_timeout", "STS did not answer in time."),
+        FetchError::Session(SessionError::Refused { .. }) => {
+            refusal(S::BAD_GATEWAY, "session_refused", "STS refused to start a session; check the role's trust policy.")
+        }
+        FetchError::Session(_) => refusal(S::BAD_GATEWAY, "session_failed", "A session could not be started."),
+        FetchError::NoActiveInvocation => {
+            refusal(S::SERVICE_UNAVAILABLE, "no_active_invocation", "No invocation began within the wait timeout.")
+        }
+        FetchError::WaitTimeout => {
+            refusal(S::GATEWAY_TIMEOUT, "session_wait_timeout", "The invocation's session was not ready within the wait timeout.")
+        }
+        FetchError::InvocationEnded => refusal(S::SERVICE_UNAVAILABLE, "invocation_ended", "The invocation ended first."),
+        FetchError::ShuttingDown => refusal(S::SERVICE_UNAVAILABLE, "shutting_down", "The extension is shutting down."),
+    }
+}
+
+fn error_response(refusal: &Refusal) -> Response<Full<Bytes>> {
+    let body = json!({ "error": refusal.code, "message": refusal.message }).to_string();
+    let mut response = json_response(refusal.status, Bytes::from(body));
+    if refusal.status == StatusCode::SERVICE_UNAVAILABLE {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}
+
+fn json_response(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// A requested id as it may appear in a log line: bounded and without control characters.
+fn printable(text: &str) -> String {
+    text.chars().filter(|c| !c.is_control()).take(256).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_parse_or_are_refused_with_a_stable_code() {
+        let ok = [
+            ("secretId=app%2Fdb", "app/db", Version::Current),
+            ("secretId=app/db&versionStage=AWSCURRENT", "app/db", Version::Current),
+            ("secretId=app/db&versionStage=AWSPREVIOUS", "app/db", Version::Stage("AWSPREVIOUS".into())),
+            ("versionId=a1b2-c3&secretId=db", "db", Version::Id("a1b2-c3".into())),
+            ("secretId=a+b", "a b", Version::Current),
+        ];
+        for (query, id, version) in ok {
+            assert_eq!(SecretQuery::parse(query), Ok(SecretQuery { secret_id: id.into(), version }), "{query}");
+        }
+        let long = format!("secretId={}", "a".repeat(MAX_SECRET_ID_BYTES + 1));
+        let refused = [
+            ("", "missing_secret_id"),
+            ("secretId=", "missing_secret_id"),
+            ("secretid=x", "unknown_parameter"),
+            ("secretId=x&other=1", "unknown_parameter"),
+            ("secretId=x&secretId=y", "duplicate_parameter"),
+            ("secretId=x&versionStage=A&versionId=b", "conflicting_version"),
+            ("secretId=x&versionStage=A&versionStage=B", "duplicate_parameter"),
+            ("secretId=x&versionStage=", "invalid_version_stage"),
+            ("secretId=x&versionStage=a%2Fb", "invalid_version_stage"),
+            ("secretId=x&versionId=a*b", "invalid_version_id"),
+            ("secretId=%FF%FE", "invalid_query"),
+            ("secretId=a%0Ab", "invalid_secret_id"),
+            (long.as_str(), "invalid_secret_id"),
+        ];
+        for (query, code) in refused {
+            let error = SecretQuery::parse(query).expect_err(query);
+            assert_eq!((error.status, error.code), (StatusCode::BAD_REQUEST, code), "{query}");
+        }
+    }
+
+    #[test]
+    fn the_envelope_refuses_what_no_local_caller_needs() {
+        let request = |method: Method, uri: &str, headers: &[(&str, &str)]| {
+            let mut builder = Request::builder().method(method).uri(uri);
+            for (name, value) in headers {
+                builder = builder.header(*name, *value);
+            }
+            builder.body(http_body_util::Empty::<Bytes>::new()).expect("request")
+        };
+        let path = "/secretsmanager/get?secretId=x";
+        let cases = [
+            (request(Method::POST, path, &[]), Some("method_not_allowed")),
+            (request(Method::DELETE, path, &[]), Some("method_not_allowed")),
+            (request(Method::GET, path, &[("x-forwarded-for", "10.0.0.1")]), Some("forwarded_request")),
+            (request(Method::GET, path, &[("forwarded", "for=1.2.3.4")]), Some("forwarded_request")),
+            (request(Method::GET, path, &[("content-length", "5")]), Some("body_not_allowed")),
+            (request(Method::GET, path, &[("transfer-encoding", "chunked")]), Some("body_not_allowed")),
+            (request(Method::GET, "http://evil.example/secretsmanager/get", &[]), Some("absolute_target")),
+            (request(Method::GET, path, &[("host", "evil.example")]), Some("invalid_host")),
+            (request(Method::GET, path, &[("host", "evil.example:2773")]), Some("invalid_host")),
+            (request(Method::GET, path, &[("host", "localhost:2773")]), None),
+            (request(Method::GET, path, &[("host", "127.0.0.1:2773")]), None),
+            (request(Method::GET, path, &[]), None),
+        ];
+        for (request, expected) in cases {
+            let description = format!("{} {} {:?}", request.method(), request.uri(), request.headers());
+            assert_eq!(check_envelope(&request).err().map(|r| r.code), expected, "{description}");
+        }
+    }
+
+    #[test]
+    fn every_fetch_failure_maps_to_a_distinct_documented_code() {
+        let errors = [
+            FetchError::NotFound,
+            FetchError::AccessDenied { code: "AccessDeniedException".into() },
+            FetchError::InvalidRequest { code: "InvalidParameterException".into() },
+            FetchError::Throttled,
+            FetchError::UpstreamTimeout,
+            FetchError::Upstream { kind: "x".into() },
+            FetchError::Session(SessionError::Timeout),
+            FetchError::Session(SessionError::Refused { code: "AccessDenied".into() }),
+            FetchError::Session(SessionError::InvalidName),
+            FetchError::NoActiveInvocation,
+            FetchError::WaitTimeout,
+            FetchError::InvocationEnded,
+            FetchError::ShuttingDown,
+        ];
+        let codes: std::collections::BTreeSet<&str> = errors.iter().map(|e| error_for(e).code).collect();
+        assert_eq!(codes.len(), errors.len());
+        for error in &errors {
+            let refusal = error_for(error);
+            assert!(refusal.status.is_client_error() || refusal.status.is_server_error());
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! Sessions: the short-lived, narrowly scoped credentials each invocation reads secrets with.
+//!
+//! A [`Session`] is one `AssumeRole` on the configured role with a session policy from
+//! [`crate::policy`], bound to the invocation's end. Its credentials live only inside the SDK's
+//! `Credentials` type, which holds them in `Zeroizing` strings, and inside the Secrets Manager
+//! client built for this session alone; dropping the session drops both and wipes them.
+//! See <https://docs.aws.amazon.com/STS/latest/APIReference/API_AssumeRole.html>.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use aws_credential_types::Credentials;
+use aws_sdk_secretsmanager as secretsmanager;
+use aws_sdk_sts as sts;
+
+use crate::config::Config;
+use crate::policy;
+
+/// Why a session could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// STS refused (trust policy, role policy, or our request).
+    #[error("STS refused AssumeRole ({code})")]
+    Refused {
+        /// The AWS error code.
+        code: String,
+    },
+    /// STS did not answer in time.
+    #[error("STS did not answer within the upstream timeout")]
+    Timeout,
+    /// STS could not be reached or answered garbage.
+    #[error("STS call failed ({kind})")]
+    Upstream {
+        /// A short, credential-free description.
+        kind: String,
+    },
+    /// The session name would be invalid for STS (checked here: the emulator does not).
+    #[error("generated session name is not valid for STS")]
+    InvalidName,
+}
+
+/// Builds sessions: holds the STS client (execution-role credentials) and the template for
+/// per-session Secrets Manager clients.
+pub struct SessionFactory {
+    sts: sts::Client,
+    secrets_manager: secretsmanager::config::Builder,
+    config: Arc<Config>,
+    environment_id: String,
+}
+
+impl fmt::Debug for SessionFactory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionFactory").field("environment_id", &self.environment_id).finish()
+    }
+}
+
+impl SessionFactory {
+    /// A factory using `sdk` (the execution role's credentials, region, HTTP client).
+    pub fn new(sdk: &aws_config::SdkConfig, config: Arc<Config>, environment_id: String) -> Self {
+        let timeouts = aws_smithy_types::timeout::TimeoutConfig::builder()
+            .operation_timeout(config.upstream_timeout)
+            .connect_timeout(config.upstream_timeout.min(Duration::from_secs(2)))
+            .build();
+        // Endpoints are always set explicitly (None = the SDK's own resolution), so the
+        // service-specific variable meant for the function (AWS_ENDPOINT_URL_SECRETS_MANAGER,
+        // pointing here) is never followed: the extension would call itself.
+        let mut sts = sts::config::Builder::from(sdk).timeout_config(timeouts.clone());
+        sts.set_endpoint_url(config.endpoints.sts.clone());
+        let mut secrets_manager = secretsmanager::config::Builder::from(sdk).timeout_config(timeouts);
+        secrets_manager.set_endpoint_url(config.endpoints.secrets_manager.clone());
+        Self { sts: sts::Client::from_conf(sts.build()), secrets_manager, config, environment_id }
+    }
+
+    /// The random id of this execution environment, part of every session name.
+    pub fn environment_id(&self) -> &str {
+        &self.environment_id
+    }
+
+    /// Assumes the role for `label` (a request id, or `init`) with a policy valid until `end`.
+    ///
+    /// # Errors
+    /// [`SessionError`] without any credential in it.
+    pub async fn start(&self, label: &str, sequence: u32, end: SystemTime) -> Result<Session, SessionError> {
+        let name = policy::session_name(&self.environment_id, label, sequence);
+        if !policy::is_valid_session_name(&name) {
+            return Err(SessionError::InvalidName);
+        }
+        let session_policy = policy::session_policy(&self.config.allowlist, end);
+        let duration = i32::try_from(self.config.session_duration.as_secs()).unwrap_or(900);
+        let started = std::time::Instant::now();
+        let result = self
+            .sts
+            .assume_role()
+            .role_arn(self.config.role_arn.as_str())
+            .role_session_name(&name)
+            .duration_seconds(duration)
+            .policy(session_policy)
+            .send()
+            .await;
+        let mut output = result.map_err(|error| classify_sts_error(&error))?;
+        let Some(credentials) = output.credentials.take() else {
+            return Err(SessionError::Upstream { kind: "answer without credentials".into() });
+        };
+        let sts::types::Credentials { access_key_id, secret_access_key, session_token, expiration, .. } =
+            credentials;
+        let expiry = SystemTime::try_from(expiration).ok();
+        // Moved, not copied: `Credentials` keeps them in `Zeroizing` strings.
+        let credentials = Credentials::new(access_key_id, secret_access_key, Some(session_token), expiry, "scoped-session");
+        let client = secretsmanager::Client::from_conf(
+            self.secrets_manager.clone().credentials_provider(credentials).build(),
+        );
+        tracing::info!(
+            target: "audit",
+            event = "session_started",
+            session = %name,
+            policy_end = %policy::iso8601_ceil(end),
+            assume_role_ms = started.elapsed().as_millis() as u64,
+        );
+        Ok(Session { name, end, client })
+    }
+}
+
+/// One invocation's credentials and the client that uses them. Dropping it wipes them.
+pub struct Session {
+    name: String,
+    end: SystemTime,
+    client: secretsmanager::Client,
+}
+
+impl Session {
+    /// The `RoleSessionName`, as CloudTrail shows it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// When AWS stops honouring the credentials (the policy's `aws:CurrentTime` bound).
+    pub fn end(&self) -> SystemTime {
+        self.end
+    }
+
+    /// The Secrets Manager client signing with this session's credentials.
+    pub fn client(&self) -> &secretsmanager::Client {
+        &self.client
+    }
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+fn classify_sts_error<R: fmt::Debug>(
+    error: &sts::error::SdkError<sts::operation::assume_role::AssumeRoleError, R>,
+) -> SessionError {
+    use sts::error::{ProvideErrorMetadata, SdkError};
+    match error {
+        SdkError::TimeoutError(_) => SessionError::Timeout,
+        SdkError::DispatchFailure(failure) if failure.is_timeout() => SessionError::Timeout,
+        SdkError::ServiceError(service) => {
+            let code = service.err().code().unwrap_or("Unknown");
+            let mut code = code.to_owned();
+            code.retain(|c| c.is_ascii_alphanumeric() || c == '.');
+            SessionError::Refused { code }
+        }
+        SdkError::DispatchFailure(_) => SessionError::Upstream { kind: "connection failed".into() },
+        _ => SessionError::Upstream { kind: "unexpected answer".into() },
+    }
+}

@@ -1,0 +1,2 @@
+pub mod aws_proxy;
+pub mod ministack;
