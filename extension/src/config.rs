@@ -28,12 +28,20 @@ impl Env {
     pub fn from_pairs<K: Into<String>, V: Into<String>>(
         pairs: impl IntoIterator<Item = (K, V)>,
     ) -> Self {
-        Self(pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
+        Self(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        )
     }
 
     /// The value of `name`, `None` when unset or empty.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0.get(name).map(String::as_str).filter(|v| !v.trim().is_empty())
+        self.0
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.trim().is_empty())
     }
 }
 
@@ -58,7 +66,10 @@ pub struct ConfigError {
 
 impl ConfigError {
     fn new(variable: &'static str, reason: impl Into<String>) -> Self {
-        Self { variable, reason: reason.into() }
+        Self {
+            variable,
+            reason: reason.into(),
+        }
     }
 }
 
@@ -78,7 +89,9 @@ impl RoleArn {
     pub fn parse(value: &str) -> Result<Self, String> {
         let parts: Vec<&str> = value.splitn(6, ':').collect();
         let [arn, partition, service, region, account, resource] = parts.as_slice() else {
-            return Err("must be an IAM role ARN of the form arn:aws:iam::ACCOUNT:role/NAME.".into());
+            return Err(
+                "must be an IAM role ARN of the form arn:aws:iam::ACCOUNT:role/NAME.".into(),
+            );
         };
         if *arn != "arn" || !matches!(*partition, "aws" | "aws-cn" | "aws-us-gov") {
             return Err("must start with arn:aws:, arn:aws-cn: or arn:aws-us-gov:.".into());
@@ -95,9 +108,13 @@ impl RoleArn {
         let name = path_and_name.rsplit('/').next().unwrap_or_default();
         let name_ok = !name.is_empty()
             && name.len() <= 64
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b));
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b));
         let path_ok = path_and_name.len() <= 512 + 64
-            && path_and_name.bytes().all(|b| b.is_ascii_graphic() && b != b'*' && b != b'?');
+            && path_and_name
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'*' && b != b'?');
         if !name_ok || !path_ok {
             return Err("must end in a valid role name (1 to 64 of A-Z a-z 0-9 +=,.@_-).".into());
         }
@@ -229,13 +246,20 @@ impl Config {
         let role_arn = RoleArn::parse(required(env, var::ROLE_ARN)?)
             .map_err(|reason| ConfigError::new(var::ROLE_ARN, reason))?;
         let region = required(env, "AWS_REGION")?.to_owned();
-        if !region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
-            return Err(ConfigError::new("AWS_REGION", "must be a region name such as us-east-1."));
+        if !region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(ConfigError::new(
+                "AWS_REGION",
+                "must be a region name such as us-east-1.",
+            ));
         }
         let allowlist = Allowlist::parse(required(env, var::SECRETS)?, &role_arn, &region)
             .map_err(|e: AllowlistError| ConfigError::new(var::SECRETS, e.to_string()))?;
         let port = number(env, var::PORT, 2773, 1, 65_535)?;
-        let port = u16::try_from(port).map_err(|_| ConfigError::new(var::PORT, "is out of range."))?;
+        let port =
+            u16::try_from(port).map_err(|_| ConfigError::new(var::PORT, "is out of range."))?;
         let cache_ttl = Duration::from_secs(number(env, var::CACHE_TTL, 300, 0, 86_400)?);
         let prefetch = boolean(env, var::PREFETCH, true)?;
         let session_duration =
@@ -298,40 +322,70 @@ impl Config {
 }
 
 fn required<'a>(env: &'a Env, name: &'static str) -> Result<&'a str, ConfigError> {
-    env.get(name).map(str::trim).ok_or_else(|| ConfigError::new(name, "is required but not set."))
+    env.get(name)
+        .map(str::trim)
+        .ok_or_else(|| ConfigError::new(name, "is required but not set."))
 }
 
-fn number(env: &Env, name: &'static str, default: u64, min: u64, max: u64) -> Result<u64, ConfigError> {
-    let Some(raw) = env.get(name) else { return Ok(default) };
+fn number(
+    env: &Env,
+    name: &'static str,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> Result<u64, ConfigError> {
+    let Some(raw) = env.get(name) else {
+        return Ok(default);
+    };
     let value: u64 = raw.trim().parse().map_err(|_| {
-        ConfigError::new(name, format!("must be a whole number from {min} to {max} (got {raw:?})."))
+        ConfigError::new(
+            name,
+            format!("must be a whole number from {min} to {max} (got {raw:?})."),
+        )
     })?;
     if !(min..=max).contains(&value) {
-        return Err(ConfigError::new(name, format!("must be from {min} to {max} (got {value}).")));
+        return Err(ConfigError::new(
+            name,
+            format!("must be from {min} to {max} (got {value})."),
+        ));
     }
     Ok(value)
 }
 
 fn boolean(env: &Env, name: &'static str, default: bool) -> Result<bool, ConfigError> {
-    match env.get(name).map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+    match env
+        .get(name)
+        .map(|v| v.trim().to_ascii_lowercase())
+        .as_deref()
+    {
         None => Ok(default),
         Some("true" | "1" | "on" | "yes") => Ok(true),
         Some("false" | "0" | "off" | "no") => Ok(false),
-        Some(other) => Err(ConfigError::new(name, format!("must be true or false (got {other:?})."))),
+        Some(other) => Err(ConfigError::new(
+            name,
+            format!("must be true or false (got {other:?})."),
+        )),
     }
 }
 
 fn endpoints(env: &Env, port: u16) -> Result<AwsEndpoints, ConfigError> {
     let mut endpoints = AwsEndpoints::default();
     for (name, slot) in [("AWS_ENDPOINT_URL", 0), ("AWS_ENDPOINT_URL_STS", 1)] {
-        let Some(url) = env.get(name).map(str::trim) else { continue };
+        let Some(url) = env.get(name).map(str::trim) else {
+            continue;
+        };
         if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(ConfigError::new(name, "must be an http:// or https:// URL."));
+            return Err(ConfigError::new(
+                name,
+                "must be an http:// or https:// URL.",
+            ));
         }
         if points_at_local_api(url, port) {
             return Err(ConfigError::new(
                 name,
-                format!("points at this extension's own port {port}; the extension would call itself."),
+                format!(
+                    "points at this extension's own port {port}; the extension would call itself."
+                ),
             ));
         }
         if slot == 0 {
@@ -345,9 +399,17 @@ fn endpoints(env: &Env, port: u16) -> Result<AwsEndpoints, ConfigError> {
 }
 
 fn points_at_local_api(url: &str, port: u16) -> bool {
-    let authority = url.split("://").nth(1).unwrap_or_default().split('/').next().unwrap_or_default();
+    let authority = url
+        .split("://")
+        .nth(1)
+        .unwrap_or_default()
+        .split('/')
+        .next()
+        .unwrap_or_default();
     let loopback = ["127.0.0.1", "localhost", "[::1]"];
-    loopback.iter().any(|host| authority == format!("{host}:{port}"))
+    loopback
+        .iter()
+        .any(|host| authority == format!("{host}:{port}"))
         || (port == 80 && loopback.contains(&authority))
 }
 
@@ -393,12 +455,30 @@ mod tests {
         let cases: &[(&[(&str, &str)], &str)] = &[
             (&[(var::ROLE_ARN, "")], var::ROLE_ARN),
             (&[(var::ROLE_ARN, "not-an-arn")], var::ROLE_ARN),
-            (&[(var::ROLE_ARN, "arn:aws:iam::12345:role/x")], var::ROLE_ARN),
-            (&[(var::ROLE_ARN, "arn:aws:iam::123456789012:user/x")], var::ROLE_ARN),
-            (&[(var::ROLE_ARN, "arn:aws:s3::123456789012:role/x")], var::ROLE_ARN),
-            (&[(var::ROLE_ARN, "arn:evil:iam::123456789012:role/x")], var::ROLE_ARN),
-            (&[(var::ROLE_ARN, "arn:aws:iam::123456789012:role/")], var::ROLE_ARN),
-            (&[(var::ROLE_ARN, "arn:aws:iam::123456789012:role/a*b")], var::ROLE_ARN),
+            (
+                &[(var::ROLE_ARN, "arn:aws:iam::12345:role/x")],
+                var::ROLE_ARN,
+            ),
+            (
+                &[(var::ROLE_ARN, "arn:aws:iam::123456789012:user/x")],
+                var::ROLE_ARN,
+            ),
+            (
+                &[(var::ROLE_ARN, "arn:aws:s3::123456789012:role/x")],
+                var::ROLE_ARN,
+            ),
+            (
+                &[(var::ROLE_ARN, "arn:evil:iam::123456789012:role/x")],
+                var::ROLE_ARN,
+            ),
+            (
+                &[(var::ROLE_ARN, "arn:aws:iam::123456789012:role/")],
+                var::ROLE_ARN,
+            ),
+            (
+                &[(var::ROLE_ARN, "arn:aws:iam::123456789012:role/a*b")],
+                var::ROLE_ARN,
+            ),
             (&[(var::SECRETS, "")], var::SECRETS),
             (&[(var::SECRETS, "app/*")], var::SECRETS),
             (&[(var::PORT, "0")], var::PORT),
@@ -410,25 +490,49 @@ mod tests {
             (&[(var::PREFETCH, "maybe")], var::PREFETCH),
             (&[(var::SESSION_DURATION, "899")], var::SESSION_DURATION),
             (&[(var::SESSION_DURATION, "3601")], var::SESSION_DURATION),
-            (&[(var::DEADLINE_MARGIN_MS, "60001")], var::DEADLINE_MARGIN_MS),
-            (&[(var::REQUEST_WAIT_TIMEOUT_MS, "0")], var::REQUEST_WAIT_TIMEOUT_MS),
-            (&[(var::UPSTREAM_TIMEOUT_MS, "99")], var::UPSTREAM_TIMEOUT_MS),
+            (
+                &[(var::DEADLINE_MARGIN_MS, "60001")],
+                var::DEADLINE_MARGIN_MS,
+            ),
+            (
+                &[(var::REQUEST_WAIT_TIMEOUT_MS, "0")],
+                var::REQUEST_WAIT_TIMEOUT_MS,
+            ),
+            (
+                &[(var::UPSTREAM_TIMEOUT_MS, "99")],
+                var::UPSTREAM_TIMEOUT_MS,
+            ),
             (&[(var::MAX_CONNECTIONS, "0")], var::MAX_CONNECTIONS),
             (&[(var::INIT_BUDGET_MS, "999")], var::INIT_BUDGET_MS),
             (&[("AWS_REGION", "")], "AWS_REGION"),
             (&[("AWS_REGION", "us east")], "AWS_REGION"),
             (&[("AWS_LAMBDA_RUNTIME_API", "")], "AWS_LAMBDA_RUNTIME_API"),
             (&[("AWS_SESSION_TOKEN", "")], "AWS_SESSION_TOKEN"),
-            (&[("AWS_LAMBDA_INITIALIZATION_TYPE", "snap-start")], "AWS_LAMBDA_INITIALIZATION_TYPE"),
-            (&[("AWS_ENDPOINT_URL", "127.0.0.1:4566")], "AWS_ENDPOINT_URL"),
-            (&[("AWS_ENDPOINT_URL", "http://127.0.0.1:2773")], "AWS_ENDPOINT_URL"),
-            (&[("AWS_ENDPOINT_URL_STS", "http://localhost:2773/")], "AWS_ENDPOINT_URL_STS"),
+            (
+                &[("AWS_LAMBDA_INITIALIZATION_TYPE", "snap-start")],
+                "AWS_LAMBDA_INITIALIZATION_TYPE",
+            ),
+            (
+                &[("AWS_ENDPOINT_URL", "127.0.0.1:4566")],
+                "AWS_ENDPOINT_URL",
+            ),
+            (
+                &[("AWS_ENDPOINT_URL", "http://127.0.0.1:2773")],
+                "AWS_ENDPOINT_URL",
+            ),
+            (
+                &[("AWS_ENDPOINT_URL_STS", "http://localhost:2773/")],
+                "AWS_ENDPOINT_URL_STS",
+            ),
         ];
         for (extra, variable) in cases {
             let error = with(extra).expect_err(&format!("{extra:?} must be rejected"));
             assert_eq!(error.variable, *variable, "{extra:?}");
             let sentence = error.to_string();
-            assert!(sentence.starts_with(variable) && sentence.ends_with('.'), "{sentence}");
+            assert!(
+                sentence.starts_with(variable) && sentence.ends_with('.'),
+                "{sentence}"
+            );
         }
     }
 
@@ -448,9 +552,18 @@ mod tests {
         assert_eq!(config.cache_ttl, Duration::ZERO);
         assert!(!config.prefetch);
         assert_eq!(config.session_duration, Duration::from_secs(3600));
-        assert_eq!(config.initialization_type, InitializationType::ProvisionedConcurrency);
-        assert_eq!(config.endpoints.sts.as_deref(), Some("http://127.0.0.1:4566"));
-        assert_eq!(config.endpoints.secrets_manager.as_deref(), Some("http://127.0.0.1:4566"));
+        assert_eq!(
+            config.initialization_type,
+            InitializationType::ProvisionedConcurrency
+        );
+        assert_eq!(
+            config.endpoints.sts.as_deref(),
+            Some("http://127.0.0.1:4566")
+        );
+        assert_eq!(
+            config.endpoints.secrets_manager.as_deref(),
+            Some("http://127.0.0.1:4566")
+        );
     }
 
     #[test]
@@ -461,7 +574,10 @@ mod tests {
         ])
         .expect("valid");
         assert_eq!(config.endpoints.secrets_manager, None);
-        assert_eq!(config.endpoints.sts.as_deref(), Some("http://127.0.0.1:4567"));
+        assert_eq!(
+            config.endpoints.sts.as_deref(),
+            Some("http://127.0.0.1:4567")
+        );
     }
 
     #[test]

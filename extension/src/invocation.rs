@@ -30,7 +30,10 @@ pub struct Scope {
 
 impl fmt::Debug for Scope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Scope").field("label", &self.label).field("generation", &self.generation).finish()
+        f.debug_struct("Scope")
+            .field("label", &self.label)
+            .field("generation", &self.generation)
+            .finish()
     }
 }
 
@@ -74,7 +77,10 @@ impl Scope {
         self.ended.store(true, Ordering::Release);
         let session = self.session.lock().await.take()?;
         let name = session.name().to_owned();
-        let still_valid_for = session.end().duration_since(SystemTime::now()).unwrap_or_default();
+        let still_valid_for = session
+            .end()
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
         let users = Arc::strong_count(&session) - 1;
         drop(session);
         self.counters.ended.fetch_add(1, Ordering::Relaxed);
@@ -153,7 +159,9 @@ impl Lifecycle {
     /// Whether `generation` is the scope running now (for TTL-0 cache entries).
     pub fn is_current_generation(&self, generation: u64) -> bool {
         match &*self.phase.borrow() {
-            Phase::Init(scope) | Phase::Active(scope) => scope.generation == generation && !scope.has_ended(),
+            Phase::Init(scope) | Phase::Active(scope) => {
+                scope.generation == generation && !scope.has_ended()
+            }
             Phase::Idle | Phase::ShuttingDown => false,
         }
     }
@@ -173,10 +181,36 @@ impl Lifecycle {
         });
         let previous = self.phase.send_replace(Phase::Active(Arc::clone(&scope)));
         if let Phase::Init(old) | Phase::Active(old) = previous {
-            let reason = if old.generation == 0 { "first_invocation" } else { "next_invocation" };
+            let reason = if old.generation == 0 {
+                "first_invocation"
+            } else {
+                "next_invocation"
+            };
             old.end(reason).await;
         }
         scope
+    }
+
+    /// Ends the init scope when the runtime's INIT is done (`platform.initRuntimeDone`): the
+    /// init session does not wait for the first INVOKE, which with provisioned concurrency may
+    /// come hours later. Requests then wait for that INVOKE.
+    pub async fn end_init(&self) -> bool {
+        let mut init = None;
+        self.phase.send_if_modified(|phase| match phase {
+            Phase::Init(scope) => {
+                init = Some(Arc::clone(scope));
+                *phase = Phase::Idle;
+                true
+            }
+            _ => false,
+        });
+        match init {
+            Some(scope) => {
+                scope.end("init_done").await;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Ends the invocation `scope` (runtimeDone or its deadline) and goes `Idle`.

@@ -56,14 +56,25 @@ struct InitFailure {
 }
 
 fn init_failure(error_type: &'static str, message: impl Into<String>) -> InitFailure {
-    InitFailure { error_type, message: message.into() }
+    InitFailure {
+        error_type,
+        message: message.into(),
+    }
 }
 
 /// Runs the extension to completion. Returns the process exit code.
-pub async fn run(env: Env, name: String, hardening: Hardening, log_problem: Option<String>) -> ExitCode {
+pub async fn run(
+    env: Env,
+    name: String,
+    hardening: Hardening,
+    log_problem: Option<String>,
+) -> ExitCode {
     let started = Instant::now();
     let Some(runtime_api) = env.get("AWS_LAMBDA_RUNTIME_API") else {
-        tracing::error!(event = "init_failed", reason = "AWS_LAMBDA_RUNTIME_API is not set; not running inside Lambda.");
+        tracing::error!(
+            event = "init_failed",
+            reason = "AWS_LAMBDA_RUNTIME_API is not set; not running inside Lambda."
+        );
         return ExitCode::FAILURE;
     };
     let registered = match ExtensionsApi::new(runtime_api).register(&name).await {
@@ -77,7 +88,10 @@ pub async fn run(env: Env, name: String, hardening: Hardening, log_problem: Opti
         Ok(extension) => extension,
         Err(failure) => {
             tracing::error!(event = "init_failed", error_type = failure.error_type, reason = %failure.message);
-            if let Err(error) = registered.init_error(failure.error_type, &failure.message).await {
+            if let Err(error) = registered
+                .init_error(failure.error_type, &failure.message)
+                .await
+            {
                 tracing::error!(event = "init_error_not_delivered", cause = %error);
             }
             return ExitCode::FAILURE;
@@ -109,28 +123,44 @@ struct Extension {
 }
 
 impl Extension {
-    async fn init(env: &Env, registered: &Registered, log_problem: Option<String>) -> Result<Self, InitFailure> {
+    async fn init(
+        env: &Env,
+        registered: &Registered,
+        log_problem: Option<String>,
+    ) -> Result<Self, InitFailure> {
         if let Some(problem) = log_problem {
             return Err(init_failure("Extension.ConfigInvalid", problem));
         }
-        let config = Config::from_env(env).map_err(|e| init_failure("Extension.ConfigInvalid", e.to_string()))?;
-        policy::check_fits(&config.allowlist)
-            .map_err(|reason| init_failure("Extension.ConfigInvalid", format!("{} would {reason}", config::var::SECRETS)))?;
+        let config = Config::from_env(env)
+            .map_err(|e| init_failure("Extension.ConfigInvalid", e.to_string()))?;
+        policy::check_fits(&config.allowlist).map_err(|reason| {
+            init_failure(
+                "Extension.ConfigInvalid",
+                format!("{} would {reason}", config::var::SECRETS),
+            )
+        })?;
         let config = Arc::new(config);
         let address = SocketAddr::from(([127, 0, 0, 1], config.port));
         let listener = TcpListener::bind(address).await.map_err(|error| {
             init_failure(
                 "Extension.BindFailed",
-                format!("The local API could not listen on {address}: {error}. Is another extension using that port?"),
+                format!("The local API could not listen on {address}: {error}; another process may be using that port."),
             )
         })?;
         let (telemetry_listener, destination) = telemetry::bind().await.map_err(|error| {
-            init_failure("Extension.TelemetryUnavailable", format!("The telemetry listener could not bind: {error}."))
+            init_failure(
+                "Extension.TelemetryUnavailable",
+                format!("The telemetry listener could not bind: {error}."),
+            )
         })?;
         let shutdown = CancellationToken::new();
         let tasks = tokio_util::task::TaskTracker::new();
         let completions = Arc::new(Completions::default());
-        tasks.spawn(telemetry::serve(telemetry_listener, Arc::clone(&completions), shutdown.clone()));
+        tasks.spawn(telemetry::serve(
+            telemetry_listener,
+            Arc::clone(&completions),
+            shutdown.clone(),
+        ));
         registered.subscribe_telemetry(&destination).await.map_err(|error| {
             init_failure(
                 "Extension.TelemetryUnavailable",
@@ -150,10 +180,22 @@ impl Extension {
             )
             .load()
             .await;
-        let factory = Arc::new(SessionFactory::new(&sdk, Arc::clone(&config), environment_id()));
+        let factory = Arc::new(SessionFactory::new(
+            &sdk,
+            Arc::clone(&config),
+            environment_id(),
+        ));
         let init_end = SystemTime::now() + config.init_budget + config.deadline_margin;
-        let lifecycle = Arc::new(Lifecycle::new(Arc::clone(&factory), init_end, config.request_wait_timeout));
-        let secrets = Arc::new(Secrets::new(config.allowlist.clone(), config.cache_ttl, Arc::clone(&lifecycle)));
+        let lifecycle = Arc::new(Lifecycle::new(
+            Arc::clone(&factory),
+            init_end,
+            config.request_wait_timeout,
+        ));
+        let secrets = Arc::new(Secrets::new(
+            config.allowlist.clone(),
+            config.cache_ttl,
+            Arc::clone(&lifecycle),
+        ));
         let api = Arc::new(LocalApi {
             allowlist: config.allowlist.clone(),
             token: config.local_token.clone(),
@@ -162,13 +204,49 @@ impl Extension {
             denied: Default::default(),
             served: Default::default(),
         });
-        let limits = ConnectionLimits { max_connections: config.max_connections, ..Default::default() };
+        // The init session ends with the runtime's INIT, not at the first INVOKE.
+        {
+            let (lifecycle, secrets, completions) = (
+                Arc::clone(&lifecycle),
+                Arc::clone(&secrets),
+                Arc::clone(&completions),
+            );
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move {
+                tokio::select! {
+                    () = completions.wait_init_done() => {}
+                    () = shutdown.cancelled() => return,
+                }
+                if lifecycle.end_init().await {
+                    let wiped = secrets.expire();
+                    tracing::info!(target: "audit", event = "init_ended", secrets_wiped = wiped as u64);
+                }
+            });
+        }
+        let limits = ConnectionLimits {
+            max_connections: config.max_connections,
+            ..Default::default()
+        };
         let handler_api = Arc::clone(&api);
-        tasks.spawn(server::accept_loop(listener, limits, shutdown.clone(), move |request| {
-            let api = Arc::clone(&handler_api);
-            async move { api.handle(request).await }
-        }));
-        Ok(Self { config, factory, lifecycle, secrets, api, completions, shutdown, tasks })
+        tasks.spawn(server::accept_loop(
+            listener,
+            limits,
+            shutdown.clone(),
+            move |request| {
+                let api = Arc::clone(&handler_api);
+                async move { api.handle(request).await }
+            },
+        ));
+        Ok(Self {
+            config,
+            factory,
+            lifecycle,
+            secrets,
+            api,
+            completions,
+            shutdown,
+            tasks,
+        })
     }
 
     async fn run(self, registered: Registered) -> ExitCode {
@@ -183,19 +261,32 @@ impl Extension {
                 }
             };
             match event {
-                Ok(Event::Invoke { request_id, deadline_ms }) => self.invocation(&request_id, deadline_ms).await,
-                Ok(Event::Shutdown { shutdown_reason, deadline_ms }) => {
+                Ok(Event::Invoke {
+                    request_id,
+                    deadline_ms,
+                }) => self.invocation(&request_id, deadline_ms).await,
+                Ok(Event::Shutdown {
+                    shutdown_reason,
+                    deadline_ms,
+                }) => {
                     let reason = match shutdown_reason {
                         ShutdownReason::Spindown => "spindown",
                         ShutdownReason::Timeout => "timeout",
                         ShutdownReason::Failure => "failure",
                         ShutdownReason::Other => "other",
                     };
-                    return self.shut_down(reason, UNIX_EPOCH + Duration::from_millis(deadline_ms)).await;
+                    return self
+                        .shut_down(reason, UNIX_EPOCH + Duration::from_millis(deadline_ms))
+                        .await;
                 }
                 Err(error) => {
                     tracing::error!(event = "event_loop_failed", cause = %error);
-                    let _ = registered.exit_error("Extension.EventLoopFailed", &format!("The extension lost the Extensions API: {error}.")).await;
+                    let _ = registered
+                        .exit_error(
+                            "Extension.EventLoopFailed",
+                            &format!("The extension lost the Extensions API: {error}."),
+                        )
+                        .await;
                     self.wipe_everything().await;
                     return ExitCode::FAILURE;
                 }
@@ -209,13 +300,18 @@ impl Extension {
     async fn invocation(&self, request_id: &str, deadline_ms: u64) {
         let began = Instant::now();
         let deadline = UNIX_EPOCH + Duration::from_millis(deadline_ms);
-        let scope = self.lifecycle.begin(request_id, deadline + self.config.deadline_margin).await;
+        let scope = self
+            .lifecycle
+            .begin(request_id, deadline + self.config.deadline_margin)
+            .await;
         let prefetch = self.config.prefetch.then(|| {
             let secrets = Arc::clone(&self.secrets);
             let scope = Arc::clone(&scope);
             tokio::spawn(async move { secrets.prefetch(&scope).await })
         });
-        let until_deadline = deadline.duration_since(SystemTime::now()).unwrap_or_default();
+        let until_deadline = deadline
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
         let reason = tokio::select! {
             () = self.completions.wait(request_id) => "runtime_done",
             () = tokio::time::sleep(until_deadline) => "deadline",
@@ -242,10 +338,15 @@ impl Extension {
     /// Lambda's deadline.
     async fn shut_down(self, reason: &'static str, deadline: SystemTime) -> ExitCode {
         let began = Instant::now();
-        let budget = deadline.duration_since(SystemTime::now()).unwrap_or_default().saturating_sub(SHUTDOWN_MARGIN);
+        let budget = deadline
+            .duration_since(SystemTime::now())
+            .unwrap_or_default()
+            .saturating_sub(SHUTDOWN_MARGIN);
         let (ended_session, wiped) = self.wipe_everything().await;
         self.tasks.close();
-        let drained = tokio::time::timeout(budget, self.tasks.wait()).await.is_ok();
+        let drained = tokio::time::timeout(budget, self.tasks.wait())
+            .await
+            .is_ok();
         // Anything still cached by a request that finished while draining goes too.
         let wiped = wiped + self.secrets.wipe_all();
         let sessions = self.lifecycle.counters();
@@ -286,10 +387,16 @@ fn environment_id() -> String {
     let mut bytes = [0u8; 8];
     if getrandom::fill(&mut bytes).is_err() {
         // No entropy source: fall back to the clock, still unique enough per environment.
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
         bytes = (nanos as u64).to_le_bytes();
     }
-    bytes.iter().map(|b| char::from(ALPHABET[usize::from(b % 32)])).collect()
+    bytes
+        .iter()
+        .map(|b| char::from(ALPHABET[usize::from(b % 32)]))
+        .collect()
 }
 
 type Terminate = Option<tokio::signal::unix::Signal>;
@@ -315,7 +422,12 @@ mod tests {
         let b = super::environment_id();
         assert_eq!(a.len(), 8);
         assert_ne!(a, b);
-        assert!(crate::policy::is_valid_session_name(&crate::policy::session_name(&a, &"f".repeat(36), 0)));
-        assert_eq!(crate::policy::session_name(&a, &"f".repeat(36), 0).len(), 48);
+        assert!(crate::policy::is_valid_session_name(
+            &crate::policy::session_name(&a, &"f".repeat(36), 0)
+        ));
+        assert_eq!(
+            crate::policy::session_name(&a, &"f".repeat(36), 0).len(),
+            48
+        );
     }
 }

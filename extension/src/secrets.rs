@@ -81,7 +81,9 @@ impl SecretValue {
     /// The `GetSecretValue` JSON, in a buffer that is wiped when dropped.
     pub fn to_json(&self) -> Zeroizing<Vec<u8>> {
         let binary = match &self.payload {
-            Payload::Binary(bytes) => Some(Zeroizing::new(aws_smithy_types::base64::encode(bytes.as_slice()))),
+            Payload::Binary(bytes) => Some(Zeroizing::new(aws_smithy_types::base64::encode(
+                bytes.as_slice(),
+            ))),
             Payload::Text(_) => None,
         };
         let wire = Wire {
@@ -102,7 +104,9 @@ impl SecretValue {
             Payload::Text(text) => text.len() * 6,
             Payload::Binary(_) => binary.as_ref().map_or(0, |b| b.len()),
         };
-        let mut buffer = Zeroizing::new(Vec::with_capacity(payload_len + self.arn.len() + self.name.len() + 256));
+        let mut buffer = Zeroizing::new(Vec::with_capacity(
+            payload_len + self.arn.len() + self.name.len() + 256,
+        ));
         // Serialising borrowed strings into a Vec cannot fail.
         let _ = serde_json::to_writer(&mut *buffer, &wire);
         buffer
@@ -234,6 +238,17 @@ impl Source {
     }
 }
 
+/// A secret served, with where it came from.
+#[derive(Debug)]
+pub struct Served {
+    /// The value.
+    pub value: Arc<SecretValue>,
+    /// Cache or AWS.
+    pub source: Source,
+    /// The scope (request id or `init`) whose session fetched it, when it came from AWS.
+    pub scope: Option<String>,
+}
+
 /// Counters for the SHUTDOWN summary and metrics.
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -257,7 +272,9 @@ pub struct Secrets {
 
 impl fmt::Debug for Secrets {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Secrets").field("ttl", &self.ttl).finish_non_exhaustive()
+        f.debug_struct("Secrets")
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
     }
 }
 
@@ -283,25 +300,37 @@ impl Secrets {
     ///
     /// # Errors
     /// [`FetchError`], never containing a value.
-    pub async fn get(&self, entry: EntryIndex, version: Version) -> Result<(Arc<SecretValue>, Source), FetchError> {
+    pub async fn get(&self, entry: EntryIndex, version: Version) -> Result<Served, FetchError> {
         use std::sync::atomic::Ordering::Relaxed;
         let key = Key { entry, version };
         if let Some(value) = self.fresh(&key) {
             self.counters.cache_hits.fetch_add(1, Relaxed);
-            return Ok((value, Source::Cache));
+            return Ok(Served {
+                value,
+                source: Source::Cache,
+                scope: None,
+            });
         }
         let lock = self.key_lock(&key);
         let _guard = lock.lock().await;
         if let Some(value) = self.fresh(&key) {
             // Another request fetched it while this one waited: one upstream call for both.
             self.counters.cache_hits.fetch_add(1, Relaxed);
-            return Ok((value, Source::Cache));
+            return Ok(Served {
+                value,
+                source: Source::Cache,
+                scope: None,
+            });
         }
         let scope = self.lifecycle.current_scope().await?;
         let session = tokio::time::timeout(self.lifecycle.wait_timeout(), scope.session())
             .await
             .map_err(|_elapsed| FetchError::WaitTimeout)??;
-        let secret_id = self.allowlist.entry(entry).map(|e| e.secret_id().to_owned()).unwrap_or_default();
+        let secret_id = self
+            .allowlist
+            .entry(entry)
+            .map(|e| e.secret_id().to_owned())
+            .unwrap_or_default();
         let mut request = session.client().get_secret_value().secret_id(&secret_id);
         request = match &key.version {
             Version::Current => request,
@@ -321,7 +350,11 @@ impl Secrets {
         ));
         self.counters.fetched.fetch_add(1, Relaxed);
         self.store(&scope, key, Arc::clone(&value));
-        Ok((value, Source::Aws))
+        Ok(Served {
+            value,
+            source: Source::Aws,
+            scope: Some(scope.label().to_owned()),
+        })
     }
 
     /// Fetches every allowlisted secret whose current version is missing or stale, in as few
@@ -331,7 +364,10 @@ impl Secrets {
         let mut guards = Vec::new();
         let mut wanted: Vec<(EntryIndex, String)> = Vec::new();
         for (index, entry) in self.allowlist.iter() {
-            let key = Key { entry: index, version: Version::Current };
+            let key = Key {
+                entry: index,
+                version: Version::Current,
+            };
             if self.fresh(&key).is_some() {
                 continue;
             }
@@ -353,8 +389,14 @@ impl Secrets {
         };
         let calls = wanted.chunks(BATCH_LIMIT).map(|chunk| {
             let ids: Vec<String> = chunk.iter().map(|(_, id)| id.clone()).collect();
-            self.counters.upstream_calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            session.client().batch_get_secret_value().set_secret_id_list(Some(ids)).send()
+            self.counters
+                .upstream_calls
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            session
+                .client()
+                .batch_get_secret_value()
+                .set_secret_id_list(Some(ids))
+                .send()
         });
         let results = join_all(calls.collect()).await;
         for result in results {
@@ -384,8 +426,17 @@ impl Secrets {
                             .map(|(index, _)| *index)
                             .or_else(|| self.allowlist.find(&value.arn));
                         if let Some(index) = index {
-                            self.counters.fetched.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            self.store(scope, Key { entry: index, version: Version::Current }, Arc::new(value));
+                            self.counters
+                                .fetched
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            self.store(
+                                scope,
+                                Key {
+                                    entry: index,
+                                    version: Version::Current,
+                                },
+                                Arc::new(value),
+                            );
                         }
                     }
                 }
@@ -402,7 +453,9 @@ impl Secrets {
         let now = Instant::now();
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
         let before = cache.len();
-        cache.retain(|_, cached| !self.ttl.is_zero() && now.duration_since(cached.fetched_at) < self.ttl);
+        cache.retain(|_, cached| {
+            !self.ttl.is_zero() && now.duration_since(cached.fetched_at) < self.ttl
+        });
         before - cache.len()
     }
 
@@ -417,7 +470,10 @@ impl Secrets {
 
     /// How many values are cached.
     pub fn cached(&self) -> usize {
-        self.cache.lock().unwrap_or_else(PoisonError::into_inner).len()
+        self.cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     fn fresh(&self, key: &Key) -> Option<Arc<SecretValue>> {
@@ -438,11 +494,21 @@ impl Secrets {
         if scope.has_ended() {
             return;
         }
-        cache.insert(key, Cached { value, fetched_at: Instant::now(), generation: scope.generation() });
+        cache.insert(
+            key,
+            Cached {
+                value,
+                fetched_at: Instant::now(),
+                generation: scope.generation(),
+            },
+        );
     }
 
     fn key_lock(&self, key: &Key) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut locks = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         // Entries whose lock nobody holds are dropped, so the map stays as small as the
         // number of keys being fetched right now.
         locks.retain(|_, lock| Arc::strong_count(lock) > 1);
@@ -450,26 +516,37 @@ impl Secrets {
     }
 }
 
-fn classify<E: ProvideErrorMetadata + fmt::Debug, R: fmt::Debug>(error: &SdkError<E, R>) -> FetchError {
+fn classify<E: ProvideErrorMetadata + fmt::Debug, R: fmt::Debug>(
+    error: &SdkError<E, R>,
+) -> FetchError {
     match error {
         SdkError::TimeoutError(_) => FetchError::UpstreamTimeout,
         SdkError::DispatchFailure(failure) if failure.is_timeout() => FetchError::UpstreamTimeout,
-        SdkError::DispatchFailure(_) => FetchError::Upstream { kind: "connection failed".into() },
+        SdkError::DispatchFailure(_) => FetchError::Upstream {
+            kind: "connection failed".into(),
+        },
         SdkError::ServiceError(service) => {
             let mut code = service.err().code().unwrap_or("Unknown").to_owned();
             code.retain(|c| c.is_ascii_alphanumeric());
             match code.as_str() {
                 "ResourceNotFoundException" => FetchError::NotFound,
-                "AccessDeniedException" | "AccessDenied" | "UnrecognizedClientException"
-                | "ExpiredTokenException" | "InvalidSignatureException" => FetchError::AccessDenied { code },
-                "ThrottlingException" | "TooManyRequestsException" | "RequestLimitExceeded" => FetchError::Throttled,
+                "AccessDeniedException"
+                | "AccessDenied"
+                | "UnrecognizedClientException"
+                | "ExpiredTokenException"
+                | "InvalidSignatureException" => FetchError::AccessDenied { code },
+                "ThrottlingException" | "TooManyRequestsException" | "RequestLimitExceeded" => {
+                    FetchError::Throttled
+                }
                 "InvalidParameterException" | "InvalidRequestException" | "ValidationException" => {
                     FetchError::InvalidRequest { code }
                 }
                 _ => FetchError::Upstream { kind: code },
             }
         }
-        _ => FetchError::Upstream { kind: "unexpected answer".into() },
+        _ => FetchError::Upstream {
+            kind: "unexpected answer".into(),
+        },
     }
 }
 
@@ -491,7 +568,11 @@ async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
                 }
             }
         }
-        if pending { std::task::Poll::Pending } else { std::task::Poll::Ready(()) }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
     })
     .await;
     outputs.into_iter().flatten().collect()

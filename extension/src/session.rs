@@ -51,7 +51,9 @@ pub struct SessionFactory {
 
 impl fmt::Debug for SessionFactory {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SessionFactory").field("environment_id", &self.environment_id).finish()
+        f.debug_struct("SessionFactory")
+            .field("environment_id", &self.environment_id)
+            .finish()
     }
 }
 
@@ -67,9 +69,15 @@ impl SessionFactory {
         // pointing here) is never followed: the extension would call itself.
         let mut sts = sts::config::Builder::from(sdk).timeout_config(timeouts.clone());
         sts.set_endpoint_url(config.endpoints.sts.clone());
-        let mut secrets_manager = secretsmanager::config::Builder::from(sdk).timeout_config(timeouts);
+        let mut secrets_manager =
+            secretsmanager::config::Builder::from(sdk).timeout_config(timeouts);
         secrets_manager.set_endpoint_url(config.endpoints.secrets_manager.clone());
-        Self { sts: sts::Client::from_conf(sts.build()), secrets_manager, config, environment_id }
+        Self {
+            sts: sts::Client::from_conf(sts.build()),
+            secrets_manager,
+            config,
+            environment_id,
+        }
     }
 
     /// The random id of this execution environment, part of every session name.
@@ -81,7 +89,12 @@ impl SessionFactory {
     ///
     /// # Errors
     /// [`SessionError`] without any credential in it.
-    pub async fn start(&self, label: &str, sequence: u32, end: SystemTime) -> Result<Session, SessionError> {
+    pub async fn start(
+        &self,
+        label: &str,
+        sequence: u32,
+        end: SystemTime,
+    ) -> Result<Session, SessionError> {
         let name = policy::session_name(&self.environment_id, label, sequence);
         if !policy::is_valid_session_name(&name) {
             return Err(SessionError::InvalidName);
@@ -100,19 +113,36 @@ impl SessionFactory {
             .await;
         let mut output = result.map_err(|error| classify_sts_error(&error))?;
         let Some(credentials) = output.credentials.take() else {
-            return Err(SessionError::Upstream { kind: "answer without credentials".into() });
+            return Err(SessionError::Upstream {
+                kind: "answer without credentials".into(),
+            });
         };
-        let sts::types::Credentials { access_key_id, secret_access_key, session_token, expiration, .. } =
-            credentials;
+        let sts::types::Credentials {
+            access_key_id,
+            secret_access_key,
+            session_token,
+            expiration,
+            ..
+        } = credentials;
         let expiry = SystemTime::try_from(expiration).ok();
         // Moved, not copied: `Credentials` keeps them in `Zeroizing` strings.
-        let credentials = Credentials::new(access_key_id, secret_access_key, Some(session_token), expiry, "scoped-session");
+        let credentials = Credentials::new(
+            access_key_id,
+            secret_access_key,
+            Some(session_token),
+            expiry,
+            "scoped-session",
+        );
         let client = secretsmanager::Client::from_conf(
-            self.secrets_manager.clone().credentials_provider(credentials).build(),
+            self.secrets_manager
+                .clone()
+                .credentials_provider(credentials)
+                .build(),
         );
         tracing::info!(
             target: "audit",
             event = "session_started",
+            request_id = %label,
             session = %name,
             policy_end = %policy::iso8601_ceil(end),
             assume_role_ms = started.elapsed().as_millis() as u64,
@@ -147,7 +177,9 @@ impl Session {
 
 impl fmt::Debug for Session {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Session").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("Session")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -164,7 +196,11 @@ fn classify_sts_error<R: fmt::Debug>(
             code.retain(|c| c.is_ascii_alphanumeric() || c == '.');
             SessionError::Refused { code }
         }
-        SdkError::DispatchFailure(_) => SessionError::Upstream { kind: "connection failed".into() },
-        _ => SessionError::Upstream { kind: "unexpected answer".into() },
+        SdkError::DispatchFailure(_) => SessionError::Upstream {
+            kind: "connection failed".into(),
+        },
+        _ => SessionError::Upstream {
+            kind: "unexpected answer".into(),
+        },
     }
 }

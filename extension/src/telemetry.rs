@@ -25,13 +25,36 @@ const REMEMBERED: usize = 64;
 const MAX_BATCH_BYTES: usize = 1 << 20;
 
 /// Request ids whose runtime has finished.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Completions {
     done: Mutex<VecDeque<String>>,
     notify: Notify,
+    init_done: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for Completions {
+    fn default() -> Self {
+        Self {
+            done: Mutex::default(),
+            notify: Notify::new(),
+            init_done: tokio::sync::watch::Sender::new(false),
+        }
+    }
 }
 
 impl Completions {
+    /// Records that the runtime finished its INIT (`platform.initRuntimeDone`).
+    pub fn record_init_done(&self) {
+        self.init_done.send_replace(true);
+    }
+
+    /// Resolves once the runtime has finished its INIT.
+    pub async fn wait_init_done(&self) {
+        let mut receiver = self.init_done.subscribe();
+        // The sender lives as long as `self`, so the channel cannot close while we wait.
+        let _ = receiver.wait_for(|done| *done).await;
+    }
+
     /// Records that the runtime finished `request_id`.
     pub fn record(&self, request_id: &str) {
         let mut done = self.done.lock().unwrap_or_else(PoisonError::into_inner);
@@ -57,7 +80,11 @@ impl Completions {
     }
 
     fn is_done(&self, request_id: &str) -> bool {
-        self.done.lock().unwrap_or_else(PoisonError::into_inner).iter().any(|id| id == request_id)
+        self.done
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .any(|id| id == request_id)
     }
 }
 
@@ -75,10 +102,19 @@ struct TelemetryEvent {
 /// # Errors
 /// The bind failure.
 pub async fn bind() -> std::io::Result<(TcpListener, String)> {
-    let sandbox = tokio::net::lookup_host(("sandbox.localdomain", 0)).await.ok().and_then(|mut a| a.next());
+    let sandbox = tokio::net::lookup_host(("sandbox.localdomain", 0))
+        .await
+        .ok()
+        .and_then(|mut a| a.next());
     let (address, host) = match sandbox {
-        Some(address) => (SocketAddr::new(address.ip(), 0), "sandbox.localdomain".to_owned()),
-        None => (SocketAddr::from(([127, 0, 0, 1], 0)), "127.0.0.1".to_owned()),
+        Some(address) => (
+            SocketAddr::new(address.ip(), 0),
+            "sandbox.localdomain".to_owned(),
+        ),
+        None => (
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            "127.0.0.1".to_owned(),
+        ),
     };
     let listener = TcpListener::bind(address).await?;
     let port = listener.local_addr()?.port();
@@ -86,8 +122,15 @@ pub async fn bind() -> std::io::Result<(TcpListener, String)> {
 }
 
 /// Serves telemetry batches until `shutdown`.
-pub async fn serve(listener: TcpListener, completions: Arc<Completions>, shutdown: CancellationToken) {
-    let limits = crate::server::ConnectionLimits { max_connections: 4, ..Default::default() };
+pub async fn serve(
+    listener: TcpListener,
+    completions: Arc<Completions>,
+    shutdown: CancellationToken,
+) {
+    let limits = crate::server::ConnectionLimits {
+        max_connections: 4,
+        ..Default::default()
+    };
     crate::server::accept_loop(listener, limits, shutdown, move |request| {
         let completions = Arc::clone(&completions);
         async move { handle(request, &completions).await }
@@ -99,18 +142,28 @@ async fn handle(request: Request<Incoming>, completions: &Completions) -> Respon
     if request.method() != Method::POST {
         return status(StatusCode::METHOD_NOT_ALLOWED);
     }
-    let Ok(body) = Limited::new(request.into_body(), MAX_BATCH_BYTES).collect().await else {
+    let Ok(body) = Limited::new(request.into_body(), MAX_BATCH_BYTES)
+        .collect()
+        .await
+    else {
         return status(StatusCode::PAYLOAD_TOO_LARGE);
     };
     let Ok(events) = serde_json::from_slice::<Vec<TelemetryEvent>>(&body.to_bytes()) else {
         return status(StatusCode::BAD_REQUEST);
     };
     for event in events {
-        if event.kind == "platform.runtimeDone" {
-            if let Some(request_id) = event.record.get("requestId").and_then(|v| v.as_str()) {
-                tracing::debug!(event = "runtime_done", request_id);
-                completions.record(request_id);
+        match event.kind.as_str() {
+            "platform.runtimeDone" => {
+                if let Some(request_id) = event.record.get("requestId").and_then(|v| v.as_str()) {
+                    tracing::debug!(event = "runtime_done", request_id);
+                    completions.record(request_id);
+                }
             }
+            "platform.initRuntimeDone" => {
+                tracing::debug!(event = "init_runtime_done");
+                completions.record_init_done();
+            }
+            _ => {}
         }
     }
     status(StatusCode::OK)
@@ -141,9 +194,15 @@ mod tests {
         assert!(!waiter.is_finished());
         completions.record("other");
         tokio::task::yield_now().await;
-        assert!(!waiter.is_finished(), "another request's completion must not release it");
+        assert!(
+            !waiter.is_finished(),
+            "another request's completion must not release it"
+        );
         completions.record("late");
-        tokio::time::timeout(std::time::Duration::from_secs(1), waiter).await.expect("released").expect("joined");
+        tokio::time::timeout(std::time::Duration::from_secs(1), waiter)
+            .await
+            .expect("released")
+            .expect("joined");
     }
 
     #[test]

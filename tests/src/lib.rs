@@ -1,2 +1,147 @@
+//! Test support for scoped-secrets: the real AWS emulator, the real Lambda environment, and a
+//! recording proxy between the extension and AWS. Nothing here answers for AWS.
+//!
+//! # Layout
+//! - [`ministack`]: starts MiniStack (IAM enforced, loopback only) and builds a world in it:
+//!   an execution role, a scoped role, secrets.
+//! - [`aws_proxy`]: a transparent recording proxy, so tests count the extension's AWS calls and
+//!   read the credentials AssumeRole returned (to prove AWS refuses them).
+//! - [`lambda`]: the local Lambda environment (`lambda-simulator`, wrapped where it falls short).
+//! - [`Stack`]: all three together, as each end-to-end test and the demo use them.
+
 pub mod aws_proxy;
+pub mod lambda;
 pub mod ministack;
+
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::aws_proxy::AwsProxy;
+use crate::lambda::{Environment, InitFailed, Options};
+use crate::ministack::{MiniStack, World};
+
+/// The secrets every test world has: two the function may read, two it may not.
+pub const SECRETS: &[(&str, &str)] = &[
+    ("app/db", "canary-db-7f3a9c1e-value"),
+    ("app/api", "canary-api-51d2b8e0-value"),
+    ("app/other", "canary-other-9e44c2aa-value"),
+    ("other/x", "canary-x-0b6f17d3-value"),
+];
+
+/// MiniStack, a world in it, and the recording proxy the extension talks through.
+pub struct Stack {
+    /// The emulator.
+    pub ministack: MiniStack,
+    /// Roles, credentials and secrets.
+    pub world: World,
+    /// The extension's `AWS_ENDPOINT_URL`.
+    pub proxy: AwsProxy,
+}
+
+impl std::fmt::Debug for Stack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stack")
+            .field("endpoint", &self.ministack.endpoint())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Stack {
+    /// Starts MiniStack with [`SECRETS`], the scoped role reaching `app/*`.
+    pub async fn start() -> anyhow::Result<Stack> {
+        let ministack = MiniStack::start().await?;
+        let world = ministack.world("app/", SECRETS).await?;
+        let proxy = AwsProxy::start(ministack.endpoint()).await?;
+        Ok(Stack {
+            ministack,
+            world,
+            proxy,
+        })
+    }
+
+    /// The function's environment: the execution role's credentials, the extension's
+    /// configuration for `allowlist` on `port`, and `extra` on top.
+    pub fn function_env(
+        &self,
+        allowlist: &str,
+        port: u16,
+        extra: &[(&str, &str)],
+    ) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = self
+            .world
+            .exec_credentials
+            .env_vars()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        env.extend([
+            ("AWS_ENDPOINT_URL".to_owned(), self.proxy.endpoint()),
+            (
+                "SCOPED_SECRETS_ROLE_ARN".to_owned(),
+                self.world.scoped_role_arn.clone(),
+            ),
+            ("SCOPED_SECRETS_SECRETS".to_owned(), allowlist.to_owned()),
+            ("SCOPED_SECRETS_PORT".to_owned(), port.to_string()),
+        ]);
+        for (name, value) in extra {
+            env.retain(|(k, _)| k != name);
+            env.push(((*name).to_owned(), (*value).to_owned()));
+        }
+        env
+    }
+
+    /// Starts a Lambda environment whose INIT must succeed.
+    pub async fn environment(
+        &self,
+        allowlist: &str,
+        extra: &[(&str, &str)],
+    ) -> anyhow::Result<(Environment, u16)> {
+        let port = lambda::free_port()?;
+        let options = Options {
+            env: self.function_env(allowlist, port, extra),
+            ..Options::default()
+        };
+        match Environment::start(options).await? {
+            Ok(environment) => Ok((environment, port)),
+            Err(InitFailed {
+                reported, output, ..
+            }) => {
+                anyhow::bail!("INIT failed: {reported:?}\n{}", output.text())
+            }
+        }
+    }
+
+    /// The execution role's session token: the local API's token.
+    pub fn token(&self) -> String {
+        self.world
+            .exec_credentials
+            .session_token
+            .clone()
+            .unwrap_or_default()
+    }
+
+    /// Waits (bounded) until `condition` holds for the proxy's records.
+    pub async fn wait_until(
+        &self,
+        what: &str,
+        condition: impl Fn(&AwsProxy) -> bool,
+    ) -> anyhow::Result<()> {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !condition(&self.proxy) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .with_context(|| format!("timed out waiting for {what}"))
+    }
+}
+
+/// SHA-256 of `text`, hex, as the example function reports it.
+pub fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

@@ -1,0 +1,604 @@
+//! The local Lambda environment: `lambda-simulator` 0.2.0, wrapped where it falls short.
+//!
+//! The simulator provides the Runtime, Extensions and Telemetry APIs, INVOKE with a real
+//! `deadlineMs`, `platform.runtimeDone` and SHUTDOWN. What it lacks, this module adds:
+//! - **`init/error` and `exit/error`**: the simulator has no such routes. A small front proxy
+//!   sits before it (the processes get the proxy's address as `AWS_LAMBDA_RUNTIME_API`),
+//!   records those two calls itself and forwards everything else. An `init/error` fails the
+//!   environment's INIT the way Lambda does: the function is never started or invoked.
+//! - **Process output**: `Simulator::spawn_process` cannot capture stdout, so processes are
+//!   spawned here with the simulator's own Lambda variables, and every line they print is kept
+//!   for assertions (and echoed to stderr when `SCOPED_SECRETS_TEST_ECHO` is set).
+//! - **INIT order**: the extension is started first and the function only once the extension
+//!   has registered and polled `/event/next`, as Lambda orders them.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use lambda_simulator::{InvocationBuilder, InvocationStatus, ShutdownReason, Simulator};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::ministack::workspace_root;
+
+/// An `init/error` or `exit/error` an extension reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportedError {
+    /// `init/error` or `exit/error`.
+    pub path: String,
+    /// The `Lambda-Extension-Function-Error-Type` header.
+    pub error_type: String,
+    /// The JSON body (`errorMessage`, `errorType`).
+    pub body: Value,
+}
+
+/// Lines printed by a process, shared with the reader task.
+#[derive(Debug, Clone, Default)]
+pub struct Output(Arc<Mutex<Vec<String>>>);
+
+impl Output {
+    /// Every line so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.0.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Every line that parses as JSON.
+    pub fn json_lines(&self) -> Vec<Value> {
+        self.lines()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// JSON lines whose `event` field is `event`.
+    pub fn events(&self, event: &str) -> Vec<Value> {
+        self.json_lines()
+            .into_iter()
+            .filter(|l| l["event"] == event)
+            .collect()
+    }
+
+    /// The whole output as one string (for "never appears" scans).
+    pub fn text(&self) -> String {
+        self.lines().join("\n")
+    }
+
+    /// Waits until a JSON line with `event` appears.
+    pub async fn wait_for_event(&self, event: &str, timeout: Duration) -> anyhow::Result<Value> {
+        let started = Instant::now();
+        loop {
+            if let Some(line) = self.events(event).into_iter().next() {
+                return Ok(line);
+            }
+            if started.elapsed() > timeout {
+                bail!(
+                    "no {event:?} line within {timeout:?}; output:\n{}",
+                    self.text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn push(&self, line: String) {
+        if std::env::var_os("SCOPED_SECRETS_TEST_ECHO").is_some() {
+            eprintln!("{line}");
+        }
+        if let Ok(mut lines) = self.0.lock() {
+            lines.push(line);
+        }
+    }
+}
+
+/// A spawned process whose output is kept.
+#[derive(Debug)]
+pub struct Process {
+    child: Child,
+    /// Its stdout and stderr lines.
+    pub output: Output,
+}
+
+impl Process {
+    fn spawn(binary: &PathBuf, env: &HashMap<String, String>) -> anyhow::Result<Self> {
+        let mut command = Command::new(binary);
+        command
+            .env_clear()
+            .envs(env)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("spawning {}", binary.display()))?;
+        let output = Output::default();
+        if let Some(stdout) = child.stdout.take() {
+            let output = output.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stdout).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    output.push(line);
+                }
+            });
+        }
+        if let Some(stderr) = child.stderr.take() {
+            let output = output.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    output.push(format!("stderr: {line}"));
+                }
+            });
+        }
+        Ok(Self { child, output })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Waits for the process to exit, bounded.
+    pub async fn wait(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .context("process did not exit in time")?
+            .context("waiting for process")
+    }
+
+    /// Whether it has exited, and how.
+    pub fn try_status(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Sends a signal (e.g. `libc::SIGTERM` = 15).
+    pub fn signal(&self, signal: i32) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .arg(format!("-{signal}"))
+                .arg(pid.to_string())
+                .status();
+        }
+    }
+}
+
+/// Paths of the release binaries the end-to-end tests run.
+pub fn release_binary(name: &str) -> anyhow::Result<PathBuf> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace_root().join("target"), PathBuf::from);
+    let path = target.join("release").join(name);
+    if !path.exists() {
+        bail!(
+            "{} is missing: build it first with `cargo build --release -p scoped-secrets -p example-rust-reader` \
+             (./tests/run.sh does)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// How to start an environment.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Variables for both processes (the function's configuration, the execution role's credentials).
+    pub env: Vec<(String, String)>,
+    /// Variables for the extension only.
+    pub extension_env: Vec<(String, String)>,
+    /// The function's timeout.
+    pub invocation_timeout: Duration,
+    /// Start the function (false: only the extension, e.g. to test requests during INIT).
+    pub start_function: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            env: Vec::new(),
+            extension_env: Vec::new(),
+            invocation_timeout: Duration::from_secs(5),
+            start_function: true,
+        }
+    }
+}
+
+/// The outcome of an invocation.
+#[derive(Debug, Clone)]
+pub struct Invoked {
+    /// The request id.
+    pub request_id: String,
+    /// Success, error or timeout.
+    pub status: InvocationStatus,
+    /// The function's answer.
+    pub payload: Value,
+    /// When INVOKE was enqueued.
+    pub enqueued_at: Instant,
+    /// From enqueue to the function's response.
+    pub duration: Duration,
+    /// The simulator's measurement of the extension's time after runtimeDone.
+    pub extension_overhead_ms: Option<f64>,
+}
+
+/// A running local Lambda environment: the simulator, its front proxy, the extension and the
+/// function.
+pub struct Environment {
+    simulator: Option<Simulator>,
+    front: FrontProxy,
+    /// The extension process.
+    pub extension: Process,
+    /// The function process, once started.
+    pub function: Option<Process>,
+    env: HashMap<String, String>,
+    /// When the extension process was spawned.
+    pub spawned_at: Instant,
+}
+
+impl std::fmt::Debug for Environment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Environment")
+            .field("runtime_api", &self.front.address)
+            .finish_non_exhaustive()
+    }
+}
+
+/// INIT did not complete.
+#[derive(Debug)]
+pub struct InitFailed {
+    /// What the extension reported, if it reported anything.
+    pub reported: Option<ReportedError>,
+    /// The extension's exit status, if it exited.
+    pub exit_status: Option<ExitStatus>,
+    /// The extension's output.
+    pub output: Output,
+}
+
+impl Environment {
+    /// Starts the extension and, once it is registered and polling, the function.
+    ///
+    /// # Errors
+    /// `Ok(Err(InitFailed))` when INIT fails the way Lambda fails it (an `init/error`, or the
+    /// extension exiting before it polls); `Err` for harness problems.
+    pub async fn start(options: Options) -> anyhow::Result<Result<Environment, InitFailed>> {
+        let simulator = Simulator::builder()
+            .function_name("scoped-secrets-example")
+            .invocation_timeout(options.invocation_timeout)
+            .shutdown_timeout(Duration::from_millis(2_000))
+            .extension_ready_timeout(options.invocation_timeout + Duration::from_secs(2))
+            .account_id(crate::ministack::ACCOUNT_ID)
+            .build()
+            .await
+            .context("starting lambda-simulator")?;
+        let front = FrontProxy::start(simulator.addr().to_string()).await?;
+        let mut env: HashMap<String, String> = simulator.lambda_env_vars();
+        env.insert("AWS_LAMBDA_RUNTIME_API".into(), front.address.clone());
+        env.insert("PATH".into(), std::env::var("PATH").unwrap_or_default());
+        env.insert("AWS_EC2_METADATA_DISABLED".into(), "true".into());
+        env.extend(options.env.iter().cloned());
+        let mut extension_env = env.clone();
+        extension_env.extend(options.extension_env.iter().cloned());
+        let spawned_at = Instant::now();
+        let mut extension = Process::spawn(&release_binary("scoped-secrets")?, &extension_env)?;
+
+        // Lambda's INIT: the extension registers and polls, or reports init/error, or dies.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(reported) = front
+                .reported()
+                .into_iter()
+                .find(|r| r.path == "init/error")
+            {
+                let exit_status = extension.wait(Duration::from_secs(5)).await.ok();
+                simulator.shutdown().await;
+                return Ok(Err(InitFailed {
+                    reported: Some(reported),
+                    exit_status,
+                    output: extension.output.clone(),
+                }));
+            }
+            if let Some(status) = extension.try_status() {
+                // Give the front proxy a moment to record a report sent just before exiting.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let reported = front
+                    .reported()
+                    .into_iter()
+                    .find(|r| r.path == "init/error");
+                simulator.shutdown().await;
+                return Ok(Err(InitFailed {
+                    reported,
+                    exit_status: Some(status),
+                    output: extension.output.clone(),
+                }));
+            }
+            let mut polled = false;
+            for registered in simulator.get_registered_extensions().await {
+                polled |= simulator.first_next_poll_at(&registered.id).await.is_some();
+            }
+            if polled {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the extension neither polled nor failed within 10 s; output:\n{}",
+                    extension.output.text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let mut environment = Environment {
+            simulator: Some(simulator),
+            front,
+            extension,
+            function: None,
+            env,
+            spawned_at,
+        };
+        if options.start_function {
+            environment.start_function().await?;
+        }
+        Ok(Ok(environment))
+    }
+
+    /// Starts the example function and waits for its first `/invocation/next`.
+    pub async fn start_function(&mut self) -> anyhow::Result<()> {
+        let function = Process::spawn(&release_binary("rust-reader")?, &self.env)?;
+        self.function = Some(function);
+        let simulator = self.simulator()?;
+        simulator
+            .wait_for(
+                || async { simulator.is_initialized().await },
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("the function did not initialise: {e}"))?;
+        // The extension ends its init session when telemetry reports the runtime's INIT done;
+        // wait for that, so a test's first INVOKE does not race it.
+        self.extension
+            .output
+            .wait_for_event("init_ended", Duration::from_secs(3))
+            .await?;
+        Ok(())
+    }
+
+    fn simulator(&self) -> anyhow::Result<&Simulator> {
+        self.simulator
+            .as_ref()
+            .context("the environment was shut down")
+    }
+
+    /// The address the processes use as `AWS_LAMBDA_RUNTIME_API`.
+    pub fn runtime_api(&self) -> &str {
+        &self.front.address
+    }
+
+    /// What the extension reported to `init/error` or `exit/error`.
+    pub fn reported(&self) -> Vec<ReportedError> {
+        self.front.reported()
+    }
+
+    /// Enqueues an invocation without waiting for it.
+    pub async fn enqueue(
+        &self,
+        payload: Value,
+        timeout: Duration,
+    ) -> anyhow::Result<(String, Instant)> {
+        let invocation = InvocationBuilder::new()
+            .payload(payload)
+            .timeout_ms(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX))
+            .build()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let enqueued_at = Instant::now();
+        let request_id = self.simulator()?.enqueue(invocation).await;
+        Ok((request_id, enqueued_at))
+    }
+
+    /// Waits for an enqueued invocation to complete and for the extension to be ready again.
+    pub async fn complete(
+        &self,
+        request_id: &str,
+        enqueued_at: Instant,
+        timeout: Duration,
+    ) -> anyhow::Result<Invoked> {
+        let simulator = self.simulator()?;
+        let state = simulator
+            .wait_for_invocation_complete(request_id, timeout + Duration::from_secs(2))
+            .await
+            .map_err(|e| anyhow::anyhow!("invocation {request_id} did not complete: {e}"))?;
+        let duration = enqueued_at.elapsed();
+        simulator
+            .wait_for_extensions_ready(request_id, timeout + Duration::from_secs(2))
+            .await
+            .map_err(|e| anyhow::anyhow!("the extension did not finish {request_id}: {e}"))?;
+        let extension_overhead_ms = simulator.get_extension_overhead_ms(request_id).await;
+        let payload = state.response.map(|r| r.payload).unwrap_or(Value::Null);
+        Ok(Invoked {
+            request_id: request_id.to_owned(),
+            status: state.status,
+            payload,
+            enqueued_at,
+            duration,
+            extension_overhead_ms,
+        })
+    }
+
+    /// Invokes the function and waits for the invocation and the extension to finish.
+    pub async fn invoke(&self, payload: Value, timeout: Duration) -> anyhow::Result<Invoked> {
+        let (request_id, enqueued_at) = self.enqueue(payload, timeout).await?;
+        self.complete(&request_id, enqueued_at, timeout).await
+    }
+
+    /// SHUTDOWN (spindown) with Lambda's 2,000 ms budget. Returns the extension's exit status
+    /// and how long it took from the event to its exit.
+    pub async fn shut_down(&mut self) -> anyhow::Result<(ExitStatus, Duration)> {
+        let simulator = self.simulator.take().context("already shut down")?;
+        let started = Instant::now();
+        let shutdown = tokio::spawn(simulator.graceful_shutdown(ShutdownReason::Spindown));
+        let status = self.extension.wait(Duration::from_secs(5)).await?;
+        let elapsed = started.elapsed();
+        if let Some(function) = self.function.as_mut() {
+            let _ = function.child.start_kill();
+        }
+        let _ = shutdown.await;
+        Ok((status, elapsed))
+    }
+}
+
+/// The front proxy before the simulator: records `init/error` and `exit/error`, forwards the rest.
+struct FrontProxy {
+    address: String,
+    reported: Arc<Mutex<Vec<ReportedError>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FrontProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FrontProxy {
+    async fn start(upstream: String) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?.to_string();
+        let reported: Arc<Mutex<Vec<ReportedError>>> = Arc::default();
+        let client: Client<HttpConnector, Full<Bytes>> =
+            Client::builder(TokioExecutor::new()).build_http();
+        let state = (upstream, Arc::clone(&reported), client);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request| {
+                        let state = state.clone();
+                        async move {
+                            Ok::<_, Infallible>(
+                                forward(request, &state.0, &state.1, &state.2).await,
+                            )
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Ok(Self {
+            address,
+            reported,
+            task,
+        })
+    }
+
+    fn reported(&self) -> Vec<ReportedError> {
+        self.reported.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+}
+
+async fn forward(
+    request: hyper::Request<Incoming>,
+    upstream: &str,
+    reported: &Mutex<Vec<ReportedError>>,
+    client: &Client<HttpConnector, Full<Bytes>>,
+) -> hyper::Response<Full<Bytes>> {
+    let path = request.uri().path().to_owned();
+    let (parts, body) = request.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    for report in ["init/error", "exit/error"] {
+        if path == format!("/2020-01-01/extension/{report}") {
+            let error_type = parts
+                .headers
+                .get("Lambda-Extension-Function-Error-Type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            if let Ok(mut reported) = reported.lock() {
+                reported.push(ReportedError {
+                    path: report.to_owned(),
+                    error_type,
+                    body,
+                });
+            }
+            let mut response =
+                hyper::Response::new(Full::new(Bytes::from_static(br#"{"status":"OK"}"#)));
+            *response.status_mut() = hyper::StatusCode::ACCEPTED;
+            return response;
+        }
+    }
+    let uri = format!(
+        "http://{upstream}{}",
+        parts.uri.path_and_query().map_or("/", |p| p.as_str())
+    );
+    let mut outgoing = hyper::Request::builder().method(parts.method).uri(uri);
+    for (name, value) in &parts.headers {
+        if name != hyper::header::HOST {
+            outgoing = outgoing.header(name, value);
+        }
+    }
+    let Ok(outgoing) = outgoing.body(Full::new(body)) else {
+        return status(hyper::StatusCode::BAD_REQUEST);
+    };
+    match client.request(outgoing).await {
+        Ok(response) => {
+            let (parts, body) = response.into_parts();
+            let body = body
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            hyper::Response::from_parts(parts, Full::new(body))
+        }
+        Err(_) => status(hyper::StatusCode::BAD_GATEWAY),
+    }
+}
+
+fn status(code: hyper::StatusCode) -> hyper::Response<Full<Bytes>> {
+    let mut response = hyper::Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = code;
+    response
+}
+
+/// A plain HTTP/1.1 GET to the extension's local API, as a function (or an attacker inside it)
+/// would send it. Returns status and parsed JSON body.
+pub async fn local_get(
+    port: u16,
+    target: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<(u16, Value)> {
+    let client: Client<HttpConnector, http_body_util::Empty<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let mut request = hyper::Request::get(format!("http://127.0.0.1:{port}{target}"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = client
+        .request(request.body(http_body_util::Empty::new())?)
+        .await?;
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
+}
+
+/// A free loopback port (bound and released; good enough for one test's extension).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
