@@ -172,6 +172,19 @@ pub enum InitializationType {
     ProvisionedConcurrency,
 }
 
+/// When an invocation's scope ends (its session is wiped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndOfInvocation {
+    /// At `platform.runtimeDone`, before asking for the next event: nothing credential-bearing
+    /// waits in a frozen environment. Costs the Telemetry API's buffering (≥ 25 ms) of
+    /// post-response time per invocation.
+    RuntimeDone,
+    /// At the next INVOKE, or at the deadline if the environment is running then: no
+    /// post-response time, but the session waits in the frozen environment (AWS still refuses
+    /// it after the deadline: the session policy's bound does not change).
+    NextInvoke,
+}
+
 /// Where the extension sends its own AWS calls.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct AwsEndpoints {
@@ -218,6 +231,8 @@ pub struct Config {
     pub local_token: LocalToken,
     /// Lambda's initialisation type.
     pub initialization_type: InitializationType,
+    /// When an invocation's session is wiped.
+    pub end_of_invocation: EndOfInvocation,
 }
 
 /// Variable names, in one place so the README and the errors agree.
@@ -235,6 +250,7 @@ pub mod var {
     pub const MAX_CONNECTIONS: &str = "SCOPED_SECRETS_MAX_CONNECTIONS";
     pub const INIT_BUDGET_MS: &str = "SCOPED_SECRETS_INIT_BUDGET_MS";
     pub const LOG_LEVEL: &str = "SCOPED_SECRETS_LOG_LEVEL";
+    pub const END_OF_INVOCATION: &str = "SCOPED_SECRETS_END_OF_INVOCATION";
 }
 
 impl Config {
@@ -300,6 +316,16 @@ impl Config {
             }
         };
         let endpoints = endpoints(env, port)?;
+        let end_of_invocation = match env.get(var::END_OF_INVOCATION).map(str::trim) {
+            None | Some("runtime-done") => EndOfInvocation::RuntimeDone,
+            Some("next-invoke") => EndOfInvocation::NextInvoke,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    var::END_OF_INVOCATION,
+                    format!("must be runtime-done or next-invoke (got {other:?})."),
+                ));
+            }
+        };
         Ok(Self {
             role_arn,
             allowlist,
@@ -317,6 +343,7 @@ impl Config {
             runtime_api,
             local_token,
             initialization_type,
+            end_of_invocation,
         })
     }
 }
@@ -446,6 +473,7 @@ mod tests {
         assert_eq!(config.deadline_margin, Duration::from_millis(2_000));
         assert_eq!(config.request_wait_timeout, Duration::from_millis(5_000));
         assert_eq!(config.initialization_type, InitializationType::OnDemand);
+        assert_eq!(config.end_of_invocation, EndOfInvocation::RuntimeDone);
         assert_eq!(config.endpoints, AwsEndpoints::default());
         assert_eq!(config.allowlist.len(), 2);
     }
@@ -504,6 +532,7 @@ mod tests {
             ),
             (&[(var::MAX_CONNECTIONS, "0")], var::MAX_CONNECTIONS),
             (&[(var::INIT_BUDGET_MS, "999")], var::INIT_BUDGET_MS),
+            (&[(var::END_OF_INVOCATION, "never")], var::END_OF_INVOCATION),
             (&[("AWS_REGION", "")], "AWS_REGION"),
             (&[("AWS_REGION", "us east")], "AWS_REGION"),
             (&[("AWS_LAMBDA_RUNTIME_API", "")], "AWS_LAMBDA_RUNTIME_API"),
@@ -546,8 +575,10 @@ mod tests {
             (var::DEADLINE_MARGIN_MS, "0"),
             ("AWS_LAMBDA_INITIALIZATION_TYPE", "provisioned-concurrency"),
             ("AWS_ENDPOINT_URL", "http://127.0.0.1:4566"),
+            (var::END_OF_INVOCATION, "next-invoke"),
         ])
         .expect("valid");
+        assert_eq!(config.end_of_invocation, EndOfInvocation::NextInvoke);
         assert_eq!(config.port, 8080);
         assert_eq!(config.cache_ttl, Duration::ZERO);
         assert!(!config.prefetch);

@@ -29,14 +29,14 @@ pub mod telemetry;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, Env};
+use crate::config::{Config, EndOfInvocation, Env};
 use crate::extensions_api::{Event, ExtensionsApi, Registered, ShutdownReason};
 use crate::hardening::Hardening;
 use crate::invocation::Lifecycle;
@@ -120,6 +120,8 @@ struct Extension {
     completions: Arc<Completions>,
     shutdown: CancellationToken,
     tasks: tokio_util::task::TaskTracker,
+    /// With `next-invoke`: the timer that ends the open scope at its deadline.
+    deadline_timer: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 impl Extension {
@@ -246,6 +248,7 @@ impl Extension {
             completions,
             shutdown,
             tasks,
+            deadline_timer: std::sync::Mutex::new(None),
         })
     }
 
@@ -296,7 +299,8 @@ impl Extension {
 
     /// One invocation: open its scope, prefetch, wait for runtimeDone (or the deadline), end
     /// the scope. Only then does the loop ask for the next event, so no credential waits in a
-    /// frozen environment.
+    /// frozen environment. With `next-invoke` the scope is left open for the next INVOKE (or a
+    /// timer at the deadline) to end.
     async fn invocation(&self, request_id: &str, deadline_ms: u64) {
         let began = Instant::now();
         let deadline = UNIX_EPOCH + Duration::from_millis(deadline_ms);
@@ -304,6 +308,16 @@ impl Extension {
             .lifecycle
             .begin(request_id, deadline + self.config.deadline_margin)
             .await;
+        if let Some(timer) = self
+            .deadline_timer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            timer.abort();
+        }
+        // Values a previous scope fetched with TTL 0 go now (with next-invoke nothing wiped them).
+        self.secrets.expire();
         let prefetch = self.config.prefetch.then(|| {
             let secrets = Arc::clone(&self.secrets);
             let scope = Arc::clone(&scope);
@@ -312,10 +326,29 @@ impl Extension {
         let until_deadline = deadline
             .duration_since(SystemTime::now())
             .unwrap_or_default();
+        if self.config.end_of_invocation == EndOfInvocation::NextInvoke {
+            let (lifecycle, secrets) = (Arc::clone(&self.lifecycle), Arc::clone(&self.secrets));
+            let shutdown = self.shutdown.clone();
+            let timer = self.tasks.spawn(async move {
+                tokio::select! {
+                    () = tokio::time::sleep(until_deadline) => {}
+                    () = shutdown.cancelled() => return,
+                }
+                if let Some(prefetch) = prefetch {
+                    prefetch.abort();
+                }
+                lifecycle.finish(&scope, "deadline").await;
+                secrets.expire();
+            });
+            *self
+                .deadline_timer
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(timer.abort_handle());
+            return;
+        }
         let reason = tokio::select! {
             () = self.completions.wait(request_id) => "runtime_done",
             () = tokio::time::sleep(until_deadline) => "deadline",
-            () = self.shutdown.cancelled() => "shutdown",
         };
         let waited = began.elapsed();
         if let Some(prefetch) = prefetch {

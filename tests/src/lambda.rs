@@ -226,8 +226,9 @@ pub struct Invoked {
     pub enqueued_at: Instant,
     /// From enqueue to the function's response.
     pub duration: Duration,
-    /// The simulator's measurement of the extension's time after runtimeDone.
-    pub extension_overhead_ms: Option<f64>,
+    /// From the function's response to the extension's next `/event/next`: what the
+    /// runtimeDone wait (telemetry buffering + ending the scope) adds to the invocation.
+    pub extension_after_response: Duration,
 }
 
 /// A running local Lambda environment: the simulator, its front proxy, the extension and the
@@ -414,12 +415,13 @@ impl Environment {
             .wait_for_invocation_complete(request_id, timeout + Duration::from_secs(2))
             .await
             .map_err(|e| anyhow::anyhow!("invocation {request_id} did not complete: {e}"))?;
-        let duration = enqueued_at.elapsed();
+        let responded = Instant::now();
+        let duration = responded - enqueued_at;
         simulator
             .wait_for_extensions_ready(request_id, timeout + Duration::from_secs(2))
             .await
             .map_err(|e| anyhow::anyhow!("the extension did not finish {request_id}: {e}"))?;
-        let extension_overhead_ms = simulator.get_extension_overhead_ms(request_id).await;
+        let extension_after_response = responded.elapsed();
         let payload = state.response.map(|r| r.payload).unwrap_or(Value::Null);
         Ok(Invoked {
             request_id: request_id.to_owned(),
@@ -427,7 +429,7 @@ impl Environment {
             payload,
             enqueued_at,
             duration,
-            extension_overhead_ms,
+            extension_after_response,
         })
     }
 

@@ -9,6 +9,9 @@
 //! - [`lambda`]: the local Lambda environment (`lambda-simulator`, wrapped where it falls short).
 //! - [`Stack`]: all three together, as each end-to-end test and the demo use them.
 
+// Test support prints on purpose (process output echo, the demo) and may `expect` with a reason.
+#![allow(clippy::print_stderr, clippy::print_stdout, clippy::expect_used)]
+
 pub mod aws_proxy;
 pub mod lambda;
 pub mod ministack;

@@ -3,6 +3,8 @@
 //!
 //! Build first: `cargo build --release -p scoped-secrets -p example-rust-reader` (`./tests/run.sh`).
 
+#![allow(clippy::expect_used, clippy::type_complexity)]
+
 use std::time::{Duration, Instant, SystemTime};
 
 use scoped_secrets_tests::lambda::{Environment, Options, local_get};
@@ -638,6 +640,54 @@ async fn requests_during_init_use_an_init_session_that_ends_at_the_first_invoke(
         stack.proxy.assume_role_calls().len(),
         2,
         "the invocation did not reuse the init session"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_next_invoke_the_session_ends_at_the_next_invoke_or_the_deadline() -> anyhow::Result<()>
+{
+    let stack = Stack::start().await?;
+    let extra = [
+        ("SCOPED_SECRETS_END_OF_INVOCATION", "next-invoke"),
+        ("SCOPED_SECRETS_CACHE_TTL", "0"),
+    ];
+    let (environment, _port) = stack.environment("app/db", &extra).await?;
+    let first = environment.invoke(read("app/db"), TIMEOUT).await?;
+    assert_eq!(first.payload["status"], 200);
+    assert!(
+        environment
+            .extension
+            .output
+            .events("session_ended")
+            .is_empty(),
+        "left open for the next INVOKE"
+    );
+    let timeout = Duration::from_millis(1_000);
+    let second = environment.invoke(read("app/db"), timeout).await?;
+    assert_eq!(second.payload["status"], 200);
+    let ended = environment
+        .extension
+        .output
+        .wait_for_event("session_ended", TIMEOUT)
+        .await?;
+    assert_eq!(
+        (ended["request_id"].as_str(), ended["reason"].as_str()),
+        (Some(first.request_id.as_str()), Some("next_invocation"))
+    );
+    // No INVOKE follows the second: its deadline timer ends it.
+    tokio::time::sleep_until((second.enqueued_at + timeout + Duration::from_millis(500)).into())
+        .await;
+    let ended = environment.extension.output.events("session_ended");
+    assert_eq!(ended.len(), 2, "{ended:?}");
+    assert_eq!(
+        (ended[1]["request_id"].as_str(), ended[1]["reason"].as_str()),
+        (Some(second.request_id.as_str()), Some("deadline"))
+    );
+    assert_eq!(
+        stack.proxy.assume_role_calls().len(),
+        2,
+        "still one session per invocation"
     );
     Ok(())
 }

@@ -1,1 +1,106 @@
-fn main() {}
+//! The local demo: MiniStack with IAM enforced, the real extension and the real example function
+//! in the local Lambda environment, a few invocations, the audit log, and proof that each
+//! session's credentials are narrow and die with their invocation.
+//!
+//! Run it with `./tests/demo.sh` (which installs MiniStack and builds the release binaries).
+
+use std::time::Duration;
+
+use scoped_secrets_tests::Stack;
+use scoped_secrets_tests::ministack::read_secret_as;
+use serde_json::{Value, json};
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    println!("MiniStack (IAM enforced) on {}", stack.ministack.endpoint());
+    println!("scoped role: {}", stack.world.scoped_role_arn);
+    let allowlist = "db=app/db,app/api";
+    println!("allowlist:   {allowlist}   (cache TTL 0: every invocation gets a fresh session)\n");
+    let (mut environment, _port) = stack
+        .environment(allowlist, &[("SCOPED_SECRETS_CACHE_TTL", "0")])
+        .await?;
+
+    let timeout = Duration::from_secs(3);
+    let mut after_response = Vec::new();
+    let reads = [
+        json!({"secretId": "db"}),
+        json!({"secretId": "app/api"}),
+        json!({"secretId": "db"}),
+        json!({"secretId": "other/x"}),
+    ];
+    for payload in reads {
+        let invoked = environment.invoke(payload.clone(), timeout).await?;
+        println!("invoke {payload} -> {}", invoked.payload);
+        after_response.push(invoked.extension_after_response);
+    }
+    // More invocations, for a median of what the runtimeDone wait adds.
+    for _ in 0..16 {
+        after_response.push(
+            environment
+                .invoke(json!({"secretId": "db"}), timeout)
+                .await?
+                .extension_after_response,
+        );
+    }
+    after_response.sort();
+    println!(
+        "\nfunction response -> extension's next /event/next (the runtimeDone wait), {} invocations: median {:.1} ms, max {:.1} ms",
+        after_response.len(),
+        after_response[after_response.len() / 2].as_secs_f64() * 1e3,
+        after_response
+            .last()
+            .copied()
+            .unwrap_or_default()
+            .as_secs_f64()
+            * 1e3,
+    );
+
+    let calls = stack.proxy.assume_role_calls();
+    println!(
+        "\nAssumeRole calls: {} (one per invocation that needed AWS)",
+        calls.len()
+    );
+    if let Some(last) = calls.last() {
+        println!(
+            "last session: {}",
+            last.role_session_name.as_deref().unwrap_or_default()
+        );
+        println!(
+            "its session policy: {}",
+            last.policy.as_deref().unwrap_or_default()
+        );
+        if let Some(credentials) = &last.credentials {
+            let endpoint = stack.ministack.endpoint();
+            for secret in ["app/db", "app/other", "other/x"] {
+                let outcome = match read_secret_as(&endpoint, credentials, secret).await {
+                    Ok(_) => "allowed".to_owned(),
+                    Err(code) => format!("refused by AWS ({code})"),
+                };
+                println!("  the session's own credentials reading {secret:<10} -> {outcome}");
+            }
+        }
+    }
+
+    let (status, elapsed) = environment.shut_down().await?;
+    println!(
+        "\nSHUTDOWN: extension exited with {status} after {} ms\n",
+        elapsed.as_millis()
+    );
+    println!("Audit log (the extension's JSON lines with target \"audit\"):");
+    for line in environment.extension.output.json_lines() {
+        if line["target"] == "audit" || line["event"] == "ready" {
+            println!("{}", compact(&line));
+        }
+    }
+    Ok(())
+}
+
+fn compact(line: &Value) -> String {
+    let mut line = line.clone();
+    if let Some(object) = line.as_object_mut() {
+        object.remove("target");
+        object.remove("level");
+    }
+    line.to_string()
+}

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The whole test suite: lints, unit tests, and the end-to-end tests (the real release extension
+# and example function in the local Lambda environment against MiniStack). CI runs exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source tests/prepare.sh
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+echo "==> cargo clippy"
+cargo clippy --locked --workspace --all-targets -- -D warnings
+echo "==> cargo test"
+cargo test --locked --workspace -- --test-threads=2
