@@ -4,6 +4,8 @@
 //!
 //! Run it with `./tests/demo.sh` (which installs MiniStack and builds the release binaries).
 
+#![allow(clippy::print_stdout)] // the demo prints its story
+
 use std::time::Duration;
 
 use scoped_secrets_tests::Stack;
