@@ -75,19 +75,14 @@ impl Entry {
     /// Whether `requested` names this secret: its alias, configured id, bare name, or a full
     /// ARN that the entry's resource pattern covers.
     fn answers_to(&self, requested: &str) -> bool {
-        if self.alias.as_deref() == Some(requested)
-            || self.secret_id == requested
-            || self.name == requested
-        {
+        if self.alias.as_deref() == Some(requested) || self.secret_id == requested || self.name == requested {
             return true;
         }
         match self.resource.strip_suffix("-??????") {
             Some(prefix) => requested
                 .strip_prefix(prefix)
                 .and_then(|rest| rest.strip_prefix('-'))
-                .is_some_and(|suffix| {
-                    suffix.len() == 6 && suffix.bytes().all(|b| b.is_ascii_alphanumeric())
-                }),
+                .is_some_and(|suffix| suffix.len() == 6 && suffix.bytes().all(|b| b.is_ascii_alphanumeric())),
             None => self.resource == requested,
         }
     }
@@ -96,10 +91,7 @@ impl Entry {
 impl fmt::Debug for Entry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Names and ARNs are identifiers, not secrets: printing them is fine.
-        f.debug_struct("Entry")
-            .field("alias", &self.alias)
-            .field("secret_id", &self.secret_id)
-            .finish()
+        f.debug_struct("Entry").field("alias", &self.alias).field("secret_id", &self.secret_id).finish()
     }
 }
 
@@ -118,30 +110,18 @@ impl Allowlist {
     /// # Errors
     /// The first entry at fault.
     pub fn parse(list: &str, role: &RoleArn, region: &str) -> Result<Self, AllowlistError> {
-        let raw: Vec<&str> = list
-            .split(',')
-            .map(str::trim)
-            .filter(|e| !e.is_empty())
-            .collect();
+        let raw: Vec<&str> = list.split(',').map(str::trim).filter(|e| !e.is_empty()).collect();
         if raw.is_empty() {
             return Err(AllowlistError::Empty);
         }
         if raw.len() > MAX_ENTRIES {
-            return Err(AllowlistError::TooMany {
-                count: raw.len(),
-                max: MAX_ENTRIES,
-            });
+            return Err(AllowlistError::TooMany { count: raw.len(), max: MAX_ENTRIES });
         }
         let mut entries: Vec<Entry> = Vec::with_capacity(raw.len());
         for (index, text) in raw.iter().enumerate() {
             let position = index + 1;
-            let entry = parse_entry(text, role, region)
-                .map_err(|why| AllowlistError::Invalid { position, why })?;
-            let names = [
-                Some(entry.secret_id.as_str()),
-                Some(entry.name.as_str()),
-                entry.alias.as_deref(),
-            ];
+            let entry = parse_entry(text, role, region).map_err(|why| AllowlistError::Invalid { position, why })?;
+            let names = [Some(entry.secret_id.as_str()), Some(entry.name.as_str()), entry.alias.as_deref()];
             let clash = entries.iter().any(|earlier| {
                 names.iter().flatten().any(|name| earlier.answers_to(name))
                     || [Some(earlier.secret_id.as_str()), earlier.alias.as_deref()]
@@ -159,9 +139,7 @@ impl Allowlist {
 
     /// The entry a local request names, if any.
     pub fn find(&self, requested: &str) -> Option<EntryIndex> {
-        self.entries
-            .iter()
-            .position(|entry| entry.answers_to(requested))
+        self.entries.iter().position(|entry| entry.answers_to(requested))
     }
 
     /// The entry at `index`.
@@ -187,9 +165,7 @@ impl Allowlist {
 
 fn parse_entry(text: &str, role: &RoleArn, region: &str) -> Result<Entry, &'static str> {
     let (alias, secret) = match text.split_once('=') {
-        Some((alias, secret)) if is_alias(alias.trim()) => {
-            (Some(alias.trim().to_owned()), secret.trim())
-        }
+        Some((alias, secret)) if is_alias(alias.trim()) => (Some(alias.trim().to_owned()), secret.trim()),
         Some((alias, _)) if !alias.contains('/') && !alias.starts_with("arn:") => {
             return Err("an alias is 1 to 64 of A-Z a-z 0-9 _ . -");
         }
@@ -200,16 +176,11 @@ fn parse_entry(text: &str, role: &RoleArn, region: &str) -> Result<Entry, &'stat
         let [partition, service, arn_region, account, kind, name] = parts.as_slice() else {
             return Err("an ARN must look like arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME");
         };
-        if !matches!(*partition, "aws" | "aws-cn" | "aws-us-gov")
-            || *service != "secretsmanager"
-            || *kind != "secret"
-        {
+        if !matches!(*partition, "aws" | "aws-cn" | "aws-us-gov") || *service != "secretsmanager" || *kind != "secret" {
             return Err("an ARN must look like arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME");
         }
         if arn_region.is_empty()
-            || !arn_region
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            || !arn_region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         {
             return Err("the ARN's region is not a region name");
         }
@@ -218,43 +189,19 @@ fn parse_entry(text: &str, role: &RoleArn, region: &str) -> Result<Entry, &'stat
         }
         check_name(name)?;
         let complete = has_random_suffix(name);
-        let bare = if complete {
-            &name[..name.len() - 7]
-        } else {
-            name
-        };
-        let resource = if complete {
-            secret.to_owned()
-        } else {
-            format!("{secret}-??????")
-        };
-        Ok(Entry {
-            alias,
-            secret_id: secret.to_owned(),
-            name: bare.to_owned(),
-            resource,
-        })
+        let bare = if complete { &name[..name.len() - 7] } else { name };
+        let resource = if complete { secret.to_owned() } else { format!("{secret}-??????") };
+        Ok(Entry { alias, secret_id: secret.to_owned(), name: bare.to_owned(), resource })
     } else {
         check_name(secret)?;
-        let resource = format!(
-            "arn:{}:secretsmanager:{region}:{}:secret:{secret}-??????",
-            role.partition(),
-            role.account_id()
-        );
-        Ok(Entry {
-            alias,
-            secret_id: secret.to_owned(),
-            name: secret.to_owned(),
-            resource,
-        })
+        let resource =
+            format!("arn:{}:secretsmanager:{region}:{}:secret:{secret}-??????", role.partition(), role.account_id());
+        Ok(Entry { alias, secret_id: secret.to_owned(), name: secret.to_owned(), resource })
     }
 }
 
 fn is_alias(text: &str) -> bool {
-    (1..=64).contains(&text.len())
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+    (1..=64).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
 /// Secrets Manager names: 1 to 512 of `A-Z a-z 0-9 / _ + = . @ -`. Wildcards never pass, so
@@ -263,10 +210,7 @@ fn check_name(name: &str) -> Result<(), &'static str> {
     if name.is_empty() || name.len() > 512 {
         return Err("a secret name is 1 to 512 characters");
     }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"/_+=.@-".contains(&b))
-    {
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_+=.@-".contains(&b)) {
         return Err("a secret name uses only A-Z a-z 0-9 / _ + = . @ - (no wildcards)");
     }
     Ok(())
@@ -275,11 +219,7 @@ fn check_name(name: &str) -> Result<(), &'static str> {
 /// Whether a name from an ARN ends in Secrets Manager's `-XXXXXX` random suffix.
 fn has_random_suffix(name: &str) -> bool {
     let bytes = name.as_bytes();
-    bytes.len() > 7
-        && bytes[bytes.len() - 7] == b'-'
-        && bytes[bytes.len() - 6..]
-            .iter()
-            .all(u8::is_ascii_alphanumeric)
+    bytes.len() > 7 && bytes[bytes.len() - 7] == b'-' && bytes[bytes.len() - 6..].iter().all(u8::is_ascii_alphanumeric)
 }
 
 #[cfg(test)]
@@ -315,38 +255,18 @@ mod tests {
 
     #[test]
     fn requests_match_by_alias_name_or_covered_arn_and_nothing_else() {
-        let list = parse(
-            "db=app/db,arn:aws:secretsmanager:us-east-1:210987654321:secret:shared/key-AbC123",
-        )
-        .expect("valid");
+        let list =
+            parse("db=app/db,arn:aws:secretsmanager:us-east-1:210987654321:secret:shared/key-AbC123").expect("valid");
         let cases = [
             ("db", Some(0)),
             ("app/db", Some(0)),
-            (
-                "arn:aws:secretsmanager:eu-west-1:123456789012:secret:app/db-Xy12Z9",
-                Some(0),
-            ),
-            (
-                "arn:aws:secretsmanager:eu-west-1:123456789012:secret:app/db-Xy12Z",
-                None,
-            ),
-            (
-                "arn:aws:secretsmanager:eu-west-1:123456789012:secret:app/db-Xy12Z9/x",
-                None,
-            ),
-            (
-                "arn:aws:secretsmanager:eu-west-1:999999999999:secret:app/db-Xy12Z9",
-                None,
-            ),
+            ("arn:aws:secretsmanager:eu-west-1:123456789012:secret:app/db-Xy12Z9", Some(0)),
+            ("arn:aws:secretsmanager:eu-west-1:123456789012:secret:app/db-Xy12Z", None),
+            ("arn:aws:secretsmanager:eu-west-1:123456789012:secret:app/db-Xy12Z9/x", None),
+            ("arn:aws:secretsmanager:eu-west-1:999999999999:secret:app/db-Xy12Z9", None),
             ("shared/key", Some(1)),
-            (
-                "arn:aws:secretsmanager:us-east-1:210987654321:secret:shared/key-AbC123",
-                Some(1),
-            ),
-            (
-                "arn:aws:secretsmanager:us-east-1:210987654321:secret:shared/key-ZZZZZZ",
-                None,
-            ),
+            ("arn:aws:secretsmanager:us-east-1:210987654321:secret:shared/key-AbC123", Some(1)),
+            ("arn:aws:secretsmanager:us-east-1:210987654321:secret:shared/key-ZZZZZZ", None),
             ("app/db2", None),
             ("app/*", None),
             ("", None),
@@ -362,62 +282,20 @@ mod tests {
         let cases = [
             ("", AllowlistError::Empty),
             (" , ", AllowlistError::Empty),
-            (
-                "app/*",
-                AllowlistError::Invalid {
-                    position: 1,
-                    why: "",
-                },
-            ),
-            (
-                "ok,app db",
-                AllowlistError::Invalid {
-                    position: 2,
-                    why: "",
-                },
-            ),
-            (
-                "bad alias!=app/db",
-                AllowlistError::Invalid {
-                    position: 1,
-                    why: "",
-                },
-            ),
-            (
-                "arn:aws:s3:::bucket",
-                AllowlistError::Invalid {
-                    position: 1,
-                    why: "",
-                },
-            ),
-            (
-                "arn:aws:secretsmanager:us-east-1:1234:secret:x",
-                AllowlistError::Invalid {
-                    position: 1,
-                    why: "",
-                },
-            ),
-            (
-                "arn:aws:secretsmanager:us-east-1:123456789012:secret:",
-                AllowlistError::Invalid {
-                    position: 1,
-                    why: "",
-                },
-            ),
+            ("app/*", AllowlistError::Invalid { position: 1, why: "" }),
+            ("ok,app db", AllowlistError::Invalid { position: 2, why: "" }),
+            ("bad alias!=app/db", AllowlistError::Invalid { position: 1, why: "" }),
+            ("arn:aws:s3:::bucket", AllowlistError::Invalid { position: 1, why: "" }),
+            ("arn:aws:secretsmanager:us-east-1:1234:secret:x", AllowlistError::Invalid { position: 1, why: "" }),
+            ("arn:aws:secretsmanager:us-east-1:123456789012:secret:", AllowlistError::Invalid { position: 1, why: "" }),
             ("app/db,app/db", AllowlistError::Duplicate { position: 2 }),
-            (
-                "db=app/db,db=app/api",
-                AllowlistError::Duplicate { position: 2 },
-            ),
+            ("db=app/db,db=app/api", AllowlistError::Duplicate { position: 2 }),
             ("x=app/db,x", AllowlistError::Duplicate { position: 2 }),
         ];
         for (list, expected) in cases {
             let error = parse(list).expect_err(list);
             match (&error, &expected) {
-                (
-                    AllowlistError::Invalid { position: a, .. },
-                    AllowlistError::Invalid { position: b, .. },
-                ) => {
+                (AllowlistError::Invalid { position: a, .. }, AllowlistError::Invalid { position: b, .. }) => {
                     assert_eq!(a, b, "{list}");
                 }
                 _ => assert_eq!(error, expected, "{list}"),
@@ -426,10 +304,7 @@ mod tests {
         let too_many: Vec<String> = (0..=MAX_ENTRIES).map(|i| format!("s{i}")).collect();
         assert_eq!(
             parse(&too_many.join(",")),
-            Err(AllowlistError::TooMany {
-                count: MAX_ENTRIES + 1,
-                max: MAX_ENTRIES
-            })
+            Err(AllowlistError::TooMany { count: MAX_ENTRIES + 1, max: MAX_ENTRIES })
         );
     }
 }

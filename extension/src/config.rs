@@ -25,23 +25,23 @@ impl Env {
     }
 
     /// An environment made of the given pairs.
-    pub fn from_pairs<K: Into<String>, V: Into<String>>(
-        pairs: impl IntoIterator<Item = (K, V)>,
-    ) -> Self {
-        Self(
-            pairs
-                .into_iter()
-                .map(|(k, v)| (k.into(), v.into()))
-                .collect(),
-        )
+    pub fn from_pairs<K: Into<String>, V: Into<String>>(pairs: impl IntoIterator<Item = (K, V)>) -> Self {
+        Self(pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
     }
 
     /// The value of `name`, `None` when unset or empty.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .get(name)
-            .map(String::as_str)
-            .filter(|v| !v.trim().is_empty())
+        self.0.get(name).map(String::as_str).filter(|v| !v.trim().is_empty())
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // The captured environment holds the execution role's credentials: wipe our copy.
+        use zeroize::Zeroize;
+        for value in self.0.values_mut() {
+            value.zeroize();
+        }
     }
 }
 
@@ -66,10 +66,7 @@ pub struct ConfigError {
 
 impl ConfigError {
     fn new(variable: &'static str, reason: impl Into<String>) -> Self {
-        Self {
-            variable,
-            reason: reason.into(),
-        }
+        Self { variable, reason: reason.into() }
     }
 }
 
@@ -89,9 +86,7 @@ impl RoleArn {
     pub fn parse(value: &str) -> Result<Self, String> {
         let parts: Vec<&str> = value.splitn(6, ':').collect();
         let [arn, partition, service, region, account, resource] = parts.as_slice() else {
-            return Err(
-                "must be an IAM role ARN of the form arn:aws:iam::ACCOUNT:role/NAME.".into(),
-            );
+            return Err("must be an IAM role ARN of the form arn:aws:iam::ACCOUNT:role/NAME.".into());
         };
         if *arn != "arn" || !matches!(*partition, "aws" | "aws-cn" | "aws-us-gov") {
             return Err("must start with arn:aws:, arn:aws-cn: or arn:aws-us-gov:.".into());
@@ -108,21 +103,13 @@ impl RoleArn {
         let name = path_and_name.rsplit('/').next().unwrap_or_default();
         let name_ok = !name.is_empty()
             && name.len() <= 64
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b));
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b));
         let path_ok = path_and_name.len() <= 512 + 64
-            && path_and_name
-                .bytes()
-                .all(|b| b.is_ascii_graphic() && b != b'*' && b != b'?');
+            && path_and_name.bytes().all(|b| b.is_ascii_graphic() && b != b'*' && b != b'?');
         if !name_ok || !path_ok {
             return Err("must end in a valid role name (1 to 64 of A-Z a-z 0-9 +=,.@_-).".into());
         }
-        Ok(Self {
-            arn: value.to_owned(),
-            partition: (*partition).to_owned(),
-            account_id: (*account).to_owned(),
-        })
+        Ok(Self { arn: value.to_owned(), partition: (*partition).to_owned(), account_id: (*account).to_owned() })
     }
 
     /// The whole ARN.
@@ -185,6 +172,15 @@ pub enum EndOfInvocation {
     NextInvoke,
 }
 
+/// What SHUTDOWN does about sessions whose policy bound is still in the future.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevocationMode {
+    /// Wipe them from memory and report them; AWS refuses them at their bound.
+    Wipe,
+    /// Also write a deny statement on the scoped role that refuses them at once.
+    Deny,
+}
+
 /// Where the extension sends its own AWS calls.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct AwsEndpoints {
@@ -193,6 +189,8 @@ pub struct AwsEndpoints {
     /// `AWS_ENDPOINT_URL` only: `AWS_ENDPOINT_URL_SECRETS_MANAGER` points the *function* at
     /// this extension, and following it would make the extension call itself.
     pub secrets_manager: Option<String>,
+    /// `AWS_ENDPOINT_URL_IAM`, else `AWS_ENDPOINT_URL`, else the SDK's default (deny mode only).
+    pub iam: Option<String>,
 }
 
 /// The extension's whole configuration, parsed once at INIT.
@@ -233,6 +231,17 @@ pub struct Config {
     pub initialization_type: InitializationType,
     /// When an invocation's session is wiped.
     pub end_of_invocation: EndOfInvocation,
+    /// A session's policy bound is at most this long after it was issued (`None`: only the
+    /// invocation's deadline bounds it); a read after it assumes a fresh session.
+    pub credential_window: Option<Duration>,
+    /// What SHUTDOWN does about sessions still valid at AWS.
+    pub revocation: RevocationMode,
+    /// Characters the revocation inline policy may use (the role's inline policies share 10,240).
+    pub revocation_policy_budget: usize,
+    /// CloudWatch Embedded Metric Format namespace; `None` turns metrics off.
+    pub metrics_namespace: Option<String>,
+    /// The function's name, the metrics' one dimension.
+    pub function_name: String,
 }
 
 /// Variable names, in one place so the README and the errors agree.
@@ -251,6 +260,10 @@ pub mod var {
     pub const INIT_BUDGET_MS: &str = "SCOPED_SECRETS_INIT_BUDGET_MS";
     pub const LOG_LEVEL: &str = "SCOPED_SECRETS_LOG_LEVEL";
     pub const END_OF_INVOCATION: &str = "SCOPED_SECRETS_END_OF_INVOCATION";
+    pub const CREDENTIAL_WINDOW: &str = "SCOPED_SECRETS_CREDENTIAL_WINDOW";
+    pub const REVOCATION: &str = "SCOPED_SECRETS_REVOCATION";
+    pub const REVOCATION_POLICY_BUDGET: &str = "SCOPED_SECRETS_REVOCATION_POLICY_BUDGET";
+    pub const METRICS_NAMESPACE: &str = "SCOPED_SECRETS_METRICS_NAMESPACE";
 }
 
 impl Config {
@@ -259,38 +272,26 @@ impl Config {
     /// # Errors
     /// The first rejected variable, as a sentence fit for `init/error`.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        let role_arn = RoleArn::parse(required(env, var::ROLE_ARN)?)
-            .map_err(|reason| ConfigError::new(var::ROLE_ARN, reason))?;
+        let role_arn =
+            RoleArn::parse(required(env, var::ROLE_ARN)?).map_err(|reason| ConfigError::new(var::ROLE_ARN, reason))?;
         let region = required(env, "AWS_REGION")?.to_owned();
-        if !region
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        {
-            return Err(ConfigError::new(
-                "AWS_REGION",
-                "must be a region name such as us-east-1.",
-            ));
+        if !region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+            return Err(ConfigError::new("AWS_REGION", "must be a region name such as us-east-1."));
         }
         let allowlist = Allowlist::parse(required(env, var::SECRETS)?, &role_arn, &region)
             .map_err(|e: AllowlistError| ConfigError::new(var::SECRETS, e.to_string()))?;
         let port = number(env, var::PORT, 2773, 1, 65_535)?;
-        let port =
-            u16::try_from(port).map_err(|_| ConfigError::new(var::PORT, "is out of range."))?;
+        let port = u16::try_from(port).map_err(|_| ConfigError::new(var::PORT, "is out of range."))?;
         let cache_ttl = Duration::from_secs(number(env, var::CACHE_TTL, 300, 0, 86_400)?);
         let prefetch = boolean(env, var::PREFETCH, true)?;
-        let session_duration =
-            Duration::from_secs(number(env, var::SESSION_DURATION, 900, 900, 3_600)?);
-        let deadline_margin =
-            Duration::from_millis(number(env, var::DEADLINE_MARGIN_MS, 2_000, 0, 60_000)?);
-        let request_wait_timeout =
-            Duration::from_millis(number(env, var::REQUEST_WAIT_TIMEOUT_MS, 5_000, 1, 60_000)?);
-        let upstream_timeout =
-            Duration::from_millis(number(env, var::UPSTREAM_TIMEOUT_MS, 5_000, 100, 60_000)?);
+        let session_duration = Duration::from_secs(number(env, var::SESSION_DURATION, 900, 900, 3_600)?);
+        let deadline_margin = Duration::from_millis(number(env, var::DEADLINE_MARGIN_MS, 2_000, 0, 60_000)?);
+        let request_wait_timeout = Duration::from_millis(number(env, var::REQUEST_WAIT_TIMEOUT_MS, 5_000, 1, 60_000)?);
+        let upstream_timeout = Duration::from_millis(number(env, var::UPSTREAM_TIMEOUT_MS, 5_000, 100, 60_000)?);
         let max_connections = number(env, var::MAX_CONNECTIONS, 128, 1, 4_096)?;
-        let max_connections = usize::try_from(max_connections)
-            .map_err(|_| ConfigError::new(var::MAX_CONNECTIONS, "is out of range."))?;
-        let init_budget =
-            Duration::from_millis(number(env, var::INIT_BUDGET_MS, 10_000, 1_000, 900_000)?);
+        let max_connections =
+            usize::try_from(max_connections).map_err(|_| ConfigError::new(var::MAX_CONNECTIONS, "is out of range."))?;
+        let init_budget = Duration::from_millis(number(env, var::INIT_BUDGET_MS, 10_000, 1_000, 900_000)?);
         let runtime_api = required(env, "AWS_LAMBDA_RUNTIME_API")?.to_owned();
         let local_token = match env.get("AWS_SESSION_TOKEN") {
             Some(token) => LocalToken(Zeroizing::new(token.to_owned())),
@@ -326,6 +327,37 @@ impl Config {
                 ));
             }
         };
+        let credential_window = match number(env, var::CREDENTIAL_WINDOW, 60, 0, 3_600)? {
+            0 => None,
+            seconds => Some(Duration::from_secs(seconds)),
+        };
+        let revocation = match env.get(var::REVOCATION).map(str::trim) {
+            None | Some("wipe") => RevocationMode::Wipe,
+            Some("deny") => RevocationMode::Deny,
+            Some(other) => {
+                return Err(ConfigError::new(var::REVOCATION, format!("must be wipe or deny (got {other:?}).")));
+            }
+        };
+        let revocation_policy_budget = number(env, var::REVOCATION_POLICY_BUDGET, 4_096, 512, 10_240)?;
+        let revocation_policy_budget = usize::try_from(revocation_policy_budget)
+            .map_err(|_| ConfigError::new(var::REVOCATION_POLICY_BUDGET, "is out of range."))?;
+        let metrics_namespace = match env.get(var::METRICS_NAMESPACE).map(str::trim) {
+            None => Some("ScopedSecrets".to_owned()),
+            Some("off") => None,
+            Some(name)
+                if (1..=255).contains(&name.len())
+                    && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-/#:".contains(&b)) =>
+            {
+                Some(name.to_owned())
+            }
+            Some(_) => {
+                return Err(ConfigError::new(
+                    var::METRICS_NAMESPACE,
+                    "must be 1 to 255 of A-Z a-z 0-9 . _ - / # : (or off).",
+                ));
+            }
+        };
+        let function_name = env.get("AWS_LAMBDA_FUNCTION_NAME").unwrap_or("unknown").to_owned();
         Ok(Self {
             role_arn,
             allowlist,
@@ -344,100 +376,74 @@ impl Config {
             local_token,
             initialization_type,
             end_of_invocation,
+            credential_window,
+            revocation,
+            revocation_policy_budget,
+            metrics_namespace,
+            function_name,
         })
     }
 }
 
 fn required<'a>(env: &'a Env, name: &'static str) -> Result<&'a str, ConfigError> {
-    env.get(name)
-        .map(str::trim)
-        .ok_or_else(|| ConfigError::new(name, "is required but not set."))
+    env.get(name).map(str::trim).ok_or_else(|| ConfigError::new(name, "is required but not set."))
 }
 
-fn number(
-    env: &Env,
-    name: &'static str,
-    default: u64,
-    min: u64,
-    max: u64,
-) -> Result<u64, ConfigError> {
+fn number(env: &Env, name: &'static str, default: u64, min: u64, max: u64) -> Result<u64, ConfigError> {
     let Some(raw) = env.get(name) else {
         return Ok(default);
     };
-    let value: u64 = raw.trim().parse().map_err(|_| {
-        ConfigError::new(
-            name,
-            format!("must be a whole number from {min} to {max} (got {raw:?})."),
-        )
-    })?;
+    let value: u64 = raw
+        .trim()
+        .parse()
+        .map_err(|_| ConfigError::new(name, format!("must be a whole number from {min} to {max} (got {raw:?}).")))?;
     if !(min..=max).contains(&value) {
-        return Err(ConfigError::new(
-            name,
-            format!("must be from {min} to {max} (got {value})."),
-        ));
+        return Err(ConfigError::new(name, format!("must be from {min} to {max} (got {value}).")));
     }
     Ok(value)
 }
 
 fn boolean(env: &Env, name: &'static str, default: bool) -> Result<bool, ConfigError> {
-    match env
-        .get(name)
-        .map(|v| v.trim().to_ascii_lowercase())
-        .as_deref()
-    {
+    match env.get(name).map(|v| v.trim().to_ascii_lowercase()).as_deref() {
         None => Ok(default),
         Some("true" | "1" | "on" | "yes") => Ok(true),
         Some("false" | "0" | "off" | "no") => Ok(false),
-        Some(other) => Err(ConfigError::new(
-            name,
-            format!("must be true or false (got {other:?})."),
-        )),
+        Some(other) => Err(ConfigError::new(name, format!("must be true or false (got {other:?})."))),
     }
 }
 
 fn endpoints(env: &Env, port: u16) -> Result<AwsEndpoints, ConfigError> {
     let mut endpoints = AwsEndpoints::default();
-    for (name, slot) in [("AWS_ENDPOINT_URL", 0), ("AWS_ENDPOINT_URL_STS", 1)] {
+    for (name, slot) in [("AWS_ENDPOINT_URL", 0), ("AWS_ENDPOINT_URL_STS", 1), ("AWS_ENDPOINT_URL_IAM", 2)] {
         let Some(url) = env.get(name).map(str::trim) else {
             continue;
         };
         if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(ConfigError::new(
-                name,
-                "must be an http:// or https:// URL.",
-            ));
+            return Err(ConfigError::new(name, "must be an http:// or https:// URL."));
         }
         if points_at_local_api(url, port) {
             return Err(ConfigError::new(
                 name,
-                format!(
-                    "points at this extension's own port {port}; the extension would call itself."
-                ),
+                format!("points at this extension's own port {port}; the extension would call itself."),
             ));
         }
-        if slot == 0 {
-            endpoints.secrets_manager = Some(url.to_owned());
-            endpoints.sts.get_or_insert_with(|| url.to_owned());
-        } else {
-            endpoints.sts = Some(url.to_owned());
+        match slot {
+            0 => {
+                endpoints.secrets_manager = Some(url.to_owned());
+                endpoints.sts.get_or_insert_with(|| url.to_owned());
+                endpoints.iam.get_or_insert_with(|| url.to_owned());
+            }
+            1 => endpoints.sts = Some(url.to_owned()),
+            _ => endpoints.iam = Some(url.to_owned()),
         }
     }
     Ok(endpoints)
 }
 
 fn points_at_local_api(url: &str, port: u16) -> bool {
-    let authority = url
-        .split("://")
-        .nth(1)
-        .unwrap_or_default()
-        .split('/')
-        .next()
-        .unwrap_or_default();
+    let authority = url.split("://").nth(1).unwrap_or_default().split('/').next().unwrap_or_default();
     let loopback = ["127.0.0.1", "localhost", "[::1]"];
-    loopback
-        .iter()
-        .any(|host| authority == format!("{host}:{port}"))
-        || (port == 80 && loopback.contains(&authority))
+    loopback.iter().any(|host| authority == format!("{host}:{port}")) || (port == 80 && loopback.contains(&authority))
 }
 
 #[cfg(test)]
@@ -474,6 +480,10 @@ mod tests {
         assert_eq!(config.request_wait_timeout, Duration::from_millis(5_000));
         assert_eq!(config.initialization_type, InitializationType::OnDemand);
         assert_eq!(config.end_of_invocation, EndOfInvocation::RuntimeDone);
+        assert_eq!(config.credential_window, Some(Duration::from_secs(60)));
+        assert_eq!(config.revocation, RevocationMode::Wipe);
+        assert_eq!(config.revocation_policy_budget, 4_096);
+        assert_eq!(config.metrics_namespace.as_deref(), Some("ScopedSecrets"));
         assert_eq!(config.endpoints, AwsEndpoints::default());
         assert_eq!(config.allowlist.len(), 2);
     }
@@ -483,30 +493,12 @@ mod tests {
         let cases: &[(&[(&str, &str)], &str)] = &[
             (&[(var::ROLE_ARN, "")], var::ROLE_ARN),
             (&[(var::ROLE_ARN, "not-an-arn")], var::ROLE_ARN),
-            (
-                &[(var::ROLE_ARN, "arn:aws:iam::12345:role/x")],
-                var::ROLE_ARN,
-            ),
-            (
-                &[(var::ROLE_ARN, "arn:aws:iam::123456789012:user/x")],
-                var::ROLE_ARN,
-            ),
-            (
-                &[(var::ROLE_ARN, "arn:aws:s3::123456789012:role/x")],
-                var::ROLE_ARN,
-            ),
-            (
-                &[(var::ROLE_ARN, "arn:evil:iam::123456789012:role/x")],
-                var::ROLE_ARN,
-            ),
-            (
-                &[(var::ROLE_ARN, "arn:aws:iam::123456789012:role/")],
-                var::ROLE_ARN,
-            ),
-            (
-                &[(var::ROLE_ARN, "arn:aws:iam::123456789012:role/a*b")],
-                var::ROLE_ARN,
-            ),
+            (&[(var::ROLE_ARN, "arn:aws:iam::12345:role/x")], var::ROLE_ARN),
+            (&[(var::ROLE_ARN, "arn:aws:iam::123456789012:user/x")], var::ROLE_ARN),
+            (&[(var::ROLE_ARN, "arn:aws:s3::123456789012:role/x")], var::ROLE_ARN),
+            (&[(var::ROLE_ARN, "arn:evil:iam::123456789012:role/x")], var::ROLE_ARN),
+            (&[(var::ROLE_ARN, "arn:aws:iam::123456789012:role/")], var::ROLE_ARN),
+            (&[(var::ROLE_ARN, "arn:aws:iam::123456789012:role/a*b")], var::ROLE_ARN),
             (&[(var::SECRETS, "")], var::SECRETS),
             (&[(var::SECRETS, "app/*")], var::SECRETS),
             (&[(var::PORT, "0")], var::PORT),
@@ -518,50 +510,31 @@ mod tests {
             (&[(var::PREFETCH, "maybe")], var::PREFETCH),
             (&[(var::SESSION_DURATION, "899")], var::SESSION_DURATION),
             (&[(var::SESSION_DURATION, "3601")], var::SESSION_DURATION),
-            (
-                &[(var::DEADLINE_MARGIN_MS, "60001")],
-                var::DEADLINE_MARGIN_MS,
-            ),
-            (
-                &[(var::REQUEST_WAIT_TIMEOUT_MS, "0")],
-                var::REQUEST_WAIT_TIMEOUT_MS,
-            ),
-            (
-                &[(var::UPSTREAM_TIMEOUT_MS, "99")],
-                var::UPSTREAM_TIMEOUT_MS,
-            ),
+            (&[(var::DEADLINE_MARGIN_MS, "60001")], var::DEADLINE_MARGIN_MS),
+            (&[(var::REQUEST_WAIT_TIMEOUT_MS, "0")], var::REQUEST_WAIT_TIMEOUT_MS),
+            (&[(var::UPSTREAM_TIMEOUT_MS, "99")], var::UPSTREAM_TIMEOUT_MS),
             (&[(var::MAX_CONNECTIONS, "0")], var::MAX_CONNECTIONS),
             (&[(var::INIT_BUDGET_MS, "999")], var::INIT_BUDGET_MS),
             (&[(var::END_OF_INVOCATION, "never")], var::END_OF_INVOCATION),
+            (&[(var::CREDENTIAL_WINDOW, "3601")], var::CREDENTIAL_WINDOW),
+            (&[(var::REVOCATION, "revoke")], var::REVOCATION),
+            (&[(var::REVOCATION_POLICY_BUDGET, "511")], var::REVOCATION_POLICY_BUDGET),
+            (&[(var::REVOCATION_POLICY_BUDGET, "10241")], var::REVOCATION_POLICY_BUDGET),
+            (&[(var::METRICS_NAMESPACE, "bad namespace")], var::METRICS_NAMESPACE),
             (&[("AWS_REGION", "")], "AWS_REGION"),
             (&[("AWS_REGION", "us east")], "AWS_REGION"),
             (&[("AWS_LAMBDA_RUNTIME_API", "")], "AWS_LAMBDA_RUNTIME_API"),
             (&[("AWS_SESSION_TOKEN", "")], "AWS_SESSION_TOKEN"),
-            (
-                &[("AWS_LAMBDA_INITIALIZATION_TYPE", "snap-start")],
-                "AWS_LAMBDA_INITIALIZATION_TYPE",
-            ),
-            (
-                &[("AWS_ENDPOINT_URL", "127.0.0.1:4566")],
-                "AWS_ENDPOINT_URL",
-            ),
-            (
-                &[("AWS_ENDPOINT_URL", "http://127.0.0.1:2773")],
-                "AWS_ENDPOINT_URL",
-            ),
-            (
-                &[("AWS_ENDPOINT_URL_STS", "http://localhost:2773/")],
-                "AWS_ENDPOINT_URL_STS",
-            ),
+            (&[("AWS_LAMBDA_INITIALIZATION_TYPE", "snap-start")], "AWS_LAMBDA_INITIALIZATION_TYPE"),
+            (&[("AWS_ENDPOINT_URL", "127.0.0.1:4566")], "AWS_ENDPOINT_URL"),
+            (&[("AWS_ENDPOINT_URL", "http://127.0.0.1:2773")], "AWS_ENDPOINT_URL"),
+            (&[("AWS_ENDPOINT_URL_STS", "http://localhost:2773/")], "AWS_ENDPOINT_URL_STS"),
         ];
         for (extra, variable) in cases {
             let error = with(extra).expect_err(&format!("{extra:?} must be rejected"));
             assert_eq!(error.variable, *variable, "{extra:?}");
             let sentence = error.to_string();
-            assert!(
-                sentence.starts_with(variable) && sentence.ends_with('.'),
-                "{sentence}"
-            );
+            assert!(sentence.starts_with(variable) && sentence.ends_with('.'), "{sentence}");
         }
     }
 
@@ -576,25 +549,22 @@ mod tests {
             ("AWS_LAMBDA_INITIALIZATION_TYPE", "provisioned-concurrency"),
             ("AWS_ENDPOINT_URL", "http://127.0.0.1:4566"),
             (var::END_OF_INVOCATION, "next-invoke"),
+            (var::CREDENTIAL_WINDOW, "0"),
+            (var::REVOCATION, "deny"),
+            (var::METRICS_NAMESPACE, "off"),
         ])
         .expect("valid");
+        assert_eq!(config.credential_window, None);
+        assert_eq!(config.revocation, RevocationMode::Deny);
+        assert_eq!(config.metrics_namespace, None);
         assert_eq!(config.end_of_invocation, EndOfInvocation::NextInvoke);
         assert_eq!(config.port, 8080);
         assert_eq!(config.cache_ttl, Duration::ZERO);
         assert!(!config.prefetch);
         assert_eq!(config.session_duration, Duration::from_secs(3600));
-        assert_eq!(
-            config.initialization_type,
-            InitializationType::ProvisionedConcurrency
-        );
-        assert_eq!(
-            config.endpoints.sts.as_deref(),
-            Some("http://127.0.0.1:4566")
-        );
-        assert_eq!(
-            config.endpoints.secrets_manager.as_deref(),
-            Some("http://127.0.0.1:4566")
-        );
+        assert_eq!(config.initialization_type, InitializationType::ProvisionedConcurrency);
+        assert_eq!(config.endpoints.sts.as_deref(), Some("http://127.0.0.1:4566"));
+        assert_eq!(config.endpoints.secrets_manager.as_deref(), Some("http://127.0.0.1:4566"));
     }
 
     #[test]
@@ -605,10 +575,7 @@ mod tests {
         ])
         .expect("valid");
         assert_eq!(config.endpoints.secrets_manager, None);
-        assert_eq!(
-            config.endpoints.sts.as_deref(),
-            Some("http://127.0.0.1:4567")
-        );
+        assert_eq!(config.endpoints.sts.as_deref(), Some("http://127.0.0.1:4567"));
     }
 
     #[test]

@@ -96,10 +96,7 @@ impl ExtensionsApi {
     pub fn new(runtime_api: &str) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        Self {
-            client: Client::builder(TokioExecutor::new()).build(connector),
-            runtime_api: runtime_api.to_owned(),
-        }
+        Self { client: Client::builder(TokioExecutor::new()).build(connector), runtime_api: runtime_api.to_owned() }
     }
 
     /// Registers `name` (the binary's file name, as Lambda requires) for INVOKE and SHUTDOWN.
@@ -110,20 +107,14 @@ impl ExtensionsApi {
         let body = json!({ "events": ["INVOKE", "SHUTDOWN"] }).to_string();
         let request = Request::builder()
             .method(Method::POST)
-            .uri(format!(
-                "http://{}/{EXTENSION_API_VERSION}/extension/register",
-                self.runtime_api
-            ))
+            .uri(format!("http://{}/{EXTENSION_API_VERSION}/extension/register", self.runtime_api))
             .header(EXTENSION_NAME_HEADER, name)
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body)))
             .map_err(|_| ApiError::Malformed("register"))?;
         let (status, headers, _) = self.send(request).await?;
         if status != StatusCode::OK {
-            return Err(ApiError::Status {
-                operation: "register",
-                status,
-            });
+            return Err(ApiError::Status { operation: "register", status });
         }
         let id = headers
             .get(EXTENSION_ID_HEADER)
@@ -133,23 +124,12 @@ impl ExtensionsApi {
         Ok(Registered { api: self, id })
     }
 
-    async fn send(
-        &self,
-        request: Request<Full<Bytes>>,
-    ) -> Result<(StatusCode, http::HeaderMap, Bytes), ApiError> {
-        let response = self
-            .client
-            .request(request)
-            .await
-            .map_err(|e| ApiError::Transport(e.to_string()))?;
+    async fn send(&self, request: Request<Full<Bytes>>) -> Result<(StatusCode, http::HeaderMap, Bytes), ApiError> {
+        let response = self.client.request(request).await.map_err(|e| ApiError::Transport(e.to_string()))?;
         let (parts, body) = response.into_parts();
         // The Lambda API's answers are small; cap what we read anyway.
         let limited = http_body_util::Limited::new(body, 1 << 20);
-        let body = limited
-            .collect()
-            .await
-            .map_err(|e| ApiError::Transport(e.to_string()))?
-            .to_bytes();
+        let body = limited.collect().await.map_err(|e| ApiError::Transport(e.to_string()))?.to_bytes();
         Ok((parts.status, parts.headers, body))
     }
 }
@@ -163,10 +143,7 @@ impl Registered {
         let request = self.request(Method::GET, "event/next", None, Bytes::new())?;
         let (status, _, body) = self.api.send(request).await?;
         if status != StatusCode::OK {
-            return Err(ApiError::Status {
-                operation: "event/next",
-                status,
-            });
+            return Err(ApiError::Status { operation: "event/next", status });
         }
         serde_json::from_slice(&body).map_err(|_| ApiError::Malformed("event/next"))
     }
@@ -203,43 +180,25 @@ impl Registered {
         .to_string();
         let request = Request::builder()
             .method(Method::PUT)
-            .uri(format!(
-                "http://{}/{TELEMETRY_API_VERSION}/telemetry",
-                self.api.runtime_api
-            ))
+            .uri(format!("http://{}/{TELEMETRY_API_VERSION}/telemetry", self.api.runtime_api))
             .header(EXTENSION_ID_HEADER, &self.id)
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body)))
             .map_err(|_| ApiError::Malformed("telemetry"))?;
         let (status, _, _) = self.api.send(request).await?;
         if !status.is_success() {
-            return Err(ApiError::Status {
-                operation: "telemetry",
-                status,
-            });
+            return Err(ApiError::Status { operation: "telemetry", status });
         }
         Ok(())
     }
 
-    async fn report(
-        &self,
-        path: &'static str,
-        error_type: &str,
-        message: &str,
-    ) -> Result<(), ApiError> {
-        let body = json!({ "errorMessage": message, "errorType": error_type, "stackTrace": [] })
-            .to_string();
+    async fn report(&self, path: &'static str, error_type: &str, message: &str) -> Result<(), ApiError> {
+        let body = json!({ "errorMessage": message, "errorType": error_type, "stackTrace": [] }).to_string();
         let mut request = self.request(Method::POST, path, Some(error_type), Bytes::from(body))?;
-        request.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/json"),
-        );
+        request.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
         let (status, _, _) = self.api.send(request).await?;
         if !status.is_success() {
-            return Err(ApiError::Status {
-                operation: path,
-                status,
-            });
+            return Err(ApiError::Status { operation: path, status });
         }
         Ok(())
     }
@@ -253,17 +212,12 @@ impl Registered {
     ) -> Result<Request<Full<Bytes>>, ApiError> {
         let mut builder = Request::builder()
             .method(method)
-            .uri(format!(
-                "http://{}/{EXTENSION_API_VERSION}/extension/{path}",
-                self.api.runtime_api
-            ))
+            .uri(format!("http://{}/{EXTENSION_API_VERSION}/extension/{path}", self.api.runtime_api))
             .header(EXTENSION_ID_HEADER, &self.id);
         if let Some(error_type) = error_type {
             builder = builder.header(ERROR_TYPE_HEADER, error_type);
         }
-        builder
-            .body(Full::new(body))
-            .map_err(|_| ApiError::Malformed(path))
+        builder.body(Full::new(body)).map_err(|_| ApiError::Malformed(path))
     }
 }
 
@@ -283,38 +237,23 @@ mod tests {
             ),
             (
                 r#"{"eventType":"SHUTDOWN","shutdownReason":"spindown","deadlineMs":1700000002000}"#,
-                Event::Shutdown {
-                    shutdown_reason: ShutdownReason::Spindown,
-                    deadline_ms: 1_700_000_002_000,
-                },
+                Event::Shutdown { shutdown_reason: ShutdownReason::Spindown, deadline_ms: 1_700_000_002_000 },
             ),
             (
                 r#"{"eventType":"SHUTDOWN","shutdownReason":"timeout","deadlineMs":1}"#,
-                Event::Shutdown {
-                    shutdown_reason: ShutdownReason::Timeout,
-                    deadline_ms: 1,
-                },
+                Event::Shutdown { shutdown_reason: ShutdownReason::Timeout, deadline_ms: 1 },
             ),
             (
                 r#"{"eventType":"SHUTDOWN","shutdownReason":"failure","deadlineMs":1}"#,
-                Event::Shutdown {
-                    shutdown_reason: ShutdownReason::Failure,
-                    deadline_ms: 1,
-                },
+                Event::Shutdown { shutdown_reason: ShutdownReason::Failure, deadline_ms: 1 },
             ),
             (
                 r#"{"eventType":"SHUTDOWN","shutdownReason":"something-new","deadlineMs":1}"#,
-                Event::Shutdown {
-                    shutdown_reason: ShutdownReason::Other,
-                    deadline_ms: 1,
-                },
+                Event::Shutdown { shutdown_reason: ShutdownReason::Other, deadline_ms: 1 },
             ),
         ];
         for (payload, expected) in cases {
-            assert_eq!(
-                serde_json::from_str::<Event>(payload).expect(payload),
-                expected
-            );
+            assert_eq!(serde_json::from_str::<Event>(payload).expect(payload), expected);
         }
         assert!(serde_json::from_str::<Event>(r#"{"eventType":"RESTORE"}"#).is_err());
     }

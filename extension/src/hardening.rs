@@ -17,24 +17,15 @@ pub struct Hardening {
 pub fn harden() -> Hardening {
     #[cfg(target_os = "linux")]
     {
-        let limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
+        let limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
         // SAFETY: setrlimit reads the struct we pass by pointer; it outlives the call.
         let core_dumps_disabled = unsafe { libc::setrlimit(libc::RLIMIT_CORE, &limit) } == 0;
         // SAFETY: prctl(PR_SET_DUMPABLE, 0) takes plain integers and touches no memory of ours.
         let not_dumpable = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } == 0;
-        Hardening {
-            core_dumps_disabled,
-            not_dumpable,
-        }
+        Hardening { core_dumps_disabled, not_dumpable }
     }
     #[cfg(not(target_os = "linux"))]
     {
-        Hardening {
-            core_dumps_disabled: false,
-            not_dumpable: false,
-        }
+        Hardening { core_dumps_disabled: false, not_dumpable: false }
     }
 }

@@ -1,39 +1,53 @@
-//! Invocations and the init phase as *scopes*: each owns at most one session, which dies with
-//! it.
+//! Invocations and the init phase as *scopes*: each owns at most one live session at a time,
+//! which dies with it.
 //!
-//! The phase moves `Init(scope) → Active(scope) → Idle → Active(scope) → … → ShuttingDown`.
-//! Requests made while `Idle` (a function thread racing its INVOKE) wait, bounded, for the next
-//! scope. Ending a scope takes its session out, so the credentials are dropped (wiped) as soon
-//! as the last in-flight call using them returns; a scope never hands out a session after it
-//! ended, so no credential serves two invocations.
+//! The phase moves `Init(scope) → Idle → Active(scope) → Idle → … → ShuttingDown`. Requests
+//! made while `Idle` (a function thread racing its INVOKE) wait, bounded, for the next scope.
+//! Ending a scope takes its session out, so the credentials are dropped (wiped) as soon as the
+//! last in-flight call using them returns; a scope never hands out a session after it ended,
+//! so no credential serves two invocations. Within a scope, a session whose credential window
+//! has closed is replaced by a fresh one (`ss-{env}-{request}-1`, `-2`, …).
+//!
+//! The [`SessionLedger`] remembers every session's name and policy bound (never a credential),
+//! for the revocation report at SHUTDOWN.
 
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 
 use crate::secrets::FetchError;
 use crate::session::{Session, SessionFactory};
 
+/// A session is replaced when less than this remains before its policy bound: a call made
+/// now could otherwise reach AWS after it.
+const RENEW_GUARD: Duration = Duration::from_secs(1);
+
 /// One invocation (or the init phase): the unit a session belongs to.
 pub struct Scope {
     label: String,
     generation: u64,
     end: SystemTime,
+    window: Option<Duration>,
     factory: Arc<SessionFactory>,
-    session: tokio::sync::Mutex<Option<Arc<Session>>>,
+    session: tokio::sync::Mutex<Slot>,
     ended: AtomicBool,
-    counters: Arc<SessionCounters>,
+    ledger: Arc<SessionLedger>,
+}
+
+/// The scope's current session and how many it has had.
+#[derive(Default)]
+struct Slot {
+    session: Option<Arc<Session>>,
+    sequence: u32,
+    renewed_after_denial: bool,
 }
 
 impl fmt::Debug for Scope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Scope")
-            .field("label", &self.label)
-            .field("generation", &self.generation)
-            .finish()
+        f.debug_struct("Scope").field("label", &self.label).field("generation", &self.generation).finish()
     }
 }
 
@@ -53,7 +67,8 @@ impl Scope {
         self.ended.load(Ordering::Acquire)
     }
 
-    /// The scope's session, started on first use. Concurrent callers share one `AssumeRole`.
+    /// The scope's session, started on first use and replaced when its credential window
+    /// closes. Concurrent callers share one `AssumeRole`.
     ///
     /// # Errors
     /// [`FetchError::InvocationEnded`] after the end, or the session's own failure.
@@ -62,48 +77,131 @@ impl Scope {
         if self.has_ended() {
             return Err(FetchError::InvocationEnded);
         }
-        if let Some(session) = slot.as_ref() {
-            return Ok(Arc::clone(session));
+        if let Some(session) = slot.session.as_ref() {
+            // Renewing helps only when the window, not the scope's own end, bounded it.
+            let bounded_by_window = session.end() < self.end;
+            if !bounded_by_window || session.end() > SystemTime::now() + RENEW_GUARD {
+                return Ok(Arc::clone(session));
+            }
+            // The window closed: AWS refuses these credentials now. Drop them, assume anew.
+            self.retire(&mut slot, "window");
         }
-        let session = Arc::new(self.factory.start(&self.label, 0, self.end).await?);
-        self.counters.started.fetch_add(1, Ordering::Relaxed);
-        *slot = Some(Arc::clone(&session));
-        Ok(session)
+        self.start_session(&mut slot).await
+    }
+
+    /// After AWS refused `refused` (for example a role-wide revocation written by another
+    /// environment of this function at its SHUTDOWN): replaces it, once per scope, from the
+    /// next whole second on, so the new session's `aws:TokenIssueTime` is after any deny
+    /// written in this second. `None` when the renewal was already spent.
+    ///
+    /// # Errors
+    /// As [`Scope::session`].
+    pub async fn renew_after_denial(&self, refused: &Arc<Session>) -> Result<Option<Arc<Session>>, FetchError> {
+        let mut slot = self.session.lock().await;
+        if self.has_ended() {
+            return Err(FetchError::InvocationEnded);
+        }
+        if let Some(current) = slot.session.as_ref()
+            && !Arc::ptr_eq(current, refused)
+        {
+            return Ok(Some(Arc::clone(current)));
+        }
+        if slot.renewed_after_denial {
+            return Ok(None);
+        }
+        slot.renewed_after_denial = true;
+        self.retire(&mut slot, "refused");
+        let into_second = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().subsec_nanos();
+        let to_next_second = Duration::from_nanos(u64::from(1_000_000_000 - into_second));
+        tokio::time::sleep(to_next_second + Duration::from_millis(5)).await;
+        self.start_session(&mut slot).await.map(Some)
     }
 
     /// Ends the scope: no session is handed out any more, and the one it had is dropped.
     /// Returns the ended session's name, if there was one.
     pub async fn end(&self, reason: &'static str) -> Option<String> {
         self.ended.store(true, Ordering::Release);
-        let session = self.session.lock().await.take()?;
-        let name = session.name().to_owned();
-        let still_valid_for = session
-            .end()
-            .duration_since(SystemTime::now())
-            .unwrap_or_default();
-        let users = Arc::strong_count(&session) - 1;
-        drop(session);
-        self.counters.ended.fetch_add(1, Ordering::Relaxed);
+        let mut slot = self.session.lock().await;
+        let name = slot.session.as_ref().map(|s| s.name().to_owned());
+        self.retire(&mut slot, reason);
+        name
+    }
+
+    async fn start_session(&self, slot: &mut Slot) -> Result<Arc<Session>, FetchError> {
+        let end = match self.window {
+            Some(window) => self.end.min(SystemTime::now() + window),
+            None => self.end,
+        };
+        let session = Arc::new(self.factory.start(&self.label, slot.sequence, end).await?);
+        slot.sequence += 1;
+        self.ledger.record_started(&session);
+        slot.session = Some(Arc::clone(&session));
+        Ok(session)
+    }
+
+    fn retire(&self, slot: &mut Slot, reason: &'static str) {
+        let Some(session) = slot.session.take() else { return };
+        let still_valid_for = session.end().duration_since(SystemTime::now()).unwrap_or_default();
+        self.ledger.ended.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
             target: "audit",
             event = "session_ended",
             request_id = %self.label,
-            session = %name,
+            session = %session.name(),
             reason,
-            in_flight_users = users as u64,
+            in_flight_users = (Arc::strong_count(&session) - 1) as u64,
             policy_refuses_in_ms = still_valid_for.as_millis() as u64,
         );
-        Some(name)
     }
 }
 
-/// Sessions started and ended, for the SHUTDOWN summary.
+/// Every session this environment was issued, for the revocation report: counts, and those
+/// whose policy bound may still be ahead (the ones AWS would still honour). Names and bounds
+/// only, never a credential.
 #[derive(Debug, Default)]
-pub struct SessionCounters {
+pub struct SessionLedger {
     /// `AssumeRole` calls that succeeded.
     pub started: AtomicU64,
-    /// Sessions ended (credentials dropped).
+    /// Sessions ended in memory (credentials dropped).
     pub ended: AtomicU64,
+    expired: AtomicU64,
+    live: Mutex<Vec<IssuedSession>>,
+    /// The scoped role's unique id (`AROA…`), from the first AssumeRole answer.
+    pub role_id: OnceLock<String>,
+}
+
+/// A session as the ledger remembers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedSession {
+    /// `RoleSessionName`.
+    pub name: String,
+    /// The session policy's `aws:CurrentTime` bound.
+    pub end: SystemTime,
+}
+
+impl SessionLedger {
+    fn record_started(&self, session: &Session) {
+        self.started.fetch_add(1, Ordering::Relaxed);
+        if let Some(role_id) = session.role_id() {
+            let _ = self.role_id.set(role_id.to_owned());
+        }
+        let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        self.prune(&mut live, SystemTime::now());
+        live.push(IssuedSession { name: session.name().to_owned(), end: session.end() });
+    }
+
+    fn prune(&self, live: &mut Vec<IssuedSession>, now: SystemTime) {
+        let before = live.len();
+        live.retain(|session| session.end > now);
+        self.expired.fetch_add((before - live.len()) as u64, Ordering::Relaxed);
+    }
+
+    /// The sessions AWS could still honour at `now`, and how many have ended by policy.
+    pub fn at(&self, now: SystemTime) -> (Vec<IssuedSession>, u64) {
+        let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        self.prune(&mut live, now);
+        (live.clone(), self.expired.load(Ordering::Relaxed))
+    }
 }
 
 /// Where the environment is in its life.
@@ -126,42 +224,54 @@ pub struct Lifecycle {
     factory: Arc<SessionFactory>,
     generation: AtomicU64,
     wait_timeout: Duration,
-    counters: Arc<SessionCounters>,
+    window: Option<Duration>,
+    ledger: Arc<SessionLedger>,
 }
 
 impl Lifecycle {
-    /// Starts in `Init`, with an init scope that ends at `init_end`.
-    pub fn new(factory: Arc<SessionFactory>, init_end: SystemTime, wait_timeout: Duration) -> Self {
-        let counters = Arc::new(SessionCounters::default());
-        let init = Arc::new(Scope {
-            label: "init".into(),
-            generation: 0,
-            end: init_end,
-            factory: Arc::clone(&factory),
-            session: tokio::sync::Mutex::new(None),
-            ended: AtomicBool::new(false),
-            counters: Arc::clone(&counters),
-        });
-        Self {
-            phase: watch::Sender::new(Phase::Init(init)),
+    /// Starts in `Init`, with an init scope that ends at `init_end`. Sessions last at most
+    /// `window` after issue (`None`: until their scope's end).
+    pub fn new(
+        factory: Arc<SessionFactory>,
+        init_end: SystemTime,
+        wait_timeout: Duration,
+        window: Option<Duration>,
+    ) -> Self {
+        let ledger = Arc::new(SessionLedger::default());
+        let lifecycle = Self {
+            phase: watch::Sender::new(Phase::Idle),
             factory,
             generation: AtomicU64::new(0),
             wait_timeout,
-            counters,
-        }
+            window,
+            ledger,
+        };
+        lifecycle.phase.send_replace(Phase::Init(lifecycle.scope("init", 0, init_end)));
+        lifecycle
     }
 
-    /// Session counters.
-    pub fn counters(&self) -> &SessionCounters {
-        &self.counters
+    fn scope(&self, label: &str, generation: u64, end: SystemTime) -> Arc<Scope> {
+        Arc::new(Scope {
+            label: label.to_owned(),
+            generation,
+            end,
+            window: self.window,
+            factory: Arc::clone(&self.factory),
+            session: tokio::sync::Mutex::new(Slot::default()),
+            ended: AtomicBool::new(false),
+            ledger: Arc::clone(&self.ledger),
+        })
+    }
+
+    /// Every session issued in this environment.
+    pub fn ledger(&self) -> &SessionLedger {
+        &self.ledger
     }
 
     /// Whether `generation` is the scope running now (for TTL-0 cache entries).
     pub fn is_current_generation(&self, generation: u64) -> bool {
         match &*self.phase.borrow() {
-            Phase::Init(scope) | Phase::Active(scope) => {
-                scope.generation == generation && !scope.has_ended()
-            }
+            Phase::Init(scope) | Phase::Active(scope) => scope.generation == generation && !scope.has_ended(),
             Phase::Idle | Phase::ShuttingDown => false,
         }
     }
@@ -170,22 +280,10 @@ impl Lifecycle {
     /// runtimeDone never came) and opens a new one that ends at `end`.
     pub async fn begin(&self, request_id: &str, end: SystemTime) -> Arc<Scope> {
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
-        let scope = Arc::new(Scope {
-            label: request_id.to_owned(),
-            generation,
-            end,
-            factory: Arc::clone(&self.factory),
-            session: tokio::sync::Mutex::new(None),
-            ended: AtomicBool::new(false),
-            counters: Arc::clone(&self.counters),
-        });
+        let scope = self.scope(request_id, generation, end);
         let previous = self.phase.send_replace(Phase::Active(Arc::clone(&scope)));
         if let Phase::Init(old) | Phase::Active(old) = previous {
-            let reason = if old.generation == 0 {
-                "first_invocation"
-            } else {
-                "next_invocation"
-            };
+            let reason = if old.generation == 0 { "first_invocation" } else { "next_invocation" };
             old.end(reason).await;
         }
         scope

@@ -21,7 +21,9 @@ pub mod extensions_api;
 pub mod hardening;
 pub mod invocation;
 pub mod logging;
+pub mod metrics;
 pub mod policy;
+pub mod revocation;
 pub mod secrets;
 pub mod server;
 pub mod session;
@@ -33,13 +35,15 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, EndOfInvocation, Env};
+use crate::config::{Config, EndOfInvocation, Env, RevocationMode};
 use crate::extensions_api::{Event, ExtensionsApi, Registered, ShutdownReason};
 use crate::hardening::Hardening;
 use crate::invocation::Lifecycle;
+use crate::metrics::Evidence;
 use crate::secrets::Secrets;
 use crate::server::{ConnectionLimits, LocalApi};
 use crate::session::SessionFactory;
@@ -56,19 +60,11 @@ struct InitFailure {
 }
 
 fn init_failure(error_type: &'static str, message: impl Into<String>) -> InitFailure {
-    InitFailure {
-        error_type,
-        message: message.into(),
-    }
+    InitFailure { error_type, message: message.into() }
 }
 
 /// Runs the extension to completion. Returns the process exit code.
-pub async fn run(
-    env: Env,
-    name: String,
-    hardening: Hardening,
-    log_problem: Option<String>,
-) -> ExitCode {
+pub async fn run(env: Env, name: String, hardening: Hardening, log_problem: Option<String>) -> ExitCode {
     let started = Instant::now();
     let Some(runtime_api) = env.get("AWS_LAMBDA_RUNTIME_API") else {
         tracing::error!(
@@ -88,10 +84,7 @@ pub async fn run(
         Ok(extension) => extension,
         Err(failure) => {
             tracing::error!(event = "init_failed", error_type = failure.error_type, reason = %failure.message);
-            if let Err(error) = registered
-                .init_error(failure.error_type, &failure.message)
-                .await
-            {
+            if let Err(error) = registered.init_error(failure.error_type, &failure.message).await {
                 tracing::error!(event = "init_error_not_delivered", cause = %error);
             }
             return ExitCode::FAILURE;
@@ -120,49 +113,40 @@ struct Extension {
     completions: Arc<Completions>,
     shutdown: CancellationToken,
     tasks: tokio_util::task::TaskTracker,
+    /// Reads, denies and the metrics window.
+    evidence: Arc<Evidence>,
+    /// IAM client for `deny` revocation.
+    iam: Option<aws_sdk_iam::Client>,
     /// With `next-invoke`: the timer that ends the open scope at its deadline.
     deadline_timer: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 impl Extension {
-    async fn init(
-        env: &Env,
-        registered: &Registered,
-        log_problem: Option<String>,
-    ) -> Result<Self, InitFailure> {
+    async fn init(env: &Env, registered: &Registered, log_problem: Option<String>) -> Result<Self, InitFailure> {
         if let Some(problem) = log_problem {
             return Err(init_failure("Extension.ConfigInvalid", problem));
         }
-        let config = Config::from_env(env)
-            .map_err(|e| init_failure("Extension.ConfigInvalid", e.to_string()))?;
+        let config = Config::from_env(env).map_err(|e| init_failure("Extension.ConfigInvalid", e.to_string()))?;
         policy::check_fits(&config.allowlist).map_err(|reason| {
-            init_failure(
-                "Extension.ConfigInvalid",
-                format!("{} would {reason}", config::var::SECRETS),
-            )
+            init_failure("Extension.ConfigInvalid", format!("{} would {reason}", config::var::SECRETS))
         })?;
         let config = Arc::new(config);
         let address = SocketAddr::from(([127, 0, 0, 1], config.port));
         let listener = TcpListener::bind(address).await.map_err(|error| {
             init_failure(
                 "Extension.BindFailed",
-                format!("The local API could not listen on {address}: {error}; another process may be using that port."),
+                format!(
+                    "The local API could not listen on {address}: {error}; another process may be using that port."
+                ),
             )
         })?;
         let (telemetry_listener, destination) = telemetry::bind().await.map_err(|error| {
-            init_failure(
-                "Extension.TelemetryUnavailable",
-                format!("The telemetry listener could not bind: {error}."),
-            )
+            init_failure("Extension.TelemetryUnavailable", format!("The telemetry listener could not bind: {error}."))
         })?;
         let shutdown = CancellationToken::new();
         let tasks = tokio_util::task::TaskTracker::new();
         let completions = Arc::new(Completions::default());
-        tasks.spawn(telemetry::serve(
-            telemetry_listener,
-            Arc::clone(&completions),
-            shutdown.clone(),
-        ));
+        tasks.spawn(telemetry::serve(telemetry_listener, Arc::clone(&completions), shutdown.clone()));
         registered.subscribe_telemetry(&destination).await.map_err(|error| {
             init_failure(
                 "Extension.TelemetryUnavailable",
@@ -182,37 +166,40 @@ impl Extension {
             )
             .load()
             .await;
-        let factory = Arc::new(SessionFactory::new(
-            &sdk,
-            Arc::clone(&config),
-            environment_id(),
-        ));
+        let evidence = Arc::new(Evidence::new(config.allowlist.len()));
+        let factory = Arc::new(SessionFactory::new(&sdk, Arc::clone(&config), environment_id(), Arc::clone(&evidence)));
+        // Only deny mode writes IAM; the client is built only then.
+        let iam = (config.revocation == RevocationMode::Deny).then(|| {
+            let mut builder = aws_sdk_iam::config::Builder::from(&sdk);
+            builder.set_endpoint_url(config.endpoints.iam.clone());
+            aws_sdk_iam::Client::from_conf(builder.build())
+        });
         let init_end = SystemTime::now() + config.init_budget + config.deadline_margin;
         let lifecycle = Arc::new(Lifecycle::new(
             Arc::clone(&factory),
             init_end,
             config.request_wait_timeout,
+            config.credential_window,
         ));
         let secrets = Arc::new(Secrets::new(
             config.allowlist.clone(),
             config.cache_ttl,
             Arc::clone(&lifecycle),
+            Arc::clone(&evidence),
         ));
         let api = Arc::new(LocalApi {
             allowlist: config.allowlist.clone(),
             token: config.local_token.clone(),
             secrets: Arc::clone(&secrets),
             lifecycle: Arc::clone(&lifecycle),
+            evidence: Arc::clone(&evidence),
             denied: Default::default(),
             served: Default::default(),
         });
         // The init session ends with the runtime's INIT, not at the first INVOKE.
         {
-            let (lifecycle, secrets, completions) = (
-                Arc::clone(&lifecycle),
-                Arc::clone(&secrets),
-                Arc::clone(&completions),
-            );
+            let (lifecycle, secrets, completions) =
+                (Arc::clone(&lifecycle), Arc::clone(&secrets), Arc::clone(&completions));
             let shutdown = shutdown.clone();
             tasks.spawn(async move {
                 tokio::select! {
@@ -225,20 +212,12 @@ impl Extension {
                 }
             });
         }
-        let limits = ConnectionLimits {
-            max_connections: config.max_connections,
-            ..Default::default()
-        };
+        let limits = ConnectionLimits { max_connections: config.max_connections, ..Default::default() };
         let handler_api = Arc::clone(&api);
-        tasks.spawn(server::accept_loop(
-            listener,
-            limits,
-            shutdown.clone(),
-            move |request| {
-                let api = Arc::clone(&handler_api);
-                async move { api.handle(request).await }
-            },
-        ));
+        tasks.spawn(server::accept_loop(listener, limits, shutdown.clone(), move |request| {
+            let api = Arc::clone(&handler_api);
+            async move { api.handle(request).await }
+        }));
         Ok(Self {
             config,
             factory,
@@ -249,6 +228,8 @@ impl Extension {
             shutdown,
             tasks,
             deadline_timer: std::sync::Mutex::new(None),
+            evidence,
+            iam,
         })
     }
 
@@ -264,23 +245,15 @@ impl Extension {
                 }
             };
             match event {
-                Ok(Event::Invoke {
-                    request_id,
-                    deadline_ms,
-                }) => self.invocation(&request_id, deadline_ms).await,
-                Ok(Event::Shutdown {
-                    shutdown_reason,
-                    deadline_ms,
-                }) => {
+                Ok(Event::Invoke { request_id, deadline_ms }) => self.invocation(&request_id, deadline_ms).await,
+                Ok(Event::Shutdown { shutdown_reason, deadline_ms }) => {
                     let reason = match shutdown_reason {
                         ShutdownReason::Spindown => "spindown",
                         ShutdownReason::Timeout => "timeout",
                         ShutdownReason::Failure => "failure",
                         ShutdownReason::Other => "other",
                     };
-                    return self
-                        .shut_down(reason, UNIX_EPOCH + Duration::from_millis(deadline_ms))
-                        .await;
+                    return self.shut_down(reason, UNIX_EPOCH + Duration::from_millis(deadline_ms)).await;
                 }
                 Err(error) => {
                     tracing::error!(event = "event_loop_failed", cause = %error);
@@ -304,16 +277,8 @@ impl Extension {
     async fn invocation(&self, request_id: &str, deadline_ms: u64) {
         let began = Instant::now();
         let deadline = UNIX_EPOCH + Duration::from_millis(deadline_ms);
-        let scope = self
-            .lifecycle
-            .begin(request_id, deadline + self.config.deadline_margin)
-            .await;
-        if let Some(timer) = self
-            .deadline_timer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-        {
+        let scope = self.lifecycle.begin(request_id, deadline + self.config.deadline_margin).await;
+        if let Some(timer) = self.deadline_timer.lock().unwrap_or_else(PoisonError::into_inner).take() {
             timer.abort();
         }
         // Values a previous scope fetched with TTL 0 go now (with next-invoke nothing wiped them).
@@ -323,9 +288,7 @@ impl Extension {
             let scope = Arc::clone(&scope);
             tokio::spawn(async move { secrets.prefetch(&scope).await })
         });
-        let until_deadline = deadline
-            .duration_since(SystemTime::now())
-            .unwrap_or_default();
+        let until_deadline = deadline.duration_since(SystemTime::now()).unwrap_or_default();
         if self.config.end_of_invocation == EndOfInvocation::NextInvoke {
             let (lifecycle, secrets) = (Arc::clone(&self.lifecycle), Arc::clone(&self.secrets));
             let shutdown = self.shutdown.clone();
@@ -340,10 +303,8 @@ impl Extension {
                 lifecycle.finish(&scope, "deadline").await;
                 secrets.expire();
             });
-            *self
-                .deadline_timer
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = Some(timer.abort_handle());
+            *self.deadline_timer.lock().unwrap_or_else(PoisonError::into_inner) = Some(timer.abort_handle());
+            self.emit_metrics(&[]);
             return;
         }
         let reason = tokio::select! {
@@ -365,32 +326,93 @@ impl Extension {
             secrets_wiped = expired as u64,
             end_us = (began.elapsed() - waited).as_micros() as u64,
         );
+        self.emit_metrics(&[]);
     }
 
     /// SHUTDOWN: stop accepting, wipe every secret and credential, report, exit 0 inside
     /// Lambda's deadline.
     async fn shut_down(self, reason: &'static str, deadline: SystemTime) -> ExitCode {
         let began = Instant::now();
-        let budget = deadline
-            .duration_since(SystemTime::now())
-            .unwrap_or_default()
-            .saturating_sub(SHUTDOWN_MARGIN);
+        let budget = deadline.duration_since(SystemTime::now()).unwrap_or_default().saturating_sub(SHUTDOWN_MARGIN);
+        // 1. Stop accepting; 2. wipe every credential and secret.
         let (ended_session, wiped) = self.wipe_everything().await;
+        // 3. Revoke: what AWS would still honour, and (deny mode) refuse it at once.
+        let now = SystemTime::now();
+        let ledger = self.lifecycle.ledger();
+        let (live, expired) = ledger.at(now);
+        let mut deny = json!(null);
+        let mut action = "wiped";
+        if let (Some(iam), false) = (&self.iam, live.is_empty()) {
+            let (result, took) = revocation::deny_within(
+                budget.saturating_sub(began.elapsed()),
+                iam,
+                self.config.role_arn.as_str(),
+                ledger.role_id.get().map(String::as_str),
+                self.factory.environment_id(),
+                &live,
+                self.config.revocation_policy_budget,
+            )
+            .await;
+            action = if result.is_ok() { "wiped_and_denied" } else { "wiped_deny_failed" };
+            deny = match result {
+                Ok(outcome) => json!({
+                    "written": true, "collapsed": outcome.collapsed, "dropped_moot": outcome.dropped_moot,
+                    "statements": outcome.statements, "iam_ms": took.as_millis() as u64,
+                }),
+                Err(error) => {
+                    json!({ "written": false, "error": error.to_string(), "iam_ms": took.as_millis() as u64 })
+                }
+            };
+        }
         self.tasks.close();
-        let drained = tokio::time::timeout(budget, self.tasks.wait())
-            .await
-            .is_ok();
+        let drained = tokio::time::timeout(budget.saturating_sub(began.elapsed()), self.tasks.wait()).await.is_ok();
         // Anything still cached by a request that finished while draining goes too.
         let wiped = wiped + self.secrets.wipe_all();
-        let sessions = self.lifecycle.counters();
+        // 4. Report: counts and names, never a value.
+        let mode = match self.config.revocation {
+            RevocationMode::Wipe => "wipe",
+            RevocationMode::Deny => "deny",
+        };
+        metrics::audit_line(
+            "revocation_report",
+            json!({
+                "mode": mode,
+                "sessions_issued": ledger.started.load(Relaxed),
+                "sessions_ended_by_policy": expired,
+                "sessions_live_at_shutdown": live.len(),
+                "live": live.iter().map(|s| json!({
+                    "session": s.name, "policy_end": policy::iso8601_ceil(s.end), "action": action,
+                })).collect::<Vec<_>>(),
+                "deny": deny,
+            }),
+        );
+        let reads = self.evidence.reads();
+        let secrets: Vec<_> = self
+            .config
+            .allowlist
+            .iter()
+            .map(|(index, entry)| json!({ "secret_id": entry.secret_id(), "alias": entry.alias(), "reads_get": reads.get(index).copied().unwrap_or(0) }))
+            .collect();
+        let never_read: Vec<&str> = self
+            .config
+            .allowlist
+            .iter()
+            .filter(|(index, _)| reads.get(*index).copied().unwrap_or(0) == 0)
+            .map(|(_, entry)| entry.secret_id())
+            .collect();
+        metrics::audit_line(
+            "least_privilege_report",
+            json!({ "secrets": secrets, "never_read": never_read, "denies": self.evidence.denies() }),
+        );
+        self.emit_metrics(&[("SessionsLiveAtShutdown", live.len() as u64)]);
         let counters = self.secrets.counters();
         tracing::info!(
             target: "audit",
             event = "shutdown",
             reason,
-            sessions_started = sessions.started.load(Relaxed),
-            sessions_ended = sessions.ended.load(Relaxed),
-            session_live_at_shutdown = ended_session.is_some(),
+            sessions_started = ledger.started.load(Relaxed),
+            sessions_ended = ledger.ended.load(Relaxed),
+            session_open_at_shutdown = ended_session.is_some(),
             secrets_wiped = wiped as u64,
             secrets_served = self.api.served.load(Relaxed),
             requests_denied = self.api.denied.load(Relaxed),
@@ -401,6 +423,14 @@ impl Extension {
             shutdown_ms = began.elapsed().as_millis() as u64,
         );
         ExitCode::SUCCESS
+    }
+
+    /// One EMF document for what happened since the last one (nothing if nothing did).
+    fn emit_metrics(&self, extra: &[(&str, u64)]) {
+        let Some(namespace) = &self.config.metrics_namespace else { return };
+        if let Some(document) = self.evidence.take_document(namespace, &self.config.function_name, extra) {
+            metrics::write_line(&document);
+        }
     }
 
     /// Stops accepting and wipes every credential and secret. Returns the live session that
@@ -420,16 +450,10 @@ fn environment_id() -> String {
     let mut bytes = [0u8; 8];
     if getrandom::fill(&mut bytes).is_err() {
         // No entropy source: fall back to the clock, still unique enough per environment.
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos();
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
         bytes = (nanos as u64).to_le_bytes();
     }
-    bytes
-        .iter()
-        .map(|b| char::from(ALPHABET[usize::from(b % 32)]))
-        .collect()
+    bytes.iter().map(|b| char::from(ALPHABET[usize::from(b % 32)])).collect()
 }
 
 type Terminate = Option<tokio::signal::unix::Signal>;
@@ -455,12 +479,7 @@ mod tests {
         let b = super::environment_id();
         assert_eq!(a.len(), 8);
         assert_ne!(a, b);
-        assert!(crate::policy::is_valid_session_name(
-            &crate::policy::session_name(&a, &"f".repeat(36), 0)
-        ));
-        assert_eq!(
-            crate::policy::session_name(&a, &"f".repeat(36), 0).len(),
-            48
-        );
+        assert!(crate::policy::is_valid_session_name(&crate::policy::session_name(&a, &"f".repeat(36), 0)));
+        assert_eq!(crate::policy::session_name(&a, &"f".repeat(36), 0).len(), 48);
     }
 }

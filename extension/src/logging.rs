@@ -30,18 +30,12 @@ pub fn init(env: &Env) -> Result<(), String> {
         .with_span_list(false)
         .with_writer(std::io::stdout);
     // Fails only if a subscriber is already installed (tests): keep that one.
-    let _ = tracing_subscriber::registry()
-        .with(format.with_filter(filter))
-        .try_init();
+    let _ = tracing_subscriber::registry().with(format.with_filter(filter)).try_init();
     problem.map_or(Ok(()), Err)
 }
 
 fn level_from(env: &Env) -> Result<LevelFilter, String> {
-    let sources = [
-        (var::LOG_LEVEL, true),
-        ("AWS_LAMBDA_LOG_LEVEL", true),
-        ("RUST_LOG", false),
-    ];
+    let sources = [(var::LOG_LEVEL, true), ("AWS_LAMBDA_LOG_LEVEL", true), ("RUST_LOG", false)];
     for (name, strict) in sources {
         let Some(raw) = env.get(name) else { continue };
         return match parse_level(raw) {
@@ -80,30 +74,14 @@ mod tests {
         let cases = [
             (vec![], Ok(LevelFilter::INFO)),
             (vec![("RUST_LOG", "debug")], Ok(LevelFilter::DEBUG)),
-            (
-                vec![("RUST_LOG", "hyper=trace,info")],
-                Ok(LevelFilter::INFO),
-            ),
-            (
-                vec![("AWS_LAMBDA_LOG_LEVEL", "WARN"), ("RUST_LOG", "trace")],
-                Ok(LevelFilter::WARN),
-            ),
-            (
-                vec![(var::LOG_LEVEL, "trace"), ("AWS_LAMBDA_LOG_LEVEL", "ERROR")],
-                Ok(LevelFilter::TRACE),
-            ),
+            (vec![("RUST_LOG", "hyper=trace,info")], Ok(LevelFilter::INFO)),
+            (vec![("AWS_LAMBDA_LOG_LEVEL", "WARN"), ("RUST_LOG", "trace")], Ok(LevelFilter::WARN)),
+            (vec![(var::LOG_LEVEL, "trace"), ("AWS_LAMBDA_LOG_LEVEL", "ERROR")], Ok(LevelFilter::TRACE)),
         ];
         for (pairs, expected) in cases {
-            assert_eq!(
-                level_from(&Env::from_pairs(pairs.clone())),
-                expected,
-                "{pairs:?}"
-            );
+            assert_eq!(level_from(&Env::from_pairs(pairs.clone())), expected, "{pairs:?}");
         }
         let error = level_from(&Env::from_pairs([(var::LOG_LEVEL, "loud")])).expect_err("invalid");
-        assert!(
-            error.starts_with(var::LOG_LEVEL) && error.ends_with('.'),
-            "{error}"
-        );
+        assert!(error.starts_with(var::LOG_LEVEL) && error.ends_with('.'), "{error}");
     }
 }

@@ -11,17 +11,9 @@ fn main() -> ExitCode {
     let name = std::env::args()
         .next()
         .as_deref()
-        .and_then(|path| {
-            std::path::Path::new(path)
-                .file_name()?
-                .to_str()
-                .map(str::to_owned)
-        })
+        .and_then(|path| std::path::Path::new(path).file_name()?.to_str().map(str::to_owned))
         .unwrap_or_else(|| "scoped-secrets".to_owned());
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             tracing::error!(event = "runtime_failed", cause = %error);

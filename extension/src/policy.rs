@@ -19,10 +19,7 @@ pub const MAX_POLICY_CHARS: usize = 2_048;
 /// The session policy for `allowlist`, valid until `end` (rounded up to the next second, the
 /// precision of `aws:CurrentTime` comparisons).
 pub fn session_policy(allowlist: &Allowlist, end: SystemTime) -> String {
-    let resources: Vec<&str> = allowlist
-        .iter()
-        .map(|(_, entry)| entry.resource())
-        .collect();
+    let resources: Vec<&str> = allowlist.iter().map(|(_, entry)| entry.resource()).collect();
     let until = json!({ "DateLessThan": { "aws:CurrentTime": iso8601_ceil(end) } });
     json!({
         "Version": "2012-10-17",
@@ -67,15 +64,9 @@ pub fn check_fits(allowlist: &Allowlist) -> Result<(), String> {
 /// only the characters STS accepts (`[\w+=,.@-]`); the emulator does not check this, so we do.
 pub fn session_name(environment_id: &str, request_id: &str, sequence: u32) -> String {
     let clean = |text: &str| -> String {
-        text.chars()
-            .filter(|c| c.is_ascii_alphanumeric() || "+=,.@_-".contains(*c))
-            .collect()
+        text.chars().filter(|c| c.is_ascii_alphanumeric() || "+=,.@_-".contains(*c)).collect()
     };
-    let suffix = if sequence == 0 {
-        String::new()
-    } else {
-        format!("-{sequence}")
-    };
+    let suffix = if sequence == 0 { String::new() } else { format!("-{sequence}") };
     let mut name = format!("ss-{}-{}", clean(environment_id), clean(request_id));
     name.truncate(64 - suffix.len());
     name.push_str(&suffix);
@@ -84,10 +75,7 @@ pub fn session_name(environment_id: &str, request_id: &str, sequence: u32) -> St
 
 /// Whether `name` is a valid `RoleSessionName` (2 to 64 of `[\w+=,.@-]`).
 pub fn is_valid_session_name(name: &str) -> bool {
-    (2..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b))
+    (2..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b))
 }
 
 /// `YYYY-MM-DDThh:mm:ssZ` for `time`, rounded up to the whole second.
@@ -97,12 +85,7 @@ pub fn iso8601_ceil(time: SystemTime) -> String {
     let days = seconds / 86_400;
     let rest = seconds % 86_400;
     let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rest / 3_600,
-        rest % 3_600 / 60,
-        rest % 60
-    )
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rest / 3_600, rest % 3_600 / 60, rest % 60)
 }
 
 /// Howard Hinnant's days-to-civil algorithm (public domain), for dates after 1970.
@@ -110,8 +93,7 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     let z = days + 719_468;
     let era = z / 146_097;
     let day_of_era = z % 146_097;
-    let year_of_era =
-        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let year_of_era = (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let mp = (5 * day_of_year + 2) / 153;
     let day = day_of_year - (153 * mp + 2) / 5 + 1;
@@ -134,8 +116,7 @@ mod tests {
     fn the_policy_allows_only_reads_of_the_allowlist_until_the_end() {
         let end = UNIX_EPOCH + Duration::from_millis(1_764_000_000_001);
         let policy: serde_json::Value =
-            serde_json::from_str(&session_policy(&allowlist("app/db,k=app/api"), end))
-                .expect("json");
+            serde_json::from_str(&session_policy(&allowlist("app/db,k=app/api"), end)).expect("json");
         let statements = policy["Statement"].as_array().expect("statements");
         assert_eq!(statements.len(), 2);
         assert_eq!(statements[0]["Action"], "secretsmanager:GetSecretValue");
@@ -146,17 +127,11 @@ mod tests {
                 "arn:aws:secretsmanager:us-east-1:123456789012:secret:app/api-??????"
             ])
         );
-        assert_eq!(
-            statements[1]["Action"],
-            "secretsmanager:BatchGetSecretValue"
-        );
+        assert_eq!(statements[1]["Action"], "secretsmanager:BatchGetSecretValue");
         for statement in statements {
             assert_eq!(statement["Effect"], "Allow");
             // 1_764_000_000.001 s rounds up to ...001 s: never earlier than the true end.
-            assert_eq!(
-                statement["Condition"]["DateLessThan"]["aws:CurrentTime"],
-                "2025-11-24T16:00:01Z"
-            );
+            assert_eq!(statement["Condition"]["DateLessThan"]["aws:CurrentTime"], "2025-11-24T16:00:01Z");
         }
     }
 
@@ -170,10 +145,7 @@ mod tests {
             (4_102_444_799, "2099-12-31T23:59:59Z"),
         ];
         for (seconds, expected) in cases {
-            assert_eq!(
-                iso8601_ceil(UNIX_EPOCH + Duration::from_secs(seconds)),
-                expected
-            );
+            assert_eq!(iso8601_ceil(UNIX_EPOCH + Duration::from_secs(seconds)), expected);
         }
     }
 
@@ -200,9 +172,7 @@ mod tests {
 
     #[test]
     fn a_long_allowlist_is_refused_at_init() {
-        let long: Vec<String> = (0..20)
-            .map(|i| format!("team/{}/{i}", "n".repeat(60)))
-            .collect();
+        let long: Vec<String> = (0..20).map(|i| format!("team/{}/{i}", "n".repeat(60))).collect();
         let error = check_fits(&allowlist(&long.join(","))).expect_err("too long");
         assert!(error.contains("2048"), "{error}");
         assert!(check_fits(&allowlist("app/db")).is_ok());

@@ -81,9 +81,7 @@ impl SecretValue {
     /// The `GetSecretValue` JSON, in a buffer that is wiped when dropped.
     pub fn to_json(&self) -> Zeroizing<Vec<u8>> {
         let binary = match &self.payload {
-            Payload::Binary(bytes) => Some(Zeroizing::new(aws_smithy_types::base64::encode(
-                bytes.as_slice(),
-            ))),
+            Payload::Binary(bytes) => Some(Zeroizing::new(aws_smithy_types::base64::encode(bytes.as_slice()))),
             Payload::Text(_) => None,
         };
         let wire = Wire {
@@ -104,9 +102,7 @@ impl SecretValue {
             Payload::Text(text) => text.len() * 6,
             Payload::Binary(_) => binary.as_ref().map_or(0, |b| b.len()),
         };
-        let mut buffer = Zeroizing::new(Vec::with_capacity(
-            payload_len + self.arn.len() + self.name.len() + 256,
-        ));
+        let mut buffer = Zeroizing::new(Vec::with_capacity(payload_len + self.arn.len() + self.name.len() + 256));
         // Serialising borrowed strings into a Vec cannot fail.
         let _ = serde_json::to_writer(&mut *buffer, &wire);
         buffer
@@ -268,19 +264,23 @@ pub struct Secrets {
     cache: Mutex<HashMap<Key, Cached>>,
     in_flight: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
     counters: Counters,
+    evidence: Arc<crate::metrics::Evidence>,
 }
 
 impl fmt::Debug for Secrets {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Secrets")
-            .field("ttl", &self.ttl)
-            .finish_non_exhaustive()
+        f.debug_struct("Secrets").field("ttl", &self.ttl).finish_non_exhaustive()
     }
 }
 
 impl Secrets {
     /// An empty cache over `allowlist`.
-    pub fn new(allowlist: Allowlist, ttl: Duration, lifecycle: Arc<Lifecycle>) -> Self {
+    pub fn new(
+        allowlist: Allowlist,
+        ttl: Duration,
+        lifecycle: Arc<Lifecycle>,
+        evidence: Arc<crate::metrics::Evidence>,
+    ) -> Self {
         Self {
             allowlist,
             ttl,
@@ -288,6 +288,7 @@ impl Secrets {
             cache: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashMap::new()),
             counters: Counters::default(),
+            evidence,
         }
     }
 
@@ -305,40 +306,36 @@ impl Secrets {
         let key = Key { entry, version };
         if let Some(value) = self.fresh(&key) {
             self.counters.cache_hits.fetch_add(1, Relaxed);
-            return Ok(Served {
-                value,
-                source: Source::Cache,
-                scope: None,
-            });
+            self.evidence.cache(true);
+            return Ok(Served { value, source: Source::Cache, scope: None });
         }
         let lock = self.key_lock(&key);
         let _guard = lock.lock().await;
         if let Some(value) = self.fresh(&key) {
             // Another request fetched it while this one waited: one upstream call for both.
             self.counters.cache_hits.fetch_add(1, Relaxed);
-            return Ok(Served {
-                value,
-                source: Source::Cache,
-                scope: None,
-            });
+            self.evidence.cache(true);
+            return Ok(Served { value, source: Source::Cache, scope: None });
         }
+        self.evidence.cache(false);
+        let waiting = Instant::now();
         let scope = self.lifecycle.current_scope().await?;
         let session = tokio::time::timeout(self.lifecycle.wait_timeout(), scope.session())
             .await
             .map_err(|_elapsed| FetchError::WaitTimeout)??;
-        let secret_id = self
-            .allowlist
-            .entry(entry)
-            .map(|e| e.secret_id().to_owned())
-            .unwrap_or_default();
-        let mut request = session.client().get_secret_value().secret_id(&secret_id);
-        request = match &key.version {
-            Version::Current => request,
-            Version::Stage(stage) => request.version_stage(stage),
-            Version::Id(id) => request.version_id(id),
+        self.evidence.waited(waiting.elapsed());
+        let secret_id = self.allowlist.entry(entry).map(|e| e.secret_id().to_owned()).unwrap_or_default();
+        let output = match self.fetch_one(&session, &secret_id, &key.version).await {
+            // Refused with credentials that worked before (a revocation by another environment
+            // of this function): re-assume once and try again.
+            Err(refused @ FetchError::AccessDenied { .. }) if session.has_succeeded() => {
+                match scope.renew_after_denial(&session).await? {
+                    Some(renewed) => self.fetch_one(&renewed, &secret_id, &key.version).await?,
+                    None => return Err(refused),
+                }
+            }
+            other => other?,
         };
-        self.counters.upstream_calls.fetch_add(1, Relaxed);
-        let output = request.send().await.map_err(|e| classify(&e))?;
         let value = Arc::new(SecretValue::from_parts(
             output.arn,
             output.name,
@@ -350,11 +347,28 @@ impl Secrets {
         ));
         self.counters.fetched.fetch_add(1, Relaxed);
         self.store(&scope, key, Arc::clone(&value));
-        Ok(Served {
-            value,
-            source: Source::Aws,
-            scope: Some(scope.label().to_owned()),
-        })
+        Ok(Served { value, source: Source::Aws, scope: Some(scope.label().to_owned()) })
+    }
+
+    async fn fetch_one(
+        &self,
+        session: &crate::session::Session,
+        secret_id: &str,
+        version: &Version,
+    ) -> Result<secretsmanager::operation::get_secret_value::GetSecretValueOutput, FetchError> {
+        let mut request = session.client().get_secret_value().secret_id(secret_id);
+        request = match version {
+            Version::Current => request,
+            Version::Stage(stage) => request.version_stage(stage),
+            Version::Id(id) => request.version_id(id),
+        };
+        self.counters.upstream_calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let started = Instant::now();
+        let output = request.send().await.map_err(|e| classify(&e));
+        self.evidence.fetch(started.elapsed());
+        let output = output?;
+        session.mark_succeeded();
+        Ok(output)
     }
 
     /// Fetches every allowlisted secret whose current version is missing or stale, in as few
@@ -364,10 +378,7 @@ impl Secrets {
         let mut guards = Vec::new();
         let mut wanted: Vec<(EntryIndex, String)> = Vec::new();
         for (index, entry) in self.allowlist.iter() {
-            let key = Key {
-                entry: index,
-                version: Version::Current,
-            };
+            let key = Key { entry: index, version: Version::Current };
             if self.fresh(&key).is_some() {
                 continue;
             }
@@ -389,19 +400,14 @@ impl Secrets {
         };
         let calls = wanted.chunks(BATCH_LIMIT).map(|chunk| {
             let ids: Vec<String> = chunk.iter().map(|(_, id)| id.clone()).collect();
-            self.counters
-                .upstream_calls
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            session
-                .client()
-                .batch_get_secret_value()
-                .set_secret_id_list(Some(ids))
-                .send()
+            self.counters.upstream_calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            session.client().batch_get_secret_value().set_secret_id_list(Some(ids)).send()
         });
         let results = join_all(calls.collect()).await;
         for result in results {
             match result {
                 Ok(output) => {
+                    session.mark_succeeded();
                     for error in output.errors.unwrap_or_default() {
                         tracing::warn!(
                             event = "prefetch_error",
@@ -426,17 +432,8 @@ impl Secrets {
                             .map(|(index, _)| *index)
                             .or_else(|| self.allowlist.find(&value.arn));
                         if let Some(index) = index {
-                            self.counters
-                                .fetched
-                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            self.store(
-                                scope,
-                                Key {
-                                    entry: index,
-                                    version: Version::Current,
-                                },
-                                Arc::new(value),
-                            );
+                            self.counters.fetched.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            self.store(scope, Key { entry: index, version: Version::Current }, Arc::new(value));
                         }
                     }
                 }
@@ -453,9 +450,7 @@ impl Secrets {
         let now = Instant::now();
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
         let before = cache.len();
-        cache.retain(|_, cached| {
-            !self.ttl.is_zero() && now.duration_since(cached.fetched_at) < self.ttl
-        });
+        cache.retain(|_, cached| !self.ttl.is_zero() && now.duration_since(cached.fetched_at) < self.ttl);
         before - cache.len()
     }
 
@@ -470,10 +465,7 @@ impl Secrets {
 
     /// How many values are cached.
     pub fn cached(&self) -> usize {
-        self.cache
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        self.cache.lock().unwrap_or_else(PoisonError::into_inner).len()
     }
 
     fn fresh(&self, key: &Key) -> Option<Arc<SecretValue>> {
@@ -494,21 +486,11 @@ impl Secrets {
         if scope.has_ended() {
             return;
         }
-        cache.insert(
-            key,
-            Cached {
-                value,
-                fetched_at: Instant::now(),
-                generation: scope.generation(),
-            },
-        );
+        cache.insert(key, Cached { value, fetched_at: Instant::now(), generation: scope.generation() });
     }
 
     fn key_lock(&self, key: &Key) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self
-            .in_flight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut locks = self.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
         // Entries whose lock nobody holds are dropped, so the map stays as small as the
         // number of keys being fetched right now.
         locks.retain(|_, lock| Arc::strong_count(lock) > 1);
@@ -516,15 +498,11 @@ impl Secrets {
     }
 }
 
-fn classify<E: ProvideErrorMetadata + fmt::Debug, R: fmt::Debug>(
-    error: &SdkError<E, R>,
-) -> FetchError {
+fn classify<E: ProvideErrorMetadata + fmt::Debug, R: fmt::Debug>(error: &SdkError<E, R>) -> FetchError {
     match error {
         SdkError::TimeoutError(_) => FetchError::UpstreamTimeout,
         SdkError::DispatchFailure(failure) if failure.is_timeout() => FetchError::UpstreamTimeout,
-        SdkError::DispatchFailure(_) => FetchError::Upstream {
-            kind: "connection failed".into(),
-        },
+        SdkError::DispatchFailure(_) => FetchError::Upstream { kind: "connection failed".into() },
         SdkError::ServiceError(service) => {
             let mut code = service.err().code().unwrap_or("Unknown").to_owned();
             code.retain(|c| c.is_ascii_alphanumeric());
@@ -535,18 +513,14 @@ fn classify<E: ProvideErrorMetadata + fmt::Debug, R: fmt::Debug>(
                 | "UnrecognizedClientException"
                 | "ExpiredTokenException"
                 | "InvalidSignatureException" => FetchError::AccessDenied { code },
-                "ThrottlingException" | "TooManyRequestsException" | "RequestLimitExceeded" => {
-                    FetchError::Throttled
-                }
+                "ThrottlingException" | "TooManyRequestsException" | "RequestLimitExceeded" => FetchError::Throttled,
                 "InvalidParameterException" | "InvalidRequestException" | "ValidationException" => {
                     FetchError::InvalidRequest { code }
                 }
                 _ => FetchError::Upstream { kind: code },
             }
         }
-        _ => FetchError::Upstream {
-            kind: "unexpected answer".into(),
-        },
+        _ => FetchError::Upstream { kind: "unexpected answer".into() },
     }
 }
 
@@ -568,11 +542,7 @@ async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
                 }
             }
         }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
+        if pending { std::task::Poll::Pending } else { std::task::Poll::Ready(()) }
     })
     .await;
     outputs.into_iter().flatten().collect()

@@ -50,22 +50,14 @@ pub struct ConnectionLimits {
 
 impl Default for ConnectionLimits {
     fn default() -> Self {
-        Self {
-            max_connections: 128,
-            header_timeout: Duration::from_secs(5),
-            max_head_bytes: 16 * 1024,
-        }
+        Self { max_connections: 128, header_timeout: Duration::from_secs(5), max_head_bytes: 16 * 1024 }
     }
 }
 
 /// Accepts HTTP/1 connections until `shutdown`, then lets the open ones finish their current
 /// request. Shared by the local API and the telemetry listener.
-pub async fn accept_loop<H, F>(
-    listener: TcpListener,
-    limits: ConnectionLimits,
-    shutdown: CancellationToken,
-    handler: H,
-) where
+pub async fn accept_loop<H, F>(listener: TcpListener, limits: ConnectionLimits, shutdown: CancellationToken, handler: H)
+where
     H: Fn(Request<Incoming>) -> F + Clone + Send + 'static,
     F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
@@ -135,6 +127,8 @@ pub struct LocalApi {
     pub lifecycle: Arc<Lifecycle>,
     /// Local requests refused, for the SHUTDOWN summary.
     pub denied: std::sync::atomic::AtomicU64,
+    /// Reads per secret and denies per reason, for the reports and metrics.
+    pub evidence: Arc<crate::metrics::Evidence>,
     /// Secrets served.
     pub served: std::sync::atomic::AtomicU64,
 }
@@ -151,11 +145,7 @@ pub struct Refusal {
 }
 
 const fn refusal(status: StatusCode, code: &'static str, message: &'static str) -> Refusal {
-    Refusal {
-        status,
-        code,
-        message,
-    }
+    Refusal { status, code, message }
 }
 
 impl LocalApi {
@@ -167,8 +157,8 @@ impl LocalApi {
                 // The phase when the answer is given: a request that waited for its INVOKE is
                 // attributed to that invocation.
                 let request_id = self.request_id();
-                self.denied
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.denied.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.evidence.deny(refusal.code);
                 tracing::info!(
                     target: "audit",
                     event = "deny",
@@ -182,40 +172,25 @@ impl LocalApi {
         }
     }
 
-    async fn answer(
-        &self,
-        request: &Request<Incoming>,
-    ) -> Result<Response<Full<Bytes>>, (Refusal, Option<String>)> {
+    async fn answer(&self, request: &Request<Incoming>) -> Result<Response<Full<Bytes>>, (Refusal, Option<String>)> {
         check_envelope(request).map_err(|r| (r, None))?;
         match request.uri().path() {
             "/ping" => {
-                return Ok(json_response(
-                    StatusCode::OK,
-                    Bytes::from_static(br#"{"status":"ready"}"#),
-                ));
+                return Ok(json_response(StatusCode::OK, Bytes::from_static(br#"{"status":"ready"}"#)));
             }
             "/secretsmanager/get" => {}
             _ => {
                 return Err((
-                    refusal(
-                        StatusCode::NOT_FOUND,
-                        "not_found",
-                        "No such path; use /secretsmanager/get.",
-                    ),
+                    refusal(StatusCode::NOT_FOUND, "not_found", "No such path; use /secretsmanager/get."),
                     None,
                 ));
             }
         }
         self.check_token(request).map_err(|r| (r, None))?;
-        let query =
-            SecretQuery::parse(request.uri().query().unwrap_or_default()).map_err(|r| (r, None))?;
+        let query = SecretQuery::parse(request.uri().query().unwrap_or_default()).map_err(|r| (r, None))?;
         let Some(entry) = self.allowlist.find(&query.secret_id) else {
             return Err((
-                refusal(
-                    StatusCode::FORBIDDEN,
-                    "secret_not_allowed",
-                    "The secret is not in this function's allowlist.",
-                ),
+                refusal(StatusCode::FORBIDDEN, "secret_not_allowed", "The secret is not in this function's allowlist."),
                 Some(query.secret_id),
             ));
         };
@@ -224,8 +199,8 @@ impl LocalApi {
             .get(entry, query.version.clone())
             .await
             .map_err(|error| (error_for(&error), Some(query.secret_id.clone())))?;
-        self.served
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.evidence.read(entry);
         let request_id = served.scope.unwrap_or_else(|| self.request_id());
         tracing::info!(
             target: "audit",
@@ -236,10 +211,7 @@ impl LocalApi {
             source = served.source.as_str(),
         );
         // The body is owned by a zeroizing buffer: wiped when hyper drops it.
-        Ok(json_response(
-            StatusCode::OK,
-            Bytes::from_owner(served.value.to_json()),
-        ))
+        Ok(json_response(StatusCode::OK, Bytes::from_owner(served.value.to_json())))
     }
 
     fn check_token(&self, request: &Request<Incoming>) -> Result<(), Refusal> {
@@ -273,56 +245,27 @@ impl LocalApi {
 /// Checks that apply to every path: method, proxies, body, target form, host.
 fn check_envelope<B: Body>(request: &Request<B>) -> Result<(), Refusal> {
     if request.method() != Method::GET {
-        return Err(refusal(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "Only GET is served.",
-        ));
+        return Err(refusal(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "Only GET is served."));
     }
-    if request.headers().contains_key("x-forwarded-for")
-        || request.headers().contains_key(header::FORWARDED)
-    {
-        return Err(refusal(
-            StatusCode::BAD_REQUEST,
-            "forwarded_request",
-            "Proxied requests are refused.",
-        ));
+    if request.headers().contains_key("x-forwarded-for") || request.headers().contains_key(header::FORWARDED) {
+        return Err(refusal(StatusCode::BAD_REQUEST, "forwarded_request", "Proxied requests are refused."));
     }
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared =
+        request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if request.headers().contains_key(header::TRANSFER_ENCODING)
         || declared.is_some_and(|n| n > 0)
         || !request.body().is_end_stream()
     {
-        return Err(refusal(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_not_allowed",
-            "A GET request carries no body.",
-        ));
+        return Err(refusal(StatusCode::PAYLOAD_TOO_LARGE, "body_not_allowed", "A GET request carries no body."));
     }
     let uri = request.uri();
     if uri.scheme().is_some() || uri.authority().is_some() {
-        return Err(refusal(
-            StatusCode::BAD_REQUEST,
-            "absolute_target",
-            "Use an origin-form request target.",
-        ));
+        return Err(refusal(StatusCode::BAD_REQUEST, "absolute_target", "Use an origin-form request target."));
     }
     if uri.path_and_query().map_or(0, |p| p.as_str().len()) > MAX_TARGET_BYTES {
-        return Err(refusal(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "target_too_long",
-            "The request target is too long.",
-        ));
+        return Err(refusal(StatusCode::PAYLOAD_TOO_LARGE, "target_too_long", "The request target is too long."));
     }
-    let host = request
-        .headers()
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("localhost");
+    let host = request.headers().get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("localhost");
     let hostname = match host.rsplit_once(':') {
         Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
         _ => host,
@@ -363,55 +306,31 @@ impl SecretQuery {
                 "versionStage" => &mut stage,
                 "versionId" => &mut id,
                 _ => {
-                    return Err(bad(
-                        "unknown_parameter",
-                        "Only secretId, versionStage and versionId are accepted.",
-                    ));
+                    return Err(bad("unknown_parameter", "Only secretId, versionStage and versionId are accepted."));
                 }
             };
             if slot.replace(value.into_owned()).is_some() {
-                return Err(bad(
-                    "duplicate_parameter",
-                    "Each query parameter may appear once.",
-                ));
+                return Err(bad("duplicate_parameter", "Each query parameter may appear once."));
             }
         }
         let Some(secret_id) = secret_id.filter(|s| !s.is_empty()) else {
-            return Err(bad(
-                "missing_secret_id",
-                "The secretId query parameter is required.",
-            ));
+            return Err(bad("missing_secret_id", "The secretId query parameter is required."));
         };
         if secret_id.len() > MAX_SECRET_ID_BYTES || secret_id.chars().any(char::is_control) {
-            return Err(bad(
-                "invalid_secret_id",
-                "The secretId is too long or contains control characters.",
-            ));
+            return Err(bad("invalid_secret_id", "The secretId is too long or contains control characters."));
         }
         let well_formed = |text: &str, max: usize| {
-            (1..=max).contains(&text.len())
-                && text
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+            (1..=max).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
         };
         let version = match (stage, id) {
             (Some(_), Some(_)) => {
-                return Err(bad(
-                    "conflicting_version",
-                    "Give versionStage or versionId, not both.",
-                ));
+                return Err(bad("conflicting_version", "Give versionStage or versionId, not both."));
             }
             (Some(stage), None) if !well_formed(&stage, 256) => {
-                return Err(bad(
-                    "invalid_version_stage",
-                    "The versionStage is not a valid staging label.",
-                ));
+                return Err(bad("invalid_version_stage", "The versionStage is not a valid staging label."));
             }
             (None, Some(id)) if !well_formed(&id, 64) => {
-                return Err(bad(
-                    "invalid_version_id",
-                    "The versionId is not a valid version id.",
-                ));
+                return Err(bad("invalid_version_id", "The versionId is not a valid version id."));
             }
             (Some(stage), None) if stage == "AWSCURRENT" => Version::Current,
             (Some(stage), None) => Version::Stage(stage),
@@ -426,71 +345,43 @@ impl SecretQuery {
 pub fn error_for(error: &FetchError) -> Refusal {
     use StatusCode as S;
     match error {
-        FetchError::NotFound => refusal(
-            S::NOT_FOUND,
-            "secret_not_found",
-            "Secrets Manager has no such secret or version.",
-        ),
+        FetchError::NotFound => {
+            refusal(S::NOT_FOUND, "secret_not_found", "Secrets Manager has no such secret or version.")
+        }
         FetchError::AccessDenied { .. } => refusal(
             S::FORBIDDEN,
             "upstream_access_denied",
             "AWS refused the read with the scoped session; check the scoped role's policy.",
         ),
-        FetchError::InvalidRequest { .. } => refusal(
-            S::BAD_REQUEST,
-            "invalid_request",
-            "Secrets Manager rejected the request.",
-        ),
-        FetchError::Throttled => refusal(
-            S::SERVICE_UNAVAILABLE,
-            "upstream_throttled",
-            "Secrets Manager throttled the request; retry.",
-        ),
-        FetchError::UpstreamTimeout => refusal(
-            S::GATEWAY_TIMEOUT,
-            "upstream_timeout",
-            "Secrets Manager did not answer in time.",
-        ),
-        FetchError::Upstream { .. } => refusal(
-            S::BAD_GATEWAY,
-            "upstream_error",
-            "The call to Secrets Manager failed.",
-        ),
-        FetchError::Session(SessionError::Timeout) => refusal(
-            S::GATEWAY_TIMEOUT,
-            "session_timeout",
-            "STS did not answer in time.",
-        ),
-        FetchError::Session(SessionError::Refused { .. }) => refusal(
-            S::BAD_GATEWAY,
-            "session_refused",
-            "STS refused to start a session; check the role's trust policy.",
-        ),
-        FetchError::Session(_) => refusal(
-            S::BAD_GATEWAY,
-            "session_failed",
-            "A session could not be started.",
-        ),
-        FetchError::NoActiveInvocation => refusal(
-            S::SERVICE_UNAVAILABLE,
-            "no_active_invocation",
-            "No invocation began within the wait timeout.",
-        ),
+        FetchError::InvalidRequest { .. } => {
+            refusal(S::BAD_REQUEST, "invalid_request", "Secrets Manager rejected the request.")
+        }
+        FetchError::Throttled => {
+            refusal(S::SERVICE_UNAVAILABLE, "upstream_throttled", "Secrets Manager throttled the request; retry.")
+        }
+        FetchError::UpstreamTimeout => {
+            refusal(S::GATEWAY_TIMEOUT, "upstream_timeout", "Secrets Manager did not answer in time.")
+        }
+        FetchError::Upstream { .. } => refusal(S::BAD_GATEWAY, "upstream_error", "The call to Secrets Manager failed."),
+        FetchError::Session(SessionError::Timeout) => {
+            refusal(S::GATEWAY_TIMEOUT, "session_timeout", "STS did not answer in time.")
+        }
+        FetchError::Session(SessionError::Refused { .. }) => {
+            refusal(S::BAD_GATEWAY, "session_refused", "STS refused to start a session; check the role's trust policy.")
+        }
+        FetchError::Session(_) => refusal(S::BAD_GATEWAY, "session_failed", "A session could not be started."),
+        FetchError::NoActiveInvocation => {
+            refusal(S::SERVICE_UNAVAILABLE, "no_active_invocation", "No invocation began within the wait timeout.")
+        }
         FetchError::WaitTimeout => refusal(
             S::GATEWAY_TIMEOUT,
             "session_wait_timeout",
             "The invocation's session was not ready within the wait timeout.",
         ),
-        FetchError::InvocationEnded => refusal(
-            S::SERVICE_UNAVAILABLE,
-            "invocation_ended",
-            "The invocation ended first.",
-        ),
-        FetchError::ShuttingDown => refusal(
-            S::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            "The extension is shutting down.",
-        ),
+        FetchError::InvocationEnded => {
+            refusal(S::SERVICE_UNAVAILABLE, "invocation_ended", "The invocation ended first.")
+        }
+        FetchError::ShuttingDown => refusal(S::SERVICE_UNAVAILABLE, "shutting_down", "The extension is shutting down."),
     }
 }
 
@@ -498,9 +389,7 @@ fn error_response(refusal: &Refusal) -> Response<Full<Bytes>> {
     let body = json!({ "error": refusal.code, "message": refusal.message }).to_string();
     let mut response = json_response(refusal.status, Bytes::from(body));
     if refusal.status == StatusCode::SERVICE_UNAVAILABLE {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     response
 }
@@ -509,10 +398,7 @@ fn json_response(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
@@ -530,32 +416,13 @@ mod tests {
     fn queries_parse_or_are_refused_with_a_stable_code() {
         let ok = [
             ("secretId=app%2Fdb", "app/db", Version::Current),
-            (
-                "secretId=app/db&versionStage=AWSCURRENT",
-                "app/db",
-                Version::Current,
-            ),
-            (
-                "secretId=app/db&versionStage=AWSPREVIOUS",
-                "app/db",
-                Version::Stage("AWSPREVIOUS".into()),
-            ),
-            (
-                "versionId=a1b2-c3&secretId=db",
-                "db",
-                Version::Id("a1b2-c3".into()),
-            ),
+            ("secretId=app/db&versionStage=AWSCURRENT", "app/db", Version::Current),
+            ("secretId=app/db&versionStage=AWSPREVIOUS", "app/db", Version::Stage("AWSPREVIOUS".into())),
+            ("versionId=a1b2-c3&secretId=db", "db", Version::Id("a1b2-c3".into())),
             ("secretId=a+b", "a b", Version::Current),
         ];
         for (query, id, version) in ok {
-            assert_eq!(
-                SecretQuery::parse(query),
-                Ok(SecretQuery {
-                    secret_id: id.into(),
-                    version
-                }),
-                "{query}"
-            );
+            assert_eq!(SecretQuery::parse(query), Ok(SecretQuery { secret_id: id.into(), version }), "{query}");
         }
         let long = format!("secretId={}", "a".repeat(MAX_SECRET_ID_BYTES + 1));
         let refused = [
@@ -564,14 +431,8 @@ mod tests {
             ("secretid=x", "unknown_parameter"),
             ("secretId=x&other=1", "unknown_parameter"),
             ("secretId=x&secretId=y", "duplicate_parameter"),
-            (
-                "secretId=x&versionStage=A&versionId=b",
-                "conflicting_version",
-            ),
-            (
-                "secretId=x&versionStage=A&versionStage=B",
-                "duplicate_parameter",
-            ),
+            ("secretId=x&versionStage=A&versionId=b", "conflicting_version"),
+            ("secretId=x&versionStage=A&versionStage=B", "duplicate_parameter"),
             ("secretId=x&versionStage=", "invalid_version_stage"),
             ("secretId=x&versionStage=a%2Fb", "invalid_version_stage"),
             ("secretId=x&versionId=a*b", "invalid_version_id"),
@@ -581,11 +442,7 @@ mod tests {
         ];
         for (query, code) in refused {
             let error = SecretQuery::parse(query).expect_err(query);
-            assert_eq!(
-                (error.status, error.code),
-                (StatusCode::BAD_REQUEST, code),
-                "{query}"
-            );
+            assert_eq!((error.status, error.code), (StatusCode::BAD_REQUEST, code), "{query}");
         }
     }
 
@@ -596,67 +453,26 @@ mod tests {
             for (name, value) in headers {
                 builder = builder.header(*name, *value);
             }
-            builder
-                .body(http_body_util::Empty::<Bytes>::new())
-                .expect("request")
+            builder.body(http_body_util::Empty::<Bytes>::new()).expect("request")
         };
         let path = "/secretsmanager/get?secretId=x";
         let cases = [
             (request(Method::POST, path, &[]), Some("method_not_allowed")),
-            (
-                request(Method::DELETE, path, &[]),
-                Some("method_not_allowed"),
-            ),
-            (
-                request(Method::GET, path, &[("x-forwarded-for", "10.0.0.1")]),
-                Some("forwarded_request"),
-            ),
-            (
-                request(Method::GET, path, &[("forwarded", "for=1.2.3.4")]),
-                Some("forwarded_request"),
-            ),
-            (
-                request(Method::GET, path, &[("content-length", "5")]),
-                Some("body_not_allowed"),
-            ),
-            (
-                request(Method::GET, path, &[("transfer-encoding", "chunked")]),
-                Some("body_not_allowed"),
-            ),
-            (
-                request(Method::GET, "http://evil.example/secretsmanager/get", &[]),
-                Some("absolute_target"),
-            ),
-            (
-                request(Method::GET, path, &[("host", "evil.example")]),
-                Some("invalid_host"),
-            ),
-            (
-                request(Method::GET, path, &[("host", "evil.example:2773")]),
-                Some("invalid_host"),
-            ),
-            (
-                request(Method::GET, path, &[("host", "localhost:2773")]),
-                None,
-            ),
-            (
-                request(Method::GET, path, &[("host", "127.0.0.1:2773")]),
-                None,
-            ),
+            (request(Method::DELETE, path, &[]), Some("method_not_allowed")),
+            (request(Method::GET, path, &[("x-forwarded-for", "10.0.0.1")]), Some("forwarded_request")),
+            (request(Method::GET, path, &[("forwarded", "for=1.2.3.4")]), Some("forwarded_request")),
+            (request(Method::GET, path, &[("content-length", "5")]), Some("body_not_allowed")),
+            (request(Method::GET, path, &[("transfer-encoding", "chunked")]), Some("body_not_allowed")),
+            (request(Method::GET, "http://evil.example/secretsmanager/get", &[]), Some("absolute_target")),
+            (request(Method::GET, path, &[("host", "evil.example")]), Some("invalid_host")),
+            (request(Method::GET, path, &[("host", "evil.example:2773")]), Some("invalid_host")),
+            (request(Method::GET, path, &[("host", "localhost:2773")]), None),
+            (request(Method::GET, path, &[("host", "127.0.0.1:2773")]), None),
             (request(Method::GET, path, &[]), None),
         ];
         for (request, expected) in cases {
-            let description = format!(
-                "{} {} {:?}",
-                request.method(),
-                request.uri(),
-                request.headers()
-            );
-            assert_eq!(
-                check_envelope(&request).err().map(|r| r.code),
-                expected,
-                "{description}"
-            );
+            let description = format!("{} {} {:?}", request.method(), request.uri(), request.headers());
+            assert_eq!(check_envelope(&request).err().map(|r| r.code), expected, "{description}");
         }
     }
 
@@ -664,27 +480,20 @@ mod tests {
     fn every_fetch_failure_maps_to_a_distinct_documented_code() {
         let errors = [
             FetchError::NotFound,
-            FetchError::AccessDenied {
-                code: "AccessDeniedException".into(),
-            },
-            FetchError::InvalidRequest {
-                code: "InvalidParameterException".into(),
-            },
+            FetchError::AccessDenied { code: "AccessDeniedException".into() },
+            FetchError::InvalidRequest { code: "InvalidParameterException".into() },
             FetchError::Throttled,
             FetchError::UpstreamTimeout,
             FetchError::Upstream { kind: "x".into() },
             FetchError::Session(SessionError::Timeout),
-            FetchError::Session(SessionError::Refused {
-                code: "AccessDenied".into(),
-            }),
+            FetchError::Session(SessionError::Refused { code: "AccessDenied".into() }),
             FetchError::Session(SessionError::InvalidName),
             FetchError::NoActiveInvocation,
             FetchError::WaitTimeout,
             FetchError::InvocationEnded,
             FetchError::ShuttingDown,
         ];
-        let codes: std::collections::BTreeSet<&str> =
-            errors.iter().map(|e| error_for(e).code).collect();
+        let codes: std::collections::BTreeSet<&str> = errors.iter().map(|e| error_for(e).code).collect();
         assert_eq!(codes.len(), errors.len());
         for error in &errors {
             let refusal = error_for(error);

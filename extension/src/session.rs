@@ -47,19 +47,23 @@ pub struct SessionFactory {
     secrets_manager: secretsmanager::config::Builder,
     config: Arc<Config>,
     environment_id: String,
+    evidence: Arc<crate::metrics::Evidence>,
 }
 
 impl fmt::Debug for SessionFactory {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SessionFactory")
-            .field("environment_id", &self.environment_id)
-            .finish()
+        f.debug_struct("SessionFactory").field("environment_id", &self.environment_id).finish()
     }
 }
 
 impl SessionFactory {
     /// A factory using `sdk` (the execution role's credentials, region, HTTP client).
-    pub fn new(sdk: &aws_config::SdkConfig, config: Arc<Config>, environment_id: String) -> Self {
+    pub fn new(
+        sdk: &aws_config::SdkConfig,
+        config: Arc<Config>,
+        environment_id: String,
+        evidence: Arc<crate::metrics::Evidence>,
+    ) -> Self {
         let timeouts = aws_smithy_types::timeout::TimeoutConfig::builder()
             .operation_timeout(config.upstream_timeout)
             .connect_timeout(config.upstream_timeout.min(Duration::from_secs(2)))
@@ -69,15 +73,9 @@ impl SessionFactory {
         // pointing here) is never followed: the extension would call itself.
         let mut sts = sts::config::Builder::from(sdk).timeout_config(timeouts.clone());
         sts.set_endpoint_url(config.endpoints.sts.clone());
-        let mut secrets_manager =
-            secretsmanager::config::Builder::from(sdk).timeout_config(timeouts);
+        let mut secrets_manager = secretsmanager::config::Builder::from(sdk).timeout_config(timeouts);
         secrets_manager.set_endpoint_url(config.endpoints.secrets_manager.clone());
-        Self {
-            sts: sts::Client::from_conf(sts.build()),
-            secrets_manager,
-            config,
-            environment_id,
-        }
+        Self { sts: sts::Client::from_conf(sts.build()), secrets_manager, config, environment_id, evidence }
     }
 
     /// The random id of this execution environment, part of every session name.
@@ -89,12 +87,7 @@ impl SessionFactory {
     ///
     /// # Errors
     /// [`SessionError`] without any credential in it.
-    pub async fn start(
-        &self,
-        label: &str,
-        sequence: u32,
-        end: SystemTime,
-    ) -> Result<Session, SessionError> {
+    pub async fn start(&self, label: &str, sequence: u32, end: SystemTime) -> Result<Session, SessionError> {
         let name = policy::session_name(&self.environment_id, label, sequence);
         if !policy::is_valid_session_name(&name) {
             return Err(SessionError::InvalidName);
@@ -112,33 +105,23 @@ impl SessionFactory {
             .send()
             .await;
         let mut output = result.map_err(|error| classify_sts_error(&error))?;
+        self.evidence.session(started.elapsed());
         let Some(credentials) = output.credentials.take() else {
-            return Err(SessionError::Upstream {
-                kind: "answer without credentials".into(),
-            });
+            return Err(SessionError::Upstream { kind: "answer without credentials".into() });
         };
-        let sts::types::Credentials {
-            access_key_id,
-            secret_access_key,
-            session_token,
-            expiration,
-            ..
-        } = credentials;
+        // `AROA…:session-name`: the role's unique id, for revocation statements.
+        let role_id = output
+            .assumed_role_user
+            .as_ref()
+            .and_then(|user| user.assumed_role_id.split(':').next())
+            .map(str::to_owned);
+        let sts::types::Credentials { access_key_id, secret_access_key, session_token, expiration, .. } = credentials;
         let expiry = SystemTime::try_from(expiration).ok();
         // Moved, not copied: `Credentials` keeps them in `Zeroizing` strings.
-        let credentials = Credentials::new(
-            access_key_id,
-            secret_access_key,
-            Some(session_token),
-            expiry,
-            "scoped-session",
-        );
-        let client = secretsmanager::Client::from_conf(
-            self.secrets_manager
-                .clone()
-                .credentials_provider(credentials)
-                .build(),
-        );
+        let credentials =
+            Credentials::new(access_key_id, secret_access_key, Some(session_token), expiry, "scoped-session");
+        let client =
+            secretsmanager::Client::from_conf(self.secrets_manager.clone().credentials_provider(credentials).build());
         tracing::info!(
             target: "audit",
             event = "session_started",
@@ -147,7 +130,7 @@ impl SessionFactory {
             policy_end = %policy::iso8601_ceil(end),
             assume_role_ms = started.elapsed().as_millis() as u64,
         );
-        Ok(Session { name, end, client })
+        Ok(Session { name, end, client, role_id, succeeded: std::sync::atomic::AtomicBool::new(false) })
     }
 }
 
@@ -156,6 +139,8 @@ pub struct Session {
     name: String,
     end: SystemTime,
     client: secretsmanager::Client,
+    role_id: Option<String>,
+    succeeded: std::sync::atomic::AtomicBool,
 }
 
 impl Session {
@@ -169,6 +154,22 @@ impl Session {
         self.end
     }
 
+    /// Records that AWS accepted these credentials at least once.
+    pub fn mark_succeeded(&self) {
+        self.succeeded.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether AWS accepted these credentials before: a later refusal then means they were
+    /// revoked, not that the role never allowed the read.
+    pub fn has_succeeded(&self) -> bool {
+        self.succeeded.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The scoped role's unique id (`AROA…`), as STS reported it.
+    pub fn role_id(&self) -> Option<&str> {
+        self.role_id.as_deref()
+    }
+
     /// The Secrets Manager client signing with this session's credentials.
     pub fn client(&self) -> &secretsmanager::Client {
         &self.client
@@ -177,9 +178,7 @@ impl Session {
 
 impl fmt::Debug for Session {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Session")
-            .field("name", &self.name)
-            .finish_non_exhaustive()
+        f.debug_struct("Session").field("name", &self.name).finish_non_exhaustive()
     }
 }
 
@@ -196,11 +195,7 @@ fn classify_sts_error<R: fmt::Debug>(
             code.retain(|c| c.is_ascii_alphanumeric() || c == '.');
             SessionError::Refused { code }
         }
-        SdkError::DispatchFailure(_) => SessionError::Upstream {
-            kind: "connection failed".into(),
-        },
-        _ => SessionError::Upstream {
-            kind: "unexpected answer".into(),
-        },
+        SdkError::DispatchFailure(_) => SessionError::Upstream { kind: "connection failed".into() },
+        _ => SessionError::Upstream { kind: "unexpected answer".into() },
     }
 }

@@ -34,11 +34,7 @@ pub struct Completions {
 
 impl Default for Completions {
     fn default() -> Self {
-        Self {
-            done: Mutex::default(),
-            notify: Notify::new(),
-            init_done: tokio::sync::watch::Sender::new(false),
-        }
+        Self { done: Mutex::default(), notify: Notify::new(), init_done: tokio::sync::watch::Sender::new(false) }
     }
 }
 
@@ -80,11 +76,7 @@ impl Completions {
     }
 
     fn is_done(&self, request_id: &str) -> bool {
-        self.done
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .any(|id| id == request_id)
+        self.done.lock().unwrap_or_else(PoisonError::into_inner).iter().any(|id| id == request_id)
     }
 }
 
@@ -102,19 +94,10 @@ struct TelemetryEvent {
 /// # Errors
 /// The bind failure.
 pub async fn bind() -> std::io::Result<(TcpListener, String)> {
-    let sandbox = tokio::net::lookup_host(("sandbox.localdomain", 0))
-        .await
-        .ok()
-        .and_then(|mut a| a.next());
+    let sandbox = tokio::net::lookup_host(("sandbox.localdomain", 0)).await.ok().and_then(|mut a| a.next());
     let (address, host) = match sandbox {
-        Some(address) => (
-            SocketAddr::new(address.ip(), 0),
-            "sandbox.localdomain".to_owned(),
-        ),
-        None => (
-            SocketAddr::from(([127, 0, 0, 1], 0)),
-            "127.0.0.1".to_owned(),
-        ),
+        Some(address) => (SocketAddr::new(address.ip(), 0), "sandbox.localdomain".to_owned()),
+        None => (SocketAddr::from(([127, 0, 0, 1], 0)), "127.0.0.1".to_owned()),
     };
     let listener = TcpListener::bind(address).await?;
     let port = listener.local_addr()?.port();
@@ -122,15 +105,8 @@ pub async fn bind() -> std::io::Result<(TcpListener, String)> {
 }
 
 /// Serves telemetry batches until `shutdown`.
-pub async fn serve(
-    listener: TcpListener,
-    completions: Arc<Completions>,
-    shutdown: CancellationToken,
-) {
-    let limits = crate::server::ConnectionLimits {
-        max_connections: 4,
-        ..Default::default()
-    };
+pub async fn serve(listener: TcpListener, completions: Arc<Completions>, shutdown: CancellationToken) {
+    let limits = crate::server::ConnectionLimits { max_connections: 4, ..Default::default() };
     crate::server::accept_loop(listener, limits, shutdown, move |request| {
         let completions = Arc::clone(&completions);
         async move { handle(request, &completions).await }
@@ -142,10 +118,7 @@ async fn handle(request: Request<Incoming>, completions: &Completions) -> Respon
     if request.method() != Method::POST {
         return status(StatusCode::METHOD_NOT_ALLOWED);
     }
-    let Ok(body) = Limited::new(request.into_body(), MAX_BATCH_BYTES)
-        .collect()
-        .await
-    else {
+    let Ok(body) = Limited::new(request.into_body(), MAX_BATCH_BYTES).collect().await else {
         return status(StatusCode::PAYLOAD_TOO_LARGE);
     };
     let Ok(events) = serde_json::from_slice::<Vec<TelemetryEvent>>(&body.to_bytes()) else {
@@ -183,9 +156,7 @@ mod tests {
     async fn a_completion_recorded_before_or_after_the_wait_releases_it() {
         let completions = Arc::new(Completions::default());
         completions.record("early");
-        tokio::time::timeout(std::time::Duration::from_secs(1), completions.wait("early"))
-            .await
-            .expect("already done");
+        tokio::time::timeout(std::time::Duration::from_secs(1), completions.wait("early")).await.expect("already done");
         let waiter = {
             let completions = Arc::clone(&completions);
             tokio::spawn(async move { completions.wait("late").await })
@@ -194,15 +165,9 @@ mod tests {
         assert!(!waiter.is_finished());
         completions.record("other");
         tokio::task::yield_now().await;
-        assert!(
-            !waiter.is_finished(),
-            "another request's completion must not release it"
-        );
+        assert!(!waiter.is_finished(), "another request's completion must not release it");
         completions.record("late");
-        tokio::time::timeout(std::time::Duration::from_secs(1), waiter)
-            .await
-            .expect("released")
-            .expect("joined");
+        tokio::time::timeout(std::time::Duration::from_secs(1), waiter).await.expect("released").expect("joined");
     }
 
     #[test]

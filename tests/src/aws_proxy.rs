@@ -58,10 +58,7 @@ pub struct Exchange {
 impl Exchange {
     /// A request header by (case-insensitive) name.
     pub fn request_header(&self, name: &str) -> Option<&str> {
-        self.request_headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.request_headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     /// The access key id the request was signed with (from `Authorization: … Credential=`).
@@ -169,9 +166,7 @@ impl AwsProxy {
     /// (`http://127.0.0.1:PORT`, no trailing slash needed).
     pub async fn start(upstream: String) -> anyhow::Result<AwsProxy> {
         let upstream = upstream.trim_end_matches('/').to_owned();
-        let _: hyper::Uri = upstream
-            .parse()
-            .with_context(|| format!("upstream {upstream:?} is not a URI"))?;
+        let _: hyper::Uri = upstream.parse().with_context(|| format!("upstream {upstream:?} is not a URI"))?;
         let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
             .await
             .context("binding the proxy to loopback")?;
@@ -179,16 +174,10 @@ impl AwsProxy {
         let recorded: Recorded = Arc::default();
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        let client: UpstreamClient = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
+        let client: UpstreamClient =
+            Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
         let server = tokio::spawn(serve(listener, upstream.clone(), client, recorded.clone()));
-        Ok(AwsProxy {
-            addr,
-            upstream,
-            recorded,
-            server,
-        })
+        Ok(AwsProxy { addr, upstream, recorded, server })
     }
 
     /// `http://127.0.0.1:PORT` of the proxy.
@@ -230,12 +219,8 @@ impl AwsProxy {
         self.exchanges()
             .iter()
             .filter_map(|exchange| {
-                let operation = exchange
-                    .target
-                    .as_deref()?
-                    .strip_prefix("secretsmanager.")?;
-                let response: serde_json::Value =
-                    serde_json::from_slice(&exchange.response_body).unwrap_or_default();
+                let operation = exchange.target.as_deref()?.strip_prefix("secretsmanager.")?;
+                let response: serde_json::Value = serde_json::from_slice(&exchange.response_body).unwrap_or_default();
                 let error_code = if (200..300).contains(&exchange.status) {
                     None
                 } else {
@@ -259,10 +244,7 @@ impl AwsProxy {
 
     /// Secrets Manager calls of one operation (`"GetSecretValue"`, `"BatchGetSecretValue"`).
     pub fn secrets_manager_calls_of(&self, operation: &str) -> Vec<SecretsManagerCall> {
-        self.secrets_manager_calls()
-            .into_iter()
-            .filter(|call| call.operation == operation)
-            .collect()
+        self.secrets_manager_calls().into_iter().filter(|call| call.operation == operation).collect()
     }
 }
 
@@ -274,17 +256,10 @@ impl Drop for AwsProxy {
 }
 
 fn lock(recorded: &Recorded) -> MutexGuard<'_, Vec<Exchange>> {
-    recorded
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    recorded.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-async fn serve(
-    listener: TcpListener,
-    upstream: String,
-    client: UpstreamClient,
-    recorded: Recorded,
-) {
+async fn serve(listener: TcpListener, upstream: String, client: UpstreamClient, recorded: Recorded) {
     let mut connections = JoinSet::new();
     loop {
         let stream = tokio::select! {
@@ -303,26 +278,16 @@ async fn serve(
         let client = client.clone();
         let recorded = recorded.clone();
         connections.spawn(async move {
-            let service = service_fn(move |request| {
-                forward(request, upstream.clone(), client.clone(), recorded.clone())
-            });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let service =
+                service_fn(move |request| forward(request, upstream.clone(), client.clone(), recorded.clone()));
+            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
         });
     }
 }
 
 /// Headers that belong to one hop and must not be forwarded as such.
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
+const HOP_BY_HOP: [&str; 7] =
+    ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"];
 
 fn strip_hop_by_hop(headers: &mut HeaderMap, body_len: usize) {
     for name in HOP_BY_HOP {
@@ -342,37 +307,22 @@ async fn forward(
     let started = Instant::now();
     let (parts, body) = request.into_parts();
     let method = parts.method.to_string();
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned());
+    let path = parts.uri.path_and_query().map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned());
     let request_headers: Vec<(String, String)> = parts
         .headers
         .iter()
-        .map(|(n, v)| {
-            (
-                n.as_str().to_owned(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
+        .map(|(n, v)| (n.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
         .collect();
-    let target = parts
-        .headers
-        .get(HeaderName::from_static("x-amz-target"))
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let target =
+        parts.headers.get(HeaderName::from_static("x-amz-target")).and_then(|v| v.to_str().ok()).map(str::to_owned);
 
     let (request_body, result) = match body.collect().await {
         Ok(collected) => {
             let request_body = collected.to_bytes();
-            let result =
-                call_upstream(&client, &upstream, &path, &parts, request_body.clone()).await;
+            let result = call_upstream(&client, &upstream, &path, &parts, request_body.clone()).await;
             (request_body, result)
         }
-        Err(error) => (
-            Bytes::new(),
-            Err(anyhow::Error::new(error).context("reading the request body")),
-        ),
+        Err(error) => (Bytes::new(), Err(anyhow::Error::new(error).context("reading the request body"))),
     };
     let (status, response_body, upstream_error, response) = match result {
         Ok((mut response_parts, response_body)) => {
@@ -412,9 +362,7 @@ async fn call_upstream(
     parts: &hyper::http::request::Parts,
     request_body: Bytes,
 ) -> anyhow::Result<(hyper::http::response::Parts, Bytes)> {
-    let uri: hyper::Uri = format!("{upstream}{path}")
-        .parse()
-        .context("building the upstream URI")?;
+    let uri: hyper::Uri = format!("{upstream}{path}").parse().context("building the upstream URI")?;
     let mut headers = parts.headers.clone();
     strip_hop_by_hop(&mut headers, request_body.len());
     let mut upstream_request = Request::builder()
@@ -424,16 +372,9 @@ async fn call_upstream(
         .context("building the upstream request")?;
     // Keeps the client's Host (signed by SigV4); hyper only adds one if absent.
     *upstream_request.headers_mut() = headers;
-    let response = client
-        .request(upstream_request)
-        .await
-        .context("calling the upstream")?;
+    let response = client.request(upstream_request).await.context("calling the upstream")?;
     let (response_parts, response_body) = response.into_parts();
-    let response_body = response_body
-        .collect()
-        .await
-        .context("reading the upstream body")?
-        .to_bytes();
+    let response_body = response_body.collect().await.context("reading the upstream body")?.to_bytes();
     Ok((response_parts, response_body))
 }
 
@@ -525,14 +466,13 @@ mod tests {
     #[test]
     fn form_and_xml_helpers() {
         let params: BTreeMap<_, _> =
-            parse_form("Action=AssumeRole&Policy=%7B%22a%22%3A+1%7D&X=%ZZ&Y=%4")
-                .into_iter()
-                .collect();
+            parse_form("Action=AssumeRole&Policy=%7B%22a%22%3A+1%7D&X=%ZZ&Y=%4").into_iter().collect();
         assert_eq!(params["Action"], "AssumeRole");
         assert_eq!(params["Policy"], "{\"a\": 1}");
         assert_eq!(params["X"], "%ZZ");
         assert_eq!(params["Y"], "%4");
-        let xml = "<R><Credentials><AccessKeyId>ASIA1</AccessKeyId><SessionToken>a&amp;b</SessionToken></Credentials></R>";
+        let xml =
+            "<R><Credentials><AccessKeyId>ASIA1</AccessKeyId><SessionToken>a&amp;b</SessionToken></Credentials></R>";
         assert_eq!(xml_field(xml, "AccessKeyId").as_deref(), Some("ASIA1"));
         assert_eq!(xml_field(xml, "SessionToken").as_deref(), Some("a&b"));
         assert_eq!(xml_field(xml, "Expiration"), None);
@@ -542,19 +482,10 @@ mod tests {
     async fn records_assume_role_and_its_credentials() {
         let stack = MiniStack::start().await.expect("MiniStack starts");
         let world = stack
-            .world(
-                "app/",
-                &[
-                    ("app/db", "db-v1"),
-                    ("app/api", "api-v1"),
-                    ("other/x", "x-v1"),
-                ],
-            )
+            .world("app/", &[("app/db", "db-v1"), ("app/api", "api-v1"), ("other/x", "x-v1")])
             .await
             .expect("world");
-        let proxy = AwsProxy::start(stack.endpoint())
-            .await
-            .expect("proxy starts");
+        let proxy = AwsProxy::start(stack.endpoint()).await.expect("proxy starts");
 
         let policy = serde_json::json!({
             "Version": "2012-10-17",
@@ -574,45 +505,28 @@ mod tests {
             .send()
             .await
             .expect("AssumeRole through the proxy (SigV4 still verifies upstream)");
-        let sdk_key = out
-            .credentials()
-            .expect("credentials")
-            .access_key_id()
-            .to_owned();
+        let sdk_key = out.credentials().expect("credentials").access_key_id().to_owned();
 
         let calls = proxy.assume_role_calls();
         assert_eq!(calls.len(), 1);
         let call = &calls[0];
         assert_eq!(call.status, 200);
-        assert_eq!(
-            call.role_arn.as_deref(),
-            Some(world.scoped_role_arn.as_str())
-        );
+        assert_eq!(call.role_arn.as_deref(), Some(world.scoped_role_arn.as_str()));
         assert_eq!(call.role_session_name.as_deref(), Some("ss-env-proxy"));
         assert_eq!(call.duration_seconds, Some(900));
         assert_eq!(call.policy_json(), Some(policy));
-        assert_eq!(
-            call.caller_access_key_id.as_deref(),
-            Some(world.exec_credentials.access_key_id.as_str())
-        );
+        assert_eq!(call.caller_access_key_id.as_deref(), Some(world.exec_credentials.access_key_id.as_str()));
         assert!(call.expiration.as_deref().is_some_and(|e| e.ends_with('Z')));
         let creds = call.credentials.clone().expect("parsed credentials");
         assert_eq!(creds.access_key_id, sdk_key);
 
         // The recorded credentials are real: AWS (MiniStack) honours and scopes them.
         let ep = stack.endpoint();
-        assert_eq!(
-            read_secret_as(&ep, &creds, "app/db").await,
-            Ok("db-v1".to_owned())
-        );
-        assert_eq!(
-            read_secret_as(&ep, &creds, "other/x").await,
-            Err("AccessDeniedException".to_owned())
-        );
+        assert_eq!(read_secret_as(&ep, &creds, "app/db").await, Ok("db-v1".to_owned()));
+        assert_eq!(read_secret_as(&ep, &creds, "other/x").await, Err("AccessDeniedException".to_owned()));
 
         // A refused AssumeRole is recorded with its code and no credentials.
-        let admin_sts =
-            aws_sdk_sts::Client::new(&MiniStack::admin_credentials().sdk_config(&proxy.endpoint()));
+        let admin_sts = aws_sdk_sts::Client::new(&MiniStack::admin_credentials().sdk_config(&proxy.endpoint()));
         admin_sts
             .assume_role()
             .role_arn(&world.scoped_role_arn)
@@ -630,14 +544,8 @@ mod tests {
         proxy.clear();
         assert!(proxy.exchanges().is_empty());
         let pep = proxy.endpoint();
-        assert_eq!(
-            read_secret_as(&pep, &creds, "app/db").await,
-            Ok("db-v1".to_owned())
-        );
-        assert_eq!(
-            read_secret_as(&pep, &creds, "app/api").await,
-            Err("AccessDeniedException".to_owned())
-        );
+        assert_eq!(read_secret_as(&pep, &creds, "app/db").await, Ok("db-v1".to_owned()));
+        assert_eq!(read_secret_as(&pep, &creds, "app/api").await, Err("AccessDeniedException".to_owned()));
         let sm = aws_sdk_secretsmanager::Client::new(&creds.sdk_config(&pep));
         let batch = sm
             .batch_get_secret_value()
@@ -654,22 +562,13 @@ mod tests {
         assert_eq!(gets[0].secret_ids(), vec!["app/db".to_owned()]);
         assert_eq!(gets[0].status, 200);
         assert_eq!(gets[0].response["SecretString"], "db-v1");
-        assert_eq!(
-            gets[0].access_key_id.as_deref(),
-            Some(creds.access_key_id.as_str())
-        );
+        assert_eq!(gets[0].access_key_id.as_deref(), Some(creds.access_key_id.as_str()));
         assert_eq!(gets[1].error_code.as_deref(), Some("AccessDeniedException"));
         let batches = proxy.secrets_manager_calls_of("BatchGetSecretValue");
         assert_eq!(batches.len(), 1);
-        assert_eq!(
-            batches[0].secret_ids(),
-            vec!["app/db".to_owned(), "app/api".to_owned()]
-        );
+        assert_eq!(batches[0].secret_ids(), vec!["app/db".to_owned(), "app/api".to_owned()]);
         assert_eq!(batches[0].status, 200);
-        assert_eq!(
-            batches[0].response["Errors"][0]["ErrorCode"],
-            "AccessDeniedException"
-        );
+        assert_eq!(batches[0].response["Errors"][0]["ErrorCode"], "AccessDeniedException");
         assert_eq!(proxy.secrets_manager_calls().len(), 3);
         assert!(proxy.assume_role_calls().is_empty());
     }
@@ -680,11 +579,8 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
             l.local_addr().expect("addr").port()
         };
-        let proxy = AwsProxy::start(format!("http://127.0.0.1:{port}"))
-            .await
-            .expect("proxy");
-        let client: Client<HttpConnector, Full<Bytes>> =
-            Client::builder(TokioExecutor::new()).build_http();
+        let proxy = AwsProxy::start(format!("http://127.0.0.1:{port}")).await.expect("proxy");
+        let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
         let request = Request::post(format!("{}/", proxy.endpoint()))
             .header("x-amz-target", "secretsmanager.GetSecretValue")
             .body(Full::new(Bytes::from_static(b"{\"SecretId\":\"a\"}")))
@@ -696,9 +592,6 @@ mod tests {
         assert_eq!(exchanges[0].status, 502);
         assert!(exchanges[0].upstream_error.is_some());
         assert_eq!(&exchanges[0].request_body[..], b"{\"SecretId\":\"a\"}");
-        assert_eq!(
-            proxy.secrets_manager_calls()[0].secret_ids(),
-            vec!["a".to_owned()]
-        );
+        assert_eq!(proxy.secrets_manager_calls()[0].secret_ids(), vec!["a".to_owned()]);
     }
 }

@@ -56,18 +56,12 @@ impl Output {
 
     /// Every line that parses as JSON.
     pub fn json_lines(&self) -> Vec<Value> {
-        self.lines()
-            .iter()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
+        self.lines().iter().filter_map(|l| serde_json::from_str(l).ok()).collect()
     }
 
     /// JSON lines whose `event` field is `event`.
     pub fn events(&self, event: &str) -> Vec<Value> {
-        self.json_lines()
-            .into_iter()
-            .filter(|l| l["event"] == event)
-            .collect()
+        self.json_lines().into_iter().filter(|l| l["event"] == event).collect()
     }
 
     /// The whole output as one string (for "never appears" scans).
@@ -83,10 +77,7 @@ impl Output {
                 return Ok(line);
             }
             if started.elapsed() > timeout {
-                bail!(
-                    "no {event:?} line within {timeout:?}; output:\n{}",
-                    self.text()
-                );
+                bail!("no {event:?} line within {timeout:?}; output:\n{}", self.text());
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -120,9 +111,7 @@ impl Process {
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true);
-        let mut child = command
-            .spawn()
-            .with_context(|| format!("spawning {}", binary.display()))?;
+        let mut child = command.spawn().with_context(|| format!("spawning {}", binary.display()))?;
         let output = Output::default();
         if let Some(stdout) = child.stdout.take() {
             let output = output.clone();
@@ -166,18 +155,14 @@ impl Process {
     /// Sends a signal (e.g. `libc::SIGTERM` = 15).
     pub fn signal(&self, signal: i32) {
         if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill")
-                .arg(format!("-{signal}"))
-                .arg(pid.to_string())
-                .status();
+            let _ = std::process::Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status();
         }
     }
 }
 
 /// Paths of the release binaries the end-to-end tests run.
 pub fn release_binary(name: &str) -> anyhow::Result<PathBuf> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| workspace_root().join("target"), PathBuf::from);
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root().join("target"), PathBuf::from);
     let path = target.join("release").join(name);
     if !path.exists() {
         bail!(
@@ -247,9 +232,7 @@ pub struct Environment {
 
 impl std::fmt::Debug for Environment {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Environment")
-            .field("runtime_api", &self.front.address)
-            .finish_non_exhaustive()
+        f.debug_struct("Environment").field("runtime_api", &self.front.address).finish_non_exhaustive()
     }
 }
 
@@ -294,32 +277,17 @@ impl Environment {
         // Lambda's INIT: the extension registers and polls, or reports init/error, or dies.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Some(reported) = front
-                .reported()
-                .into_iter()
-                .find(|r| r.path == "init/error")
-            {
+            if let Some(reported) = front.reported().into_iter().find(|r| r.path == "init/error") {
                 let exit_status = extension.wait(Duration::from_secs(5)).await.ok();
                 simulator.shutdown().await;
-                return Ok(Err(InitFailed {
-                    reported: Some(reported),
-                    exit_status,
-                    output: extension.output.clone(),
-                }));
+                return Ok(Err(InitFailed { reported: Some(reported), exit_status, output: extension.output.clone() }));
             }
             if let Some(status) = extension.try_status() {
                 // Give the front proxy a moment to record a report sent just before exiting.
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                let reported = front
-                    .reported()
-                    .into_iter()
-                    .find(|r| r.path == "init/error");
+                let reported = front.reported().into_iter().find(|r| r.path == "init/error");
                 simulator.shutdown().await;
-                return Ok(Err(InitFailed {
-                    reported,
-                    exit_status: Some(status),
-                    output: extension.output.clone(),
-                }));
+                return Ok(Err(InitFailed { reported, exit_status: Some(status), output: extension.output.clone() }));
             }
             let mut polled = false;
             for registered in simulator.get_registered_extensions().await {
@@ -329,21 +297,12 @@ impl Environment {
                 break;
             }
             if Instant::now() > deadline {
-                bail!(
-                    "the extension neither polled nor failed within 10 s; output:\n{}",
-                    extension.output.text()
-                );
+                bail!("the extension neither polled nor failed within 10 s; output:\n{}", extension.output.text());
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        let mut environment = Environment {
-            simulator: Some(simulator),
-            front,
-            extension,
-            function: None,
-            env,
-            spawned_at,
-        };
+        let mut environment =
+            Environment { simulator: Some(simulator), front, extension, function: None, env, spawned_at };
         if options.start_function {
             environment.start_function().await?;
         }
@@ -356,25 +315,17 @@ impl Environment {
         self.function = Some(function);
         let simulator = self.simulator()?;
         simulator
-            .wait_for(
-                || async { simulator.is_initialized().await },
-                Duration::from_secs(10),
-            )
+            .wait_for(|| async { simulator.is_initialized().await }, Duration::from_secs(10))
             .await
             .map_err(|e| anyhow::anyhow!("the function did not initialise: {e}"))?;
         // The extension ends its init session when telemetry reports the runtime's INIT done;
         // wait for that, so a test's first INVOKE does not race it.
-        self.extension
-            .output
-            .wait_for_event("init_ended", Duration::from_secs(3))
-            .await?;
+        self.extension.output.wait_for_event("init_ended", Duration::from_secs(3)).await?;
         Ok(())
     }
 
     fn simulator(&self) -> anyhow::Result<&Simulator> {
-        self.simulator
-            .as_ref()
-            .context("the environment was shut down")
+        self.simulator.as_ref().context("the environment was shut down")
     }
 
     /// The address the processes use as `AWS_LAMBDA_RUNTIME_API`.
@@ -388,11 +339,7 @@ impl Environment {
     }
 
     /// Enqueues an invocation without waiting for it.
-    pub async fn enqueue(
-        &self,
-        payload: Value,
-        timeout: Duration,
-    ) -> anyhow::Result<(String, Instant)> {
+    pub async fn enqueue(&self, payload: Value, timeout: Duration) -> anyhow::Result<(String, Instant)> {
         let invocation = InvocationBuilder::new()
             .payload(payload)
             .timeout_ms(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX))
@@ -404,12 +351,7 @@ impl Environment {
     }
 
     /// Waits for an enqueued invocation to complete and for the extension to be ready again.
-    pub async fn complete(
-        &self,
-        request_id: &str,
-        enqueued_at: Instant,
-        timeout: Duration,
-    ) -> anyhow::Result<Invoked> {
+    pub async fn complete(&self, request_id: &str, enqueued_at: Instant, timeout: Duration) -> anyhow::Result<Invoked> {
         let simulator = self.simulator()?;
         let state = simulator
             .wait_for_invocation_complete(request_id, timeout + Duration::from_secs(2))
@@ -442,9 +384,14 @@ impl Environment {
     /// SHUTDOWN (spindown) with Lambda's 2,000 ms budget. Returns the extension's exit status
     /// and how long it took from the event to its exit.
     pub async fn shut_down(&mut self) -> anyhow::Result<(ExitStatus, Duration)> {
+        self.shut_down_for(ShutdownReason::Spindown).await
+    }
+
+    /// SHUTDOWN with `reason` (Lambda's 2,000 ms budget).
+    pub async fn shut_down_for(&mut self, reason: ShutdownReason) -> anyhow::Result<(ExitStatus, Duration)> {
         let simulator = self.simulator.take().context("already shut down")?;
         let started = Instant::now();
-        let shutdown = tokio::spawn(simulator.graceful_shutdown(ShutdownReason::Spindown));
+        let shutdown = tokio::spawn(simulator.graceful_shutdown(reason));
         let status = self.extension.wait(Duration::from_secs(5)).await?;
         let elapsed = started.elapsed();
         if let Some(function) = self.function.as_mut() {
@@ -473,8 +420,7 @@ impl FrontProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let address = listener.local_addr()?.to_string();
         let reported: Arc<Mutex<Vec<ReportedError>>> = Arc::default();
-        let client: Client<HttpConnector, Full<Bytes>> =
-            Client::builder(TokioExecutor::new()).build_http();
+        let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
         let state = (upstream, Arc::clone(&reported), client);
         let task = tokio::spawn(async move {
             loop {
@@ -485,11 +431,7 @@ impl FrontProxy {
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |request| {
                         let state = state.clone();
-                        async move {
-                            Ok::<_, Infallible>(
-                                forward(request, &state.0, &state.1, &state.2).await,
-                            )
-                        }
+                        async move { Ok::<_, Infallible>(forward(request, &state.0, &state.1, &state.2).await) }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -497,11 +439,7 @@ impl FrontProxy {
                 });
             }
         });
-        Ok(Self {
-            address,
-            reported,
-            task,
-        })
+        Ok(Self { address, reported, task })
     }
 
     fn reported(&self) -> Vec<ReportedError> {
@@ -517,11 +455,7 @@ async fn forward(
 ) -> hyper::Response<Full<Bytes>> {
     let path = request.uri().path().to_owned();
     let (parts, body) = request.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     for report in ["init/error", "exit/error"] {
         if path == format!("/2020-01-01/extension/{report}") {
             let error_type = parts
@@ -532,22 +466,14 @@ async fn forward(
                 .to_owned();
             let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
             if let Ok(mut reported) = reported.lock() {
-                reported.push(ReportedError {
-                    path: report.to_owned(),
-                    error_type,
-                    body,
-                });
+                reported.push(ReportedError { path: report.to_owned(), error_type, body });
             }
-            let mut response =
-                hyper::Response::new(Full::new(Bytes::from_static(br#"{"status":"OK"}"#)));
+            let mut response = hyper::Response::new(Full::new(Bytes::from_static(br#"{"status":"OK"}"#)));
             *response.status_mut() = hyper::StatusCode::ACCEPTED;
             return response;
         }
     }
-    let uri = format!(
-        "http://{upstream}{}",
-        parts.uri.path_and_query().map_or("/", |p| p.as_str())
-    );
+    let uri = format!("http://{upstream}{}", parts.uri.path_and_query().map_or("/", |p| p.as_str()));
     let mut outgoing = hyper::Request::builder().method(parts.method).uri(uri);
     for (name, value) in &parts.headers {
         if name != hyper::header::HOST {
@@ -560,11 +486,7 @@ async fn forward(
     match client.request(outgoing).await {
         Ok(response) => {
             let (parts, body) = response.into_parts();
-            let body = body
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
+            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
             hyper::Response::from_parts(parts, Full::new(body))
         }
         Err(_) => status(hyper::StatusCode::BAD_GATEWAY),
@@ -579,20 +501,14 @@ fn status(code: hyper::StatusCode) -> hyper::Response<Full<Bytes>> {
 
 /// A plain HTTP/1.1 GET to the extension's local API, as a function (or an attacker inside it)
 /// would send it. Returns status and parsed JSON body.
-pub async fn local_get(
-    port: u16,
-    target: &str,
-    headers: &[(&str, &str)],
-) -> anyhow::Result<(u16, Value)> {
+pub async fn local_get(port: u16, target: &str, headers: &[(&str, &str)]) -> anyhow::Result<(u16, Value)> {
     let client: Client<HttpConnector, http_body_util::Empty<Bytes>> =
         Client::builder(TokioExecutor::new()).build_http();
     let mut request = hyper::Request::get(format!("http://127.0.0.1:{port}{target}"));
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
-    let response = client
-        .request(request.body(http_body_util::Empty::new())?)
-        .await?;
+    let response = client.request(request.body(http_body_util::Empty::new())?).await?;
     let status = response.status().as_u16();
     let body = response.into_body().collect().await?.to_bytes();
     Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
@@ -600,7 +516,5 @@ pub async fn local_get(
 
 /// A free loopback port (bound and released; good enough for one test's extension).
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }

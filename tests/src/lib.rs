@@ -44,9 +44,7 @@ pub struct Stack {
 
 impl std::fmt::Debug for Stack {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Stack")
-            .field("endpoint", &self.ministack.endpoint())
-            .finish_non_exhaustive()
+        f.debug_struct("Stack").field("endpoint", &self.ministack.endpoint()).finish_non_exhaustive()
     }
 }
 
@@ -56,34 +54,17 @@ impl Stack {
         let ministack = MiniStack::start().await?;
         let world = ministack.world("app/", SECRETS).await?;
         let proxy = AwsProxy::start(ministack.endpoint()).await?;
-        Ok(Stack {
-            ministack,
-            world,
-            proxy,
-        })
+        Ok(Stack { ministack, world, proxy })
     }
 
     /// The function's environment: the execution role's credentials, the extension's
     /// configuration for `allowlist` on `port`, and `extra` on top.
-    pub fn function_env(
-        &self,
-        allowlist: &str,
-        port: u16,
-        extra: &[(&str, &str)],
-    ) -> Vec<(String, String)> {
-        let mut env: Vec<(String, String)> = self
-            .world
-            .exec_credentials
-            .env_vars()
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect();
+    pub fn function_env(&self, allowlist: &str, port: u16, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> =
+            self.world.exec_credentials.env_vars().into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
         env.extend([
             ("AWS_ENDPOINT_URL".to_owned(), self.proxy.endpoint()),
-            (
-                "SCOPED_SECRETS_ROLE_ARN".to_owned(),
-                self.world.scoped_role_arn.clone(),
-            ),
+            ("SCOPED_SECRETS_ROLE_ARN".to_owned(), self.world.scoped_role_arn.clone()),
             ("SCOPED_SECRETS_SECRETS".to_owned(), allowlist.to_owned()),
             ("SCOPED_SECRETS_PORT".to_owned(), port.to_string()),
         ]);
@@ -95,21 +76,12 @@ impl Stack {
     }
 
     /// Starts a Lambda environment whose INIT must succeed.
-    pub async fn environment(
-        &self,
-        allowlist: &str,
-        extra: &[(&str, &str)],
-    ) -> anyhow::Result<(Environment, u16)> {
+    pub async fn environment(&self, allowlist: &str, extra: &[(&str, &str)]) -> anyhow::Result<(Environment, u16)> {
         let port = lambda::free_port()?;
-        let options = Options {
-            env: self.function_env(allowlist, port, extra),
-            ..Options::default()
-        };
+        let options = Options { env: self.function_env(allowlist, port, extra), ..Options::default() };
         match Environment::start(options).await? {
             Ok(environment) => Ok((environment, port)),
-            Err(InitFailed {
-                reported, output, ..
-            }) => {
+            Err(InitFailed { reported, output, .. }) => {
                 anyhow::bail!("INIT failed: {reported:?}\n{}", output.text())
             }
         }
@@ -117,19 +89,11 @@ impl Stack {
 
     /// The execution role's session token: the local API's token.
     pub fn token(&self) -> String {
-        self.world
-            .exec_credentials
-            .session_token
-            .clone()
-            .unwrap_or_default()
+        self.world.exec_credentials.session_token.clone().unwrap_or_default()
     }
 
     /// Waits (bounded) until `condition` holds for the proxy's records.
-    pub async fn wait_until(
-        &self,
-        what: &str,
-        condition: impl Fn(&AwsProxy) -> bool,
-    ) -> anyhow::Result<()> {
+    pub async fn wait_until(&self, what: &str, condition: impl Fn(&AwsProxy) -> bool) -> anyhow::Result<()> {
         tokio::time::timeout(Duration::from_secs(10), async {
             while !condition(&self.proxy) {
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -140,11 +104,37 @@ impl Stack {
     }
 }
 
+impl Stack {
+    /// Lets the execution role read and write the scoped role's inline policies, as the SAM
+    /// template does in `deny` revocation mode.
+    pub async fn grant_revocation(&self) -> anyhow::Result<()> {
+        let policy = serde_json::json!({
+            "Version": "2012-10-17",
+            "Statement": [{
+                "Effect": "Allow",
+                "Action": ["iam:GetRolePolicy", "iam:PutRolePolicy", "iam:DeleteRolePolicy"],
+                "Resource": self.world.scoped_role_arn,
+            }]
+        });
+        self.ministack.put_role_policy(crate::ministack::EXEC_ROLE_NAME, "revocation", &policy).await
+    }
+
+    /// The scoped role's revocation policy statements, read as admin (empty if none).
+    pub async fn revocation_statements(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        let iam = aws_sdk_iam::Client::new(&self.ministack.admin_config());
+        let answer = iam
+            .get_role_policy()
+            .role_name(&self.world.scoped_role_name)
+            .policy_name("scoped-secrets-revocations")
+            .send()
+            .await;
+        let Ok(output) = answer else { return Ok(Vec::new()) };
+        scoped_secrets::revocation::statements_of(&output.policy_document).context("the revocation policy is not JSON")
+    }
+}
+
 /// SHA-256 of `text`, hex, as the example function reports it.
 pub fn sha256_hex(text: &str) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    sha2::Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -79,8 +79,7 @@ impl MiniStack {
             );
         }
         let log_dir = workspace_root().join("target").join("ministack-logs");
-        fs::create_dir_all(&log_dir)
-            .with_context(|| format!("creating log directory {}", log_dir.display()))?;
+        fs::create_dir_all(&log_dir).with_context(|| format!("creating log directory {}", log_dir.display()))?;
 
         let mut last_error = anyhow!("MiniStack was not started");
         for _ in 0..START_ATTEMPTS {
@@ -99,8 +98,7 @@ impl MiniStack {
 
     fn spawn(bin: &Path, log_dir: &Path, port: u16) -> anyhow::Result<MiniStack> {
         let log_path = log_dir.join(format!("{port}.log"));
-        let log = File::create(&log_path)
-            .with_context(|| format!("creating log file {}", log_path.display()))?;
+        let log = File::create(&log_path).with_context(|| format!("creating log file {}", log_path.display()))?;
         let log_err = log.try_clone().context("duplicating the log file handle")?;
         let mut command = Command::new(bin);
         command
@@ -123,31 +121,19 @@ impl MiniStack {
                 command.env(kept, value);
             }
         }
-        let child = command
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        Ok(MiniStack {
-            child: Some(child),
-            port,
-            log_path,
-        })
+        let child = command.spawn().with_context(|| format!("starting {}", bin.display()))?;
+        Ok(MiniStack { child: Some(child), port, log_path })
     }
 
     async fn wait_ready(&mut self) -> anyhow::Result<()> {
         let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-        let uri: hyper::Uri = format!("{}/_ministack/health", self.endpoint())
-            .parse()
-            .context("health URI")?;
+        let uri: hyper::Uri = format!("{}/_ministack/health", self.endpoint()).parse().context("health URI")?;
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Some(child) = self.child.as_mut()
                 && let Some(status) = child.try_wait().context("polling MiniStack")?
             {
-                bail!(
-                    "MiniStack exited early ({status}) on port {}; see {}",
-                    self.port,
-                    self.log_path.display()
-                );
+                bail!("MiniStack exited early ({status}) on port {}; see {}", self.port, self.log_path.display());
             }
             let probe = tokio::time::timeout(Duration::from_secs(1), client.get(uri.clone()));
             if let Ok(Ok(response)) = probe.await
@@ -231,11 +217,7 @@ impl MiniStack {
     ///   `DurationSeconds` 3600).
     ///
     /// Role names are fixed, so call it once per MiniStack.
-    pub async fn world(
-        &self,
-        scope_prefix: &str,
-        secrets: &[(&str, &str)],
-    ) -> anyhow::Result<World> {
+    pub async fn world(&self, scope_prefix: &str, secrets: &[(&str, &str)]) -> anyhow::Result<World> {
         let config = self.admin_config();
         let iam = aws_sdk_iam::Client::new(&config);
         let sts = aws_sdk_sts::Client::new(&config);
@@ -323,9 +305,7 @@ impl MiniStack {
                 .send()
                 .await
                 .with_context(|| format!("creating secret {name}"))?;
-            let arn = created
-                .arn()
-                .ok_or_else(|| anyhow!("CreateSecret {name} returned no ARN"))?;
+            let arn = created.arn().ok_or_else(|| anyhow!("CreateSecret {name} returned no ARN"))?;
             secret_arns.insert((*name).to_owned(), arn.to_owned());
         }
 
@@ -337,9 +317,8 @@ impl MiniStack {
             .send()
             .await
             .context("assuming exec-role as admin")?;
-        let credentials = assumed
-            .credentials()
-            .ok_or_else(|| anyhow!("AssumeRole exec-role returned no credentials"))?;
+        let credentials =
+            assumed.credentials().ok_or_else(|| anyhow!("AssumeRole exec-role returned no credentials"))?;
         let exec_credentials = StaticCredentials {
             access_key_id: credentials.access_key_id().to_owned(),
             secret_access_key: credentials.secret_access_key().to_owned(),
@@ -414,10 +393,7 @@ impl fmt::Debug for StaticCredentials {
         f.debug_struct("StaticCredentials")
             .field("access_key_id", &self.access_key_id)
             .field("secret_access_key", &"<redacted>")
-            .field(
-                "session_token",
-                &self.session_token.as_ref().map(|_| "<redacted>"),
-            )
+            .field("session_token", &self.session_token.as_ref().map(|_| "<redacted>"))
             .finish()
     }
 }
@@ -434,9 +410,7 @@ impl StaticCredentials {
             "scoped-secrets-tests",
         );
         let http_client = aws_smithy_http_client::Builder::new()
-            .tls_provider(tls::Provider::Rustls(
-                tls::rustls_provider::CryptoMode::Ring,
-            ))
+            .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
             .build_https();
         SdkConfig::builder()
             .behavior_version(BehaviorVersion::latest())
@@ -445,9 +419,7 @@ impl StaticCredentials {
             .credentials_provider(SharedCredentialsProvider::new(credentials))
             .http_client(http_client)
             .timeout_config(
-                aws_config::timeout::TimeoutConfig::builder()
-                    .operation_timeout(SDK_OPERATION_TIMEOUT)
-                    .build(),
+                aws_config::timeout::TimeoutConfig::builder().operation_timeout(SDK_OPERATION_TIMEOUT).build(),
             )
             .build()
     }
@@ -495,60 +467,38 @@ pub struct World {
 /// `Ok(SecretString)`, or `Err(code)` with the AWS error code (e.g. `AccessDeniedException`,
 /// `ResourceNotFoundException`, `UnrecognizedClientException`); an error without a code
 /// (connection failure, timeout) is `Err("NoErrorCode: <details>")`.
-pub async fn read_secret_as(
-    endpoint: &str,
-    creds: &StaticCredentials,
-    secret_id: &str,
-) -> Result<String, String> {
+pub async fn read_secret_as(endpoint: &str, creds: &StaticCredentials, secret_id: &str) -> Result<String, String> {
     let client = aws_sdk_secretsmanager::Client::new(&creds.sdk_config(endpoint));
     match client.get_secret_value().secret_id(secret_id).send().await {
-        Ok(output) => output
-            .secret_string()
-            .map(str::to_owned)
-            .ok_or_else(|| "NoSecretString".to_owned()),
+        Ok(output) => output.secret_string().map(str::to_owned).ok_or_else(|| "NoSecretString".to_owned()),
         Err(error) => Err(match error.code() {
             Some(code) => code.to_owned(),
-            None => format!(
-                "NoErrorCode: {}",
-                aws_sdk_secretsmanager::error::DisplayErrorContext(&error)
-            ),
+            None => format!("NoErrorCode: {}", aws_sdk_secretsmanager::error::DisplayErrorContext(&error)),
         }),
     }
 }
 
 fn role_id(role: Option<&aws_sdk_iam::types::Role>) -> anyhow::Result<String> {
-    role.map(|role| role.role_id().to_owned())
-        .ok_or_else(|| anyhow!("CreateRole returned no role"))
+    role.map(|role| role.role_id().to_owned()).ok_or_else(|| anyhow!("CreateRole returned no role"))
 }
 
 /// The cargo workspace root (the parent of this crate's directory).
 pub fn workspace_root() -> PathBuf {
     let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest_dir
-        .parent()
-        .map_or_else(|| manifest_dir.to_path_buf(), Path::to_path_buf)
+    manifest_dir.parent().map_or_else(|| manifest_dir.to_path_buf(), Path::to_path_buf)
 }
 
 fn ministack_bin() -> PathBuf {
     std::env::var_os(MINISTACK_BIN_ENV).map_or_else(
-        || {
-            workspace_root()
-                .join("target")
-                .join("ministack-venv")
-                .join("bin")
-                .join("ministack")
-        },
+        || workspace_root().join("target").join("ministack-venv").join("bin").join("ministack"),
         PathBuf::from,
     )
 }
 
 fn free_loopback_port() -> anyhow::Result<u16> {
-    let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
-        .context("binding a free loopback port")?;
-    Ok(listener
-        .local_addr()
-        .context("reading the bound port")?
-        .port())
+    let listener =
+        TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).context("binding a free loopback port")?;
+    Ok(listener.local_addr().context("reading the bound port")?.port())
 }
 
 #[cfg(test)]
@@ -557,10 +507,8 @@ mod tests {
     use super::*;
 
     fn session_policy(resources: &str, until: Option<&str>) -> serde_json::Value {
-        let condition = until.map_or(
-            serde_json::Value::Null,
-            |until| serde_json::json!({"DateLessThan": {"aws:CurrentTime": until}}),
-        );
+        let condition = until
+            .map_or(serde_json::Value::Null, |until| serde_json::json!({"DateLessThan": {"aws:CurrentTime": until}}));
         let mut statements = vec![
             serde_json::json!({"Effect": "Allow", "Action": "secretsmanager:GetSecretValue", "Resource": resources}),
             serde_json::json!({"Effect": "Allow", "Action": "secretsmanager:BatchGetSecretValue", "Resource": "*"}),
@@ -573,11 +521,7 @@ mod tests {
         serde_json::json!({"Version": "2012-10-17", "Statement": statements})
     }
 
-    async fn assume_scoped(
-        stack: &MiniStack,
-        world: &World,
-        policy: &serde_json::Value,
-    ) -> StaticCredentials {
+    async fn assume_scoped(stack: &MiniStack, world: &World, policy: &serde_json::Value) -> StaticCredentials {
         let sts = aws_sdk_sts::Client::new(&world.exec_credentials.sdk_config(&stack.endpoint()));
         let out = sts
             .assume_role()
@@ -600,67 +544,35 @@ mod tests {
     async fn scoped_session_reads_only_what_its_policies_allow() {
         let stack = MiniStack::start().await.expect("MiniStack starts");
         let world = stack
-            .world(
-                "app/",
-                &[
-                    ("app/db", "db-v1"),
-                    ("app/api", "api-v1"),
-                    ("other/x", "x-v1"),
-                ],
-            )
+            .world("app/", &[("app/db", "db-v1"), ("app/api", "api-v1"), ("other/x", "x-v1")])
             .await
             .expect("world");
         let ep = stack.endpoint();
         assert_eq!(world.secret_arns.len(), 3);
         assert!(
-            world.secret_arns["app/db"]
-                .starts_with("arn:aws:secretsmanager:us-east-1:123456789012:secret:app/db-")
+            world.secret_arns["app/db"].starts_with("arn:aws:secretsmanager:us-east-1:123456789012:secret:app/db-")
         );
         assert!(world.scoped_role_id.starts_with("AROA"));
 
         // The admin reads everything; the execution role reads nothing.
-        assert_eq!(
-            read_secret_as(&ep, &MiniStack::admin_credentials(), "other/x").await,
-            Ok("x-v1".to_owned())
-        );
+        assert_eq!(read_secret_as(&ep, &MiniStack::admin_credentials(), "other/x").await, Ok("x-v1".to_owned()));
         assert_eq!(
             read_secret_as(&ep, &world.exec_credentials, "app/db").await,
             Err("AccessDeniedException".to_owned())
         );
 
         // Session narrowed to app/db.
-        let db_arn = format!(
-            "arn:aws:secretsmanager:{}:{}:secret:app/db-??????",
-            world.region, world.account_id
-        );
+        let db_arn = format!("arn:aws:secretsmanager:{}:{}:secret:app/db-??????", world.region, world.account_id);
         let creds = assume_scoped(&stack, &world, &session_policy(&db_arn, None)).await;
-        assert_eq!(
-            read_secret_as(&ep, &creds, "app/db").await,
-            Ok("db-v1".to_owned())
-        );
-        assert_eq!(
-            read_secret_as(&ep, &creds, &world.secret_arns["app/db"]).await,
-            Ok("db-v1".to_owned())
-        );
-        assert_eq!(
-            read_secret_as(&ep, &creds, "app/api").await,
-            Err("AccessDeniedException".to_owned())
-        );
-        assert_eq!(
-            read_secret_as(&ep, &creds, "other/x").await,
-            Err("AccessDeniedException".to_owned())
-        );
+        assert_eq!(read_secret_as(&ep, &creds, "app/db").await, Ok("db-v1".to_owned()));
+        assert_eq!(read_secret_as(&ep, &creds, &world.secret_arns["app/db"]).await, Ok("db-v1".to_owned()));
+        assert_eq!(read_secret_as(&ep, &creds, "app/api").await, Err("AccessDeniedException".to_owned()));
+        assert_eq!(read_secret_as(&ep, &creds, "other/x").await, Err("AccessDeniedException".to_owned()));
 
         // Without a session policy the role policy alone still stops at the prefix.
         let wide = assume_scoped(&stack, &world, &session_policy("*", None)).await;
-        assert_eq!(
-            read_secret_as(&ep, &wide, "app/api").await,
-            Ok("api-v1".to_owned())
-        );
-        assert_eq!(
-            read_secret_as(&ep, &wide, "other/x").await,
-            Err("AccessDeniedException".to_owned())
-        );
+        assert_eq!(read_secret_as(&ep, &wide, "app/api").await, Ok("api-v1".to_owned()));
+        assert_eq!(read_secret_as(&ep, &wide, "other/x").await, Err("AccessDeniedException".to_owned()));
 
         // The trust policy is enforced: the admin may not assume scoped-role directly.
         let admin_sts = aws_sdk_sts::Client::new(&stack.admin_config());
@@ -679,49 +591,31 @@ mod tests {
             secret_access_key: "nope".to_owned(),
             session_token: Some("nope".to_owned()),
         };
-        assert_eq!(
-            read_secret_as(&ep, &bogus, "app/db").await,
-            Err("UnrecognizedClientException".to_owned())
-        );
+        assert_eq!(read_secret_as(&ep, &bogus, "app/db").await, Err("UnrecognizedClientException".to_owned()));
         stack.stop().await;
     }
 
     #[tokio::test]
     async fn current_time_condition_ends_a_session() {
         let stack = MiniStack::start().await.expect("MiniStack starts");
-        let world = stack
-            .world("app/", &[("app/db", "db-v1")])
-            .await
-            .expect("world");
+        let world = stack.world("app/", &[("app/db", "db-v1")]).await.expect("world");
         let ep = stack.endpoint();
         let until = std::time::SystemTime::now() + Duration::from_secs(3);
         let until = iso8601(until);
         let creds = assume_scoped(&stack, &world, &session_policy("*", Some(&until))).await;
-        assert_eq!(
-            read_secret_as(&ep, &creds, "app/db").await,
-            Ok("db-v1".to_owned())
-        );
+        assert_eq!(read_secret_as(&ep, &creds, "app/db").await, Ok("db-v1".to_owned()));
         tokio::time::sleep(Duration::from_millis(4_200)).await;
-        assert_eq!(
-            read_secret_as(&ep, &creds, "app/db").await,
-            Err("AccessDeniedException".to_owned())
-        );
+        assert_eq!(read_secret_as(&ep, &creds, "app/db").await, Err("AccessDeniedException".to_owned()));
     }
 
     #[tokio::test]
     async fn rotate_makes_a_new_current_version() {
         let stack = MiniStack::start().await.expect("MiniStack starts");
-        let _world = stack
-            .world("app/", &[("app/db", "db-v1")])
-            .await
-            .expect("world");
+        let _world = stack.world("app/", &[("app/db", "db-v1")]).await.expect("world");
         stack.rotate("app/db", "db-v2").await.expect("rotate");
         let ep = stack.endpoint();
         let admin = MiniStack::admin_credentials();
-        assert_eq!(
-            read_secret_as(&ep, &admin, "app/db").await,
-            Ok("db-v2".to_owned())
-        );
+        assert_eq!(read_secret_as(&ep, &admin, "app/db").await, Ok("db-v2".to_owned()));
         let sm = aws_sdk_secretsmanager::Client::new(&stack.admin_config());
         let previous = sm
             .get_secret_value()
@@ -731,10 +625,7 @@ mod tests {
             .await
             .expect("AWSPREVIOUS exists");
         assert_eq!(previous.secret_string(), Some("db-v1"));
-        assert_eq!(
-            read_secret_as(&ep, &admin, "app/missing").await,
-            Err("ResourceNotFoundException".to_owned())
-        );
+        assert_eq!(read_secret_as(&ep, &admin, "app/missing").await, Err("ResourceNotFoundException".to_owned()));
     }
 
     #[tokio::test]
@@ -743,18 +634,12 @@ mod tests {
         let port = stack.port();
         assert!(stack.log_path().is_file());
         drop(stack);
-        assert!(
-            std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err(),
-            "nothing listens after drop"
-        );
+        assert!(std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err(), "nothing listens after drop");
     }
 
     /// `YYYY-MM-DDTHH:MM:SSZ` (civil-from-days, Howard Hinnant's algorithm).
     fn iso8601(t: std::time::SystemTime) -> String {
-        let secs = t
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("after 1970")
-            .as_secs() as i64;
+        let secs = t.duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_secs() as i64;
         let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
         let z = days + 719_468;
         let era = z.div_euclid(146_097);
@@ -765,11 +650,6 @@ mod tests {
         let d = doy - (153 * mp + 2) / 5 + 1;
         let m = if mp < 10 { mp + 3 } else { mp - 9 };
         let y = yoe + era * 400 + i64::from(m <= 2);
-        format!(
-            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-            rem / 3_600,
-            rem % 3_600 / 60,
-            rem % 60
-        )
+        format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3_600, rem % 3_600 / 60, rem % 60)
     }
 }

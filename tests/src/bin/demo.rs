@@ -19,9 +19,7 @@ async fn main() -> anyhow::Result<()> {
     println!("scoped role: {}", stack.world.scoped_role_arn);
     let allowlist = "db=app/db,app/api";
     println!("allowlist:   {allowlist}   (cache TTL 0: every invocation gets a fresh session)\n");
-    let (mut environment, _port) = stack
-        .environment(allowlist, &[("SCOPED_SECRETS_CACHE_TTL", "0")])
-        .await?;
+    let (mut environment, _port) = stack.environment(allowlist, &[("SCOPED_SECRETS_CACHE_TTL", "0")]).await?;
 
     let timeout = Duration::from_secs(3);
     let mut after_response = Vec::new();
@@ -38,40 +36,21 @@ async fn main() -> anyhow::Result<()> {
     }
     // More invocations, for a median of what the runtimeDone wait adds.
     for _ in 0..16 {
-        after_response.push(
-            environment
-                .invoke(json!({"secretId": "db"}), timeout)
-                .await?
-                .extension_after_response,
-        );
+        after_response.push(environment.invoke(json!({"secretId": "db"}), timeout).await?.extension_after_response);
     }
     after_response.sort();
     println!(
         "\nfunction response -> extension's next /event/next (the runtimeDone wait), {} invocations: median {:.1} ms, max {:.1} ms",
         after_response.len(),
         after_response[after_response.len() / 2].as_secs_f64() * 1e3,
-        after_response
-            .last()
-            .copied()
-            .unwrap_or_default()
-            .as_secs_f64()
-            * 1e3,
+        after_response.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
     );
 
     let calls = stack.proxy.assume_role_calls();
-    println!(
-        "\nAssumeRole calls: {} (one per invocation that needed AWS)",
-        calls.len()
-    );
+    println!("\nAssumeRole calls: {} (one per invocation that needed AWS)", calls.len());
     if let Some(last) = calls.last() {
-        println!(
-            "last session: {}",
-            last.role_session_name.as_deref().unwrap_or_default()
-        );
-        println!(
-            "its session policy: {}",
-            last.policy.as_deref().unwrap_or_default()
-        );
+        println!("last session: {}", last.role_session_name.as_deref().unwrap_or_default());
+        println!("its session policy: {}", last.policy.as_deref().unwrap_or_default());
         if let Some(credentials) = &last.credentials {
             let endpoint = stack.ministack.endpoint();
             for secret in ["app/db", "app/other", "other/x"] {
@@ -85,10 +64,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let (status, elapsed) = environment.shut_down().await?;
-    println!(
-        "\nSHUTDOWN: extension exited with {status} after {} ms\n",
-        elapsed.as_millis()
-    );
+    println!("\nSHUTDOWN: extension exited with {status} after {} ms\n", elapsed.as_millis());
     println!("Audit log (the extension's JSON lines with target \"audit\"):");
     for line in environment.extension.output.json_lines() {
         if line["target"] == "audit" || line["event"] == "ready" {
