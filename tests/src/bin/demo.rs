@@ -15,11 +15,14 @@ use serde_json::{Value, json};
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let stack = Stack::start().await?;
+    // Deny-mode revocation: the execution role may edit the scoped role's inline policies.
+    stack.grant_revocation().await?;
     println!("MiniStack (IAM enforced) on {}", stack.ministack.endpoint());
     println!("scoped role: {}", stack.world.scoped_role_arn);
     let allowlist = "db=app/db,app/api";
     println!("allowlist:   {allowlist}   (cache TTL 0: every invocation gets a fresh session)\n");
-    let (mut environment, _port) = stack.environment(allowlist, &[("SCOPED_SECRETS_CACHE_TTL", "0")]).await?;
+    let extra = [("SCOPED_SECRETS_CACHE_TTL", "0"), ("SCOPED_SECRETS_REVOCATION", "deny")];
+    let (mut environment, _port) = stack.environment(allowlist, &extra).await?;
 
     let timeout = Duration::from_secs(3);
     let mut after_response = Vec::new();
@@ -47,7 +50,11 @@ async fn main() -> anyhow::Result<()> {
     );
 
     let calls = stack.proxy.assume_role_calls();
-    println!("\nAssumeRole calls: {} (one per invocation that needed AWS)", calls.len());
+    println!(
+        "\nAssumeRole calls: {} for {} invocations (cache TTL 0: each invocation needs AWS once)",
+        calls.len(),
+        after_response.len()
+    );
     if let Some(last) = calls.last() {
         println!("last session: {}", last.role_session_name.as_deref().unwrap_or_default());
         println!("its session policy: {}", last.policy.as_deref().unwrap_or_default());
@@ -63,8 +70,25 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
+    let last_credentials = calls.last().and_then(|call| call.credentials.clone());
     let (status, elapsed) = environment.shut_down().await?;
-    println!("\nSHUTDOWN: extension exited with {status} after {} ms\n", elapsed.as_millis());
+    println!("\nSHUTDOWN: extension exited with {status} after {} ms", elapsed.as_millis());
+    let report = environment.extension.output.wait_for_event("revocation_report", Duration::from_secs(2)).await?;
+    println!(
+        "revocation: {} sessions issued, {} ended by policy, {} live at SHUTDOWN -> {}; deny write {} ms",
+        report["sessions_issued"],
+        report["sessions_ended_by_policy"],
+        report["sessions_live_at_shutdown"],
+        report["live"][0]["action"],
+        report["deny"]["iam_ms"],
+    );
+    if let Some(credentials) = last_credentials {
+        let outcome = match read_secret_as(&stack.ministack.endpoint(), &credentials, "app/db").await {
+            Ok(_) => "still allowed".to_owned(),
+            Err(code) => format!("refused by AWS ({code})"),
+        };
+        println!("the last session's credentials after SHUTDOWN, reading app/db -> {outcome}\n");
+    }
     println!("Audit log (the extension's JSON lines with target \"audit\"):");
     for line in environment.extension.output.json_lines() {
         if line["target"] == "audit" || line["event"] == "ready" {
