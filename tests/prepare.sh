@@ -18,4 +18,4 @@ fi
 export SCOPED_SECRETS_MINISTACK_BIN="$VENV/bin/ministack"
 
 echo "==> building the release extension and example function"
-cargo build --release --locked -p scoped-secrets -p example-rust-reader
+cargo build --release --locked -p scoped-secrets -p example-rust-reader -p example-rust-sdk-reader

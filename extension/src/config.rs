@@ -242,6 +242,9 @@ pub struct Config {
     pub metrics_namespace: Option<String>,
     /// The function's name, the metrics' one dimension.
     pub function_name: String,
+    /// The function's own credentials (Lambda gives the extension the same ones), to verify
+    /// the signatures of SDK-protocol requests. `None` without `AWS_ACCESS_KEY_ID`.
+    pub function_credentials: Option<crate::sigv4::FunctionCredentials>,
 }
 
 /// Variable names, in one place so the README and the errors agree.
@@ -358,6 +361,12 @@ impl Config {
             }
         };
         let function_name = env.get("AWS_LAMBDA_FUNCTION_NAME").unwrap_or("unknown").to_owned();
+        let function_credentials = match (env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY")) {
+            (Some(key), Some(secret)) => {
+                Some(crate::sigv4::FunctionCredentials::new(key, secret, env.get("AWS_SESSION_TOKEN")))
+            }
+            _ => None,
+        };
         Ok(Self {
             role_arn,
             allowlist,
@@ -381,6 +390,7 @@ impl Config {
             revocation_policy_budget,
             metrics_namespace,
             function_name,
+            function_credentials,
         })
     }
 }

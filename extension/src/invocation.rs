@@ -351,6 +351,20 @@ impl Lifecycle {
         }
     }
 
+    /// The label (request id, `init`, `idle`, `shutdown`) to attribute a request to. While
+    /// `Idle`, waits up to `settle` for the next INVOKE: function code runs only inside an
+    /// invocation, so a request seen while idle almost always means its INVOKE event is on
+    /// its way to us.
+    pub async fn label_settled(&self, settle: Duration) -> String {
+        let mut receiver = self.phase.subscribe();
+        let _ = tokio::time::timeout(settle, receiver.wait_for(|phase| !matches!(phase, Phase::Idle))).await;
+        match &*receiver.borrow() {
+            Phase::Init(scope) | Phase::Active(scope) => scope.label().to_owned(),
+            Phase::Idle => "idle".to_owned(),
+            Phase::ShuttingDown => "shutdown".to_owned(),
+        }
+    }
+
     /// The phase now.
     pub fn phase(&self) -> Phase {
         self.phase.borrow().clone()

@@ -24,9 +24,11 @@ pub mod logging;
 pub mod metrics;
 pub mod policy;
 pub mod revocation;
+pub mod sdk_api;
 pub mod secrets;
 pub mod server;
 pub mod session;
+pub mod sigv4;
 pub mod telemetry;
 
 use std::net::SocketAddr;
@@ -193,6 +195,8 @@ impl Extension {
             secrets: Arc::clone(&secrets),
             lifecycle: Arc::clone(&lifecycle),
             evidence: Arc::clone(&evidence),
+            function_credentials: config.function_credentials.clone(),
+            region: config.region.clone(),
             denied: Default::default(),
             served: Default::default(),
         });
@@ -391,13 +395,16 @@ impl Extension {
             .config
             .allowlist
             .iter()
-            .map(|(index, entry)| json!({ "secret_id": entry.secret_id(), "alias": entry.alias(), "reads_get": reads.get(index).copied().unwrap_or(0) }))
+            .map(|(index, entry)| {
+                let [get, v1, sdk] = reads.get(index).copied().unwrap_or_default();
+                json!({ "secret_id": entry.secret_id(), "alias": entry.alias(), "reads": { "get": get, "v1": v1, "sdk": sdk } })
+            })
             .collect();
         let never_read: Vec<&str> = self
             .config
             .allowlist
             .iter()
-            .filter(|(index, _)| reads.get(*index).copied().unwrap_or(0) == 0)
+            .filter(|(index, _)| reads.get(*index).copied().unwrap_or_default().iter().sum::<u64>() == 0)
             .map(|(_, entry)| entry.secret_id())
             .collect();
         metrics::audit_line(

@@ -31,7 +31,7 @@ struct Window {
 /// Counters for the reports and the metrics.
 #[derive(Debug)]
 pub struct Evidence {
-    reads: Vec<AtomicU64>,
+    reads: Vec<[AtomicU64; 3]>,
     denies: Mutex<BTreeMap<&'static str, u64>>,
     window: Mutex<Window>,
 }
@@ -40,7 +40,7 @@ impl Evidence {
     /// Counters for an allowlist of `entries` secrets.
     pub fn new(entries: usize) -> Self {
         Self {
-            reads: (0..entries).map(|_| AtomicU64::new(0)).collect(),
+            reads: (0..entries).map(|_| Default::default()).collect(),
             denies: Mutex::default(),
             window: Mutex::default(),
         }
@@ -50,16 +50,21 @@ impl Evidence {
         self.window.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A secret served (through the GET API).
-    pub fn read(&self, entry: usize) {
-        if let Some(counter) = self.reads.get(entry) {
-            counter.fetch_add(1, Relaxed);
+    /// A secret served through `api`.
+    pub fn read(&self, entry: usize, api: crate::server::Api) {
+        let face = match api {
+            crate::server::Api::Get => 0,
+            crate::server::Api::AgentPath => 1,
+            crate::server::Api::Sdk => 2,
+        };
+        if let Some(counters) = self.reads.get(entry) {
+            counters[face].fetch_add(1, Relaxed);
         }
     }
 
-    /// Reads served per allowlist entry.
-    pub fn reads(&self) -> Vec<u64> {
-        self.reads.iter().map(|c| c.load(Relaxed)).collect()
+    /// Reads served per allowlist entry, by API: `[get, v1, sdk]`.
+    pub fn reads(&self) -> Vec<[u64; 3]> {
+        self.reads.iter().map(|c| [c[0].load(Relaxed), c[1].load(Relaxed), c[2].load(Relaxed)]).collect()
     }
 
     /// A local request refused with `code`.

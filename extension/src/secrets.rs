@@ -297,21 +297,22 @@ impl Secrets {
         &self.counters
     }
 
-    /// The allowlisted secret `entry` at `version`, from the cache or from AWS.
+    /// The allowlisted secret `entry` at `version`, from the cache or from AWS; `refresh` skips
+    /// the cache for this read (a failure leaves the cache as it was).
     ///
     /// # Errors
     /// [`FetchError`], never containing a value.
-    pub async fn get(&self, entry: EntryIndex, version: Version) -> Result<Served, FetchError> {
+    pub async fn get(&self, entry: EntryIndex, version: Version, refresh: bool) -> Result<Served, FetchError> {
         use std::sync::atomic::Ordering::Relaxed;
         let key = Key { entry, version };
-        if let Some(value) = self.fresh(&key) {
+        if let Some(value) = self.fresh(&key).filter(|_| !refresh) {
             self.counters.cache_hits.fetch_add(1, Relaxed);
             self.evidence.cache(true);
             return Ok(Served { value, source: Source::Cache, scope: None });
         }
         let lock = self.key_lock(&key);
         let _guard = lock.lock().await;
-        if let Some(value) = self.fresh(&key) {
+        if let Some(value) = self.fresh(&key).filter(|_| !refresh) {
             // Another request fetched it while this one waited: one upstream call for both.
             self.counters.cache_hits.fetch_add(1, Relaxed);
             self.evidence.cache(true);
@@ -526,7 +527,7 @@ fn classify<E: ProvideErrorMetadata + fmt::Debug, R: fmt::Debug>(error: &SdkErro
 
 /// Runs futures concurrently on the current task and collects their outputs in order
 /// (a few lines instead of a dependency on `futures`).
-async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+pub(crate) async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
     let mut set = Vec::with_capacity(futures.len());
     for future in futures {
         set.push(Box::pin(future));

@@ -34,6 +34,8 @@ use crate::session::SessionError;
 pub const TOKEN_HEADER: &str = "x-aws-parameters-secrets-token";
 /// Longest request target accepted.
 pub const MAX_TARGET_BYTES: usize = 4_096;
+/// How long a refusal seen between invocations waits for its INVOKE, to name it in the audit line.
+const ATTRIBUTION_SETTLE: Duration = Duration::from_millis(100);
 /// Longest secret id accepted (Secrets Manager's own limit is 2,048).
 pub const MAX_SECRET_ID_BYTES: usize = 2_048;
 
@@ -127,6 +129,10 @@ pub struct LocalApi {
     pub lifecycle: Arc<Lifecycle>,
     /// Local requests refused, for the SHUTDOWN summary.
     pub denied: std::sync::atomic::AtomicU64,
+    /// The function's credentials, to verify SDK-protocol signatures with.
+    pub function_credentials: Option<crate::sigv4::FunctionCredentials>,
+    /// The function's region (the signature's credential scope).
+    pub region: String,
     /// Reads per secret and denies per reason, for the reports and metrics.
     pub evidence: Arc<crate::metrics::Evidence>,
     /// Secrets served.
@@ -148,70 +154,132 @@ const fn refusal(status: StatusCode, code: &'static str, message: &'static str) 
     Refusal { status, code, message }
 }
 
+/// Which face of the local API a read came through (audit lines, least-privilege report).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// `GET /secretsmanager/get?secretId=…` (AWS's Parameters and Secrets extension).
+    Get,
+    /// `GET /v1/{secretId}` (AWS's Secrets Manager Agent).
+    AgentPath,
+    /// `POST /` with `X-Amz-Target` (the function's own AWS SDK, SigV4-verified).
+    Sdk,
+}
+
+impl Api {
+    /// Lower-case name for logs and reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Api::Get => "get",
+            Api::AgentPath => "v1",
+            Api::Sdk => "sdk",
+        }
+    }
+}
+
+/// Why a read of an allowlisted-or-not secret failed.
+#[derive(Debug)]
+pub enum ReadError {
+    /// Not in the allowlist: nothing was asked of AWS.
+    NotAllowed,
+    /// The fetch failed.
+    Fetch(FetchError),
+}
+
 impl LocalApi {
     /// Answers one request.
     pub async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        if request.method() == Method::POST && request.uri().path() == "/" {
+            return crate::sdk_api::handle(self, request).await;
+        }
         match self.answer(&request).await {
             Ok(response) => response,
-            Err((refusal, secret_id)) => {
-                // The phase when the answer is given: a request that waited for its INVOKE is
-                // attributed to that invocation.
-                let request_id = self.request_id();
-                self.denied.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                self.evidence.deny(refusal.code);
-                tracing::info!(
-                    target: "audit",
-                    event = "deny",
-                    request_id = %request_id,
-                    secret_id = %secret_id.as_deref().map(printable).unwrap_or_default(),
-                    code = refusal.code,
-                    status = refusal.status.as_u16(),
-                );
+            Err((refusal, secret_id, api)) => {
+                self.audit_deny(api, secret_id.as_deref(), refusal.code, refusal.status.as_u16()).await;
                 error_response(&refusal)
             }
         }
     }
 
-    async fn answer(&self, request: &Request<Incoming>) -> Result<Response<Full<Bytes>>, (Refusal, Option<String>)> {
-        check_envelope(request).map_err(|r| (r, None))?;
-        match request.uri().path() {
-            "/ping" => {
-                return Ok(json_response(StatusCode::OK, Bytes::from_static(br#"{"status":"ready"}"#)));
-            }
-            "/secretsmanager/get" => {}
-            _ => {
-                return Err((
-                    refusal(StatusCode::NOT_FOUND, "not_found", "No such path; use /secretsmanager/get."),
-                    None,
-                ));
-            }
-        }
-        self.check_token(request).map_err(|r| (r, None))?;
-        let query = SecretQuery::parse(request.uri().query().unwrap_or_default()).map_err(|r| (r, None))?;
-        let Some(entry) = self.allowlist.find(&query.secret_id) else {
-            return Err((
-                refusal(StatusCode::FORBIDDEN, "secret_not_allowed", "The secret is not in this function's allowlist."),
-                Some(query.secret_id),
-            ));
-        };
-        let served = self
-            .secrets
-            .get(entry, query.version.clone())
-            .await
-            .map_err(|error| (error_for(&error), Some(query.secret_id.clone())))?;
+    /// The one read path every face of the API shares: allowlist, cache or fetch (single
+    /// flight, the invocation's session), evidence, and the audit line for an allow.
+    ///
+    /// # Errors
+    /// [`ReadError`]; the caller answers in its own protocol and calls [`LocalApi::audit_deny`].
+    pub async fn read(
+        &self,
+        secret_id: &str,
+        version: Version,
+        refresh: bool,
+        api: Api,
+    ) -> Result<Arc<crate::secrets::SecretValue>, ReadError> {
+        let entry = self.allowlist.find(secret_id).ok_or(ReadError::NotAllowed)?;
+        let served = self.secrets.get(entry, version, refresh).await.map_err(ReadError::Fetch)?;
         self.served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.evidence.read(entry);
+        self.evidence.read(entry, api);
         let request_id = served.scope.unwrap_or_else(|| self.request_id());
         tracing::info!(
             target: "audit",
             event = "allow",
             request_id = %request_id,
-            secret_id = %printable(&query.secret_id),
+            api = api.as_str(),
+            secret_id = %printable(secret_id),
             version_id = served.value.version_id(),
             source = served.source.as_str(),
+            refresh,
         );
+        Ok(served.value)
+    }
+
+    /// The audit line (and counters) for a refused request.
+    pub async fn audit_deny(&self, api: Api, secret_id: Option<&str>, code: &'static str, status: u16) {
+        // Attributed to the invocation the request belongs to, even when it raced its INVOKE.
+        let request_id = self.lifecycle.label_settled(ATTRIBUTION_SETTLE).await;
+        self.denied.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.evidence.deny(code);
+        tracing::info!(
+            target: "audit",
+            event = "deny",
+            request_id = %request_id,
+            api = api.as_str(),
+            secret_id = %secret_id.map(printable).unwrap_or_default(),
+            code,
+            status,
+        );
+    }
+
+    async fn answer(
+        &self,
+        request: &Request<Incoming>,
+    ) -> Result<Response<Full<Bytes>>, (Refusal, Option<String>, Api)> {
+        check_envelope(request).map_err(|r| (r, None, Api::Get))?;
+        let path = request.uri().path();
+        let (api, path_secret_id) = match path {
+            "/ping" => {
+                return Ok(json_response(StatusCode::OK, Bytes::from_static(br#"{"status":"ready"}"#)));
+            }
+            "/secretsmanager/get" => (Api::Get, None),
+            _ if path.starts_with("/v1/") => (Api::AgentPath, Some(decode_path_id(&path[4..]))),
+            _ => {
+                let not_found = refusal(StatusCode::NOT_FOUND, "not_found", "No such path; use /secretsmanager/get.");
+                return Err((not_found, None, Api::Get));
+            }
+        };
+        self.check_token(request).map_err(|r| (r, None, api))?;
+        let query = SecretQuery::parse(request.uri().query().unwrap_or_default(), path_secret_id)
+            .map_err(|r| (r, None, api))?;
+        let value = self.read(&query.secret_id, query.version.clone(), query.refresh, api).await.map_err(|error| {
+            let refusal = match &error {
+                ReadError::NotAllowed => refusal(
+                    StatusCode::FORBIDDEN,
+                    "secret_not_allowed",
+                    "The secret is not in this function's allowlist.",
+                ),
+                ReadError::Fetch(error) => error_for(error),
+            };
+            (refusal, Some(query.secret_id.clone()), api)
+        })?;
         // The body is owned by a zeroizing buffer: wiped when hyper drops it.
-        Ok(json_response(StatusCode::OK, Bytes::from_owner(served.value.to_json())))
+        Ok(json_response(StatusCode::OK, Bytes::from_owner(value.to_json())))
     }
 
     fn check_token(&self, request: &Request<Incoming>) -> Result<(), Refusal> {
@@ -287,33 +355,46 @@ pub struct SecretQuery {
     pub secret_id: String,
     /// `versionStage` or `versionId`.
     pub version: Version,
+    /// `refreshNow`: skip the cache for this read.
+    pub refresh: bool,
 }
 
 impl SecretQuery {
-    /// Parses the query string: `secretId` once, and at most one of `versionStage`/`versionId`.
+    /// Parses the query string: `secretId` once (unless the path named the secret, as in
+    /// `/v1/{secretId}`), at most one of `versionStage`/`versionId`, and `refreshNow`.
     ///
     /// # Errors
     /// A 400 [`Refusal`] with the reason.
-    pub fn parse(query: &str) -> Result<Self, Refusal> {
+    pub fn parse(query: &str, path_secret_id: Option<String>) -> Result<Self, Refusal> {
         let bad = |code, message| refusal(StatusCode::BAD_REQUEST, code, message);
-        let (mut secret_id, mut stage, mut id) = (None, None, None);
+        let (mut secret_id, mut stage, mut id, mut refresh) = (None, None, None, None);
+        let from_path = path_secret_id.is_some();
         for (name, value) in form_urlencoded::parse(query.as_bytes()) {
             if value.contains('\u{FFFD}') || name.contains('\u{FFFD}') {
                 return Err(bad("invalid_query", "The query string is not valid UTF-8."));
             }
             let slot = match name.as_ref() {
-                "secretId" => &mut secret_id,
+                "secretId" if !from_path => &mut secret_id,
+                "refreshNow" => &mut refresh,
                 "versionStage" => &mut stage,
                 "versionId" => &mut id,
                 _ => {
-                    return Err(bad("unknown_parameter", "Only secretId, versionStage and versionId are accepted."));
+                    return Err(bad(
+                        "unknown_parameter",
+                        "Only secretId (or the /v1/ path), versionStage, versionId and refreshNow are accepted.",
+                    ));
                 }
             };
             if slot.replace(value.into_owned()).is_some() {
                 return Err(bad("duplicate_parameter", "Each query parameter may appear once."));
             }
         }
-        let Some(secret_id) = secret_id.filter(|s| !s.is_empty()) else {
+        let refresh = match refresh.as_deref() {
+            None | Some("false" | "0") => false,
+            Some("true" | "1") => true,
+            Some(_) => return Err(bad("invalid_refresh_now", "refreshNow is true, false, 1 or 0.")),
+        };
+        let Some(secret_id) = path_secret_id.or(secret_id).filter(|s| !s.is_empty()) else {
             return Err(bad("missing_secret_id", "The secretId query parameter is required."));
         };
         if secret_id.len() > MAX_SECRET_ID_BYTES || secret_id.chars().any(char::is_control) {
@@ -337,7 +418,7 @@ impl SecretQuery {
             (None, Some(id)) => Version::Id(id),
             (None, None) => Version::Current,
         };
-        Ok(Self { secret_id, version })
+        Ok(Self { secret_id, version, refresh })
     }
 }
 
@@ -403,6 +484,32 @@ fn json_response(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
     response
 }
 
+/// The secret id in `/v1/{secretId}`: the rest of the path, percent-decoded.
+fn decode_path_id(encoded: &str) -> String {
+    let decoded: Vec<u8> = percent_decode(encoded.as_bytes());
+    // Invalid UTF-8 becomes U+FFFD, which no allowlist entry contains: refused, not guessed.
+    String::from_utf8_lossy(&decoded).into_owned()
+}
+
+fn percent_decode(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        if bytes[i] == b'%'
+            && let (Some(high), Some(low)) =
+                (bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex))
+        {
+            out.push((high * 16 + low) as u8);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    out
+}
+
 /// A requested id as it may appear in a log line: bounded and without control characters.
 fn printable(text: &str) -> String {
     text.chars().filter(|c| !c.is_control()).take(256).collect()
@@ -422,7 +529,8 @@ mod tests {
             ("secretId=a+b", "a b", Version::Current),
         ];
         for (query, id, version) in ok {
-            assert_eq!(SecretQuery::parse(query), Ok(SecretQuery { secret_id: id.into(), version }), "{query}");
+            let expected = SecretQuery { secret_id: id.into(), version, refresh: false };
+            assert_eq!(SecretQuery::parse(query, None), Ok(expected), "{query}");
         }
         let long = format!("secretId={}", "a".repeat(MAX_SECRET_ID_BYTES + 1));
         let refused = [
@@ -441,9 +549,26 @@ mod tests {
             (long.as_str(), "invalid_secret_id"),
         ];
         for (query, code) in refused {
-            let error = SecretQuery::parse(query).expect_err(query);
+            let error = SecretQuery::parse(query, None).expect_err(query);
             assert_eq!((error.status, error.code), (StatusCode::BAD_REQUEST, code), "{query}");
         }
+    }
+
+    #[test]
+    fn refresh_and_the_agent_path_parse_like_the_query_form() {
+        let refreshed = SecretQuery::parse("secretId=db&refreshNow=true", None).expect("valid");
+        assert!(refreshed.refresh);
+        assert!(!SecretQuery::parse("secretId=db&refreshNow=0", None).expect("valid").refresh);
+        let bad = SecretQuery::parse("secretId=db&refreshNow=yes", None).expect_err("invalid");
+        assert_eq!(bad.code, "invalid_refresh_now");
+        let path = SecretQuery::parse("versionStage=AWSPREVIOUS", Some(decode_path_id("app%2Fdb"))).expect("valid");
+        assert_eq!((path.secret_id.as_str(), path.version), ("app/db", Version::Stage("AWSPREVIOUS".into())));
+        assert_eq!(decode_path_id("app/db"), "app/db");
+        let twice = SecretQuery::parse("secretId=other", Some("app/db".into())).expect_err("secretId with a path id");
+        assert_eq!(twice.code, "unknown_parameter");
+        assert_eq!(SecretQuery::parse("", Some(String::new())).expect_err("empty").code, "missing_secret_id");
+        assert_eq!(decode_path_id("%FF"), "\u{FFFD}");
+        assert_eq!(decode_path_id("a%2"), "a%2");
     }
 
     #[test]

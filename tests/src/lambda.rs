@@ -166,7 +166,7 @@ pub fn release_binary(name: &str) -> anyhow::Result<PathBuf> {
     let path = target.join("release").join(name);
     if !path.exists() {
         bail!(
-            "{} is missing: build it first with `cargo build --release -p scoped-secrets -p example-rust-reader` \
+            "{} is missing: build it first with `cargo build --release -p scoped-secrets -p example-rust-reader -p example-rust-sdk-reader` \
              (./tests/run.sh does)",
             path.display()
         );
@@ -185,6 +185,8 @@ pub struct Options {
     pub invocation_timeout: Duration,
     /// Start the function (false: only the extension, e.g. to test requests during INIT).
     pub start_function: bool,
+    /// The function's release binary (`rust-reader`, `rust-sdk-reader`).
+    pub function_binary: &'static str,
 }
 
 impl Default for Options {
@@ -194,6 +196,7 @@ impl Default for Options {
             extension_env: Vec::new(),
             invocation_timeout: Duration::from_secs(5),
             start_function: true,
+            function_binary: "rust-reader",
         }
     }
 }
@@ -226,6 +229,7 @@ pub struct Environment {
     /// The function process, once started.
     pub function: Option<Process>,
     env: HashMap<String, String>,
+    function_binary: &'static str,
     /// When the extension process was spawned.
     pub spawned_at: Instant,
 }
@@ -301,8 +305,16 @@ impl Environment {
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        let mut environment =
-            Environment { simulator: Some(simulator), front, extension, function: None, env, spawned_at };
+        let function_binary = options.function_binary;
+        let mut environment = Environment {
+            simulator: Some(simulator),
+            front,
+            extension,
+            function: None,
+            env,
+            function_binary,
+            spawned_at,
+        };
         if options.start_function {
             environment.start_function().await?;
         }
@@ -311,7 +323,7 @@ impl Environment {
 
     /// Starts the example function and waits for its first `/invocation/next`.
     pub async fn start_function(&mut self) -> anyhow::Result<()> {
-        let function = Process::spawn(&release_binary("rust-reader")?, &self.env)?;
+        let function = Process::spawn(&release_binary(self.function_binary)?, &self.env)?;
         self.function = Some(function);
         let simulator = self.simulator()?;
         simulator

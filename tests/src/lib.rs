@@ -67,6 +67,9 @@ impl Stack {
             ("SCOPED_SECRETS_ROLE_ARN".to_owned(), self.world.scoped_role_arn.clone()),
             ("SCOPED_SECRETS_SECRETS".to_owned(), allowlist.to_owned()),
             ("SCOPED_SECRETS_PORT".to_owned(), port.to_string()),
+            // Points the function's SDK at the extension. The extension sees it too and must
+            // never follow it (it would call itself): every test runs with it set.
+            ("AWS_ENDPOINT_URL_SECRETS_MANAGER".to_owned(), format!("http://127.0.0.1:{port}")),
         ]);
         for (name, value) in extra {
             env.retain(|(k, _)| k != name);
@@ -77,8 +80,18 @@ impl Stack {
 
     /// Starts a Lambda environment whose INIT must succeed.
     pub async fn environment(&self, allowlist: &str, extra: &[(&str, &str)]) -> anyhow::Result<(Environment, u16)> {
+        self.environment_with("rust-reader", allowlist, extra).await
+    }
+
+    /// Starts a Lambda environment running `function_binary`, whose INIT must succeed.
+    pub async fn environment_with(
+        &self,
+        function_binary: &'static str,
+        allowlist: &str,
+        extra: &[(&str, &str)],
+    ) -> anyhow::Result<(Environment, u16)> {
         let port = lambda::free_port()?;
-        let options = Options { env: self.function_env(allowlist, port, extra), ..Options::default() };
+        let options = Options { env: self.function_env(allowlist, port, extra), function_binary, ..Options::default() };
         match Environment::start(options).await? {
             Ok(environment) => Ok((environment, port)),
             Err(InitFailed { reported, output, .. }) => {

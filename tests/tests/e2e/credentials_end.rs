@@ -110,7 +110,10 @@ async fn shutdown_reports_sessions_by_fate_secrets_never_read_and_metrics_withou
 
     let least = output.wait_for_event("least_privilege_report", TIMEOUT).await?;
     assert_eq!(least["never_read"], json!(["app/api", "app/other"]));
-    assert_eq!(least["secrets"][0], json!({ "secret_id": "app/db", "alias": "db", "reads_get": 3 }));
+    assert_eq!(
+        least["secrets"][0],
+        json!({ "secret_id": "app/db", "alias": "db", "reads": { "get": 3, "v1": 0, "sdk": 0 } })
+    );
     assert_eq!(least["denies"], json!({ "secret_not_allowed": 1 }));
 
     let documents: Vec<Value> = output.json_lines().into_iter().filter(|l| l.get("_aws").is_some()).collect();

@@ -1,0 +1,349 @@
+//! SigV4 verification of requests from the function's own AWS SDK.
+//!
+//! Lambda gives the extension the function's credentials, so a request the SDK signed can be
+//! checked exactly: re-sign it with `aws-sigv4` over the headers its own `Authorization` lists
+//! (a minimum set is required), the body bytes actually received (never the client's
+//! `x-amz-content-sha256`), the time in `X-Amz-Date` (±5 minutes), the `Host` as received, and
+//! compare the signatures in constant time. The credential scope must name this region and
+//! `secretsmanager`, and the access key must be the function's.
+//! See <https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_sigv4-create-signed-request.html>.
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_sigv4::http_request::{
+    PayloadChecksumKind, SessionTokenMode, SignableBody, SignableRequest, SignatureLocation, SigningSettings, sign,
+};
+use http::HeaderMap;
+use zeroize::Zeroizing;
+
+/// How far `X-Amz-Date` may be from now.
+pub const MAX_SKEW: Duration = Duration::from_secs(300);
+
+/// Headers every signed request must cover.
+const REQUIRED: &[&str] = &["host", "x-amz-date", "x-amz-target"];
+
+/// The function's credentials, as Lambda sets them in the environment. Wiped when dropped.
+#[derive(Clone)]
+pub struct FunctionCredentials {
+    access_key_id: String,
+    secret_access_key: Zeroizing<String>,
+    session_token: Option<Zeroizing<String>>,
+}
+
+impl fmt::Debug for FunctionCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FunctionCredentials(<redacted>)")
+    }
+}
+
+impl FunctionCredentials {
+    /// From `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`.
+    pub fn new(access_key_id: &str, secret_access_key: &str, session_token: Option<&str>) -> Self {
+        Self {
+            access_key_id: access_key_id.to_owned(),
+            secret_access_key: Zeroizing::new(secret_access_key.to_owned()),
+            session_token: session_token.map(|t| Zeroizing::new(t.to_owned())),
+        }
+    }
+}
+
+/// Why a signature was refused (for the audit line; never the signature or a key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// No or unparsable `Authorization` header.
+    #[error("missing or malformed Authorization header")]
+    MalformedAuthorization,
+    /// A required header is not signed.
+    #[error("a required header is not signed")]
+    UnsignedRequiredHeader,
+    /// `X-Amz-Date` missing, malformed, or more than 5 minutes from now.
+    #[error("X-Amz-Date is missing or outside the 5-minute window")]
+    StaleDate,
+    /// The access key is not the function's.
+    #[error("the access key is not the function's")]
+    WrongAccessKey,
+    /// The credential scope names another date, region or service.
+    #[error("the credential scope does not match")]
+    WrongScope,
+    /// The signature does not match.
+    #[error("the signature does not match")]
+    BadSignature,
+}
+
+/// Verifies one request.
+///
+/// # Errors
+/// The reason it is refused.
+pub fn verify(
+    method: &str,
+    path_and_query: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    credentials: &FunctionCredentials,
+    region: &str,
+    now: SystemTime,
+) -> Result<(), Refused> {
+    let authorization = single(headers, "authorization").ok_or(Refused::MalformedAuthorization)?;
+    let parsed = Authorization::parse(authorization).ok_or(Refused::MalformedAuthorization)?;
+    let mut required: Vec<&str> = REQUIRED.to_vec();
+    if credentials.session_token.is_some() {
+        required.push("x-amz-security-token");
+    }
+    if !required.iter().all(|name| parsed.signed_headers.contains(name)) {
+        return Err(Refused::UnsignedRequiredHeader);
+    }
+    let date_text = single(headers, "x-amz-date").ok_or(Refused::StaleDate)?;
+    let time = parse_amz_date(date_text).ok_or(Refused::StaleDate)?;
+    let skew = now.duration_since(time).unwrap_or_else(|e| e.duration());
+    if skew > MAX_SKEW {
+        return Err(Refused::StaleDate);
+    }
+    if !constant_time_eq(parsed.access_key_id.as_bytes(), credentials.access_key_id.as_bytes()) {
+        return Err(Refused::WrongAccessKey);
+    }
+    if parsed.date != &date_text[..8]
+        || parsed.region != region
+        || parsed.service != "secretsmanager"
+        || parsed.terminator != "aws4_request"
+    {
+        return Err(Refused::WrongScope);
+    }
+
+    // The headers to sign: exactly those the client listed, as received. The signer adds
+    // x-amz-date (from `time`), x-amz-security-token (from our copy of the credentials) and
+    // x-amz-content-sha256 (hashed from the body received) itself.
+    let mut signed = Vec::new();
+    for name in &parsed.signed_headers {
+        if matches!(*name, "x-amz-date" | "x-amz-security-token" | "x-amz-content-sha256") {
+            continue;
+        }
+        let value = single(headers, name).ok_or(Refused::BadSignature)?;
+        signed.push((*name, value));
+    }
+    let host = single(headers, "host").ok_or(Refused::BadSignature)?;
+    let uri = format!("http://{host}{path_and_query}");
+    let request = SignableRequest::new(method, uri, signed.into_iter(), SignableBody::Bytes(body))
+        .map_err(|_| Refused::BadSignature)?;
+    let mut settings = SigningSettings::default();
+    settings.excluded_headers = None;
+    settings.signature_location = SignatureLocation::Headers;
+    settings.session_token_mode = SessionTokenMode::Include;
+    if parsed.signed_headers.contains(&"x-amz-content-sha256") {
+        settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
+    }
+    let identity = aws_credential_types::Credentials::new(
+        credentials.access_key_id.clone(),
+        credentials.secret_access_key.as_str().to_owned(),
+        credentials.session_token.as_ref().map(|t| t.as_str().to_owned()),
+        None,
+        "function",
+    )
+    .into();
+    let params = aws_sigv4::sign::v4::SigningParams::builder()
+        .identity(&identity)
+        .region(region)
+        .name("secretsmanager")
+        .time(time)
+        .settings(settings)
+        .build()
+        .map_err(|_| Refused::BadSignature)?;
+    let output = sign(request, &params.into()).map_err(|_| Refused::BadSignature)?;
+    if constant_time_eq(output.signature().as_bytes(), parsed.signature.as_bytes()) {
+        Ok(())
+    } else {
+        Err(Refused::BadSignature)
+    }
+}
+
+fn single<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    let mut values = headers.get_all(name).iter();
+    let value = values.next()?.to_str().ok()?;
+    values.next().is_none().then_some(value)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    a.len() == b.len() && bool::from(a.ct_eq(b))
+}
+
+/// `AWS4-HMAC-SHA256 Credential=AKID/DATE/REGION/SERVICE/aws4_request, SignedHeaders=a;b, Signature=hex`
+#[derive(Debug, PartialEq, Eq)]
+struct Authorization<'a> {
+    access_key_id: &'a str,
+    date: &'a str,
+    region: &'a str,
+    service: &'a str,
+    terminator: &'a str,
+    signed_headers: Vec<&'a str>,
+    signature: &'a str,
+}
+
+impl<'a> Authorization<'a> {
+    fn parse(value: &'a str) -> Option<Self> {
+        let rest = value.strip_prefix("AWS4-HMAC-SHA256 ")?;
+        let (mut credential, mut signed_headers, mut signature) = (None, None, None);
+        for part in rest.split(',').map(str::trim) {
+            let (key, value) = part.split_once('=')?;
+            let slot = match key {
+                "Credential" => &mut credential,
+                "SignedHeaders" => &mut signed_headers,
+                "Signature" => &mut signature,
+                _ => return None,
+            };
+            if slot.replace(value).is_some() {
+                return None;
+            }
+        }
+        let scope: Vec<&str> = credential?.split('/').collect();
+        let [access_key_id, date, region, service, terminator] = scope.as_slice() else { return None };
+        let signed_headers: Vec<&str> = signed_headers?.split(';').collect();
+        let signature = signature?;
+        let well_formed = signature.len() == 64
+            && signature.bytes().all(|b| b.is_ascii_hexdigit())
+            && signed_headers
+                .iter()
+                .all(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'));
+        well_formed.then_some(Self { access_key_id, date, region, service, terminator, signed_headers, signature })
+    }
+}
+
+/// `YYYYMMDDTHHMMSSZ` → time.
+fn parse_amz_date(text: &str) -> Option<SystemTime> {
+    let bytes = text.as_bytes();
+    if bytes.len() != 16 || bytes[8] != b'T' || bytes[15] != b'Z' {
+        return None;
+    }
+    let number = |range: std::ops::Range<usize>| text.get(range)?.parse::<u64>().ok();
+    let (year, month, day) = (number(0..4)?, number(4..6)?, number(6..8)?);
+    let (hour, minute, second) = (number(9..11)?, number(11..13)?, number(13..15)?);
+    if !(1970..=9999).contains(&year)
+        || !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    // Howard Hinnant's days-from-civil (public domain).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y / 400;
+    let year_of_era = y - era * 400;
+    let month_index = if month > 2 { month - 3 } else { month + 9 };
+    let day_of_year = (153 * month_index + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    let days = (era * 146_097 + day_of_era).checked_sub(719_468)?;
+    Some(UNIX_EPOCH + Duration::from_secs(days * 86_400 + hour * 3_600 + minute * 60 + second))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amz_dates_round_trip_with_the_policy_formatter() {
+        for seconds in [0_u64, 951_782_400, 1_709_251_199, 1_764_000_000] {
+            let time = UNIX_EPOCH + Duration::from_secs(seconds);
+            let iso = crate::policy::iso8601_ceil(time);
+            let amz: String = iso.chars().filter(|c| *c != '-' && *c != ':').collect();
+            assert_eq!(parse_amz_date(&amz), Some(time), "{amz}");
+        }
+        for bad in
+            ["", "20261125T100000", "2026-11-25T10:00:00Z", "20261325T100000Z", "20261125T250000Z", "2026112XT100000Z"]
+        {
+            assert_eq!(parse_amz_date(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn authorization_headers_parse_strictly() {
+        let signature = "a".repeat(64);
+        let good = format!(
+            "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20261125/us-east-1/secretsmanager/aws4_request, \
+             SignedHeaders=content-type;host;x-amz-date;x-amz-target, Signature={signature}"
+        );
+        let parsed = Authorization::parse(&good).expect("parses");
+        assert_eq!(parsed.access_key_id, "AKIDEXAMPLE");
+        assert_eq!(parsed.region, "us-east-1");
+        assert_eq!(parsed.signed_headers, ["content-type", "host", "x-amz-date", "x-amz-target"]);
+        let bad = [
+            String::new(),
+            good.replace("AWS4-HMAC-SHA256", "AWS4-ECDSA-P256-SHA256"),
+            good.replace(&signature, "zz"),
+            good.replace("/aws4_request", ""),
+            format!("{good}, Signature={signature}"),
+            good.replace("SignedHeaders=content-type", "SignedHeaders=Content-Type"),
+            good.replace(", Signature", ", Extra=1, Signature"),
+        ];
+        for text in bad {
+            assert_eq!(Authorization::parse(&text), None, "{text}");
+        }
+    }
+
+    fn signed(secret: &str, body: &[u8], time: SystemTime) -> (HeaderMap, FunctionCredentials) {
+        // Sign as a client would, with aws-sigv4 itself.
+        let client =
+            aws_credential_types::Credentials::new("AKIDEXAMPLE", secret, Some("token-1".into()), None, "t").into();
+        let mut settings = SigningSettings::default();
+        settings.signature_location = SignatureLocation::Headers;
+        let params = aws_sigv4::sign::v4::SigningParams::builder()
+            .identity(&client)
+            .region("us-east-1")
+            .name("secretsmanager")
+            .time(time)
+            .settings(settings)
+            .build()
+            .expect("params");
+        let headers = [
+            ("host", "127.0.0.1:2773"),
+            ("content-type", "application/x-amz-json-1.1"),
+            ("x-amz-target", "secretsmanager.GetSecretValue"),
+        ];
+        let request =
+            SignableRequest::new("POST", "http://127.0.0.1:2773/", headers.iter().copied(), SignableBody::Bytes(body))
+                .expect("request");
+        let (instructions, _) = sign(request, &params.into()).expect("signed").into_parts();
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            map.insert(name, value.parse().expect("value"));
+        }
+        for (name, value) in instructions.headers() {
+            map.insert(http::HeaderName::from_bytes(name.as_bytes()).expect("name"), value.parse().expect("value"));
+        }
+        (map, FunctionCredentials::new("AKIDEXAMPLE", "secret-1", Some("token-1")))
+    }
+
+    #[test]
+    fn a_genuine_request_passes_and_every_forgery_is_refused() {
+        let now = SystemTime::now();
+        let body = br#"{"SecretId":"app/db"}"#;
+        let (headers, credentials) = signed("secret-1", body, now);
+        let check = |headers: &HeaderMap, body: &[u8], now: SystemTime| {
+            verify("POST", "/", headers, body, &credentials, "us-east-1", now)
+        };
+        assert_eq!(check(&headers, body, now), Ok(()));
+        assert_eq!(check(&headers, br#"{"SecretId":"app/api"}"#, now), Err(Refused::BadSignature), "tampered body");
+        assert_eq!(check(&headers, body, now + Duration::from_secs(301)), Err(Refused::StaleDate), "replayed later");
+        let (wrong_key, _) = signed("secret-2", body, now);
+        assert_eq!(check(&wrong_key, body, now), Err(Refused::BadSignature), "wrong secret key");
+        let mut other_target = headers.clone();
+        other_target.insert("x-amz-target", "secretsmanager.PutSecretValue".parse().expect("value"));
+        assert_eq!(check(&other_target, body, now), Err(Refused::BadSignature), "header changed after signing");
+        let mut other_host = headers.clone();
+        other_host.insert("host", "127.0.0.1:2774".parse().expect("value"));
+        assert_eq!(check(&other_host, body, now), Err(Refused::BadSignature));
+        let mut no_auth = headers.clone();
+        no_auth.remove("authorization");
+        assert_eq!(check(&no_auth, body, now), Err(Refused::MalformedAuthorization));
+        let wrong_region = verify("POST", "/", &headers, body, &credentials, "eu-west-1", now);
+        assert_eq!(wrong_region, Err(Refused::WrongScope));
+        let other_function = FunctionCredentials::new("AKIDOTHER", "secret-1", Some("token-1"));
+        assert_eq!(
+            verify("POST", "/", &headers, body, &other_function, "us-east-1", now),
+            Err(Refused::WrongAccessKey)
+        );
+        let other_token = FunctionCredentials::new("AKIDEXAMPLE", "secret-1", Some("token-2"));
+        assert_eq!(verify("POST", "/", &headers, body, &other_token, "us-east-1", now), Err(Refused::BadSignature));
+    }
+}
