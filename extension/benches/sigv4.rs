@@ -31,8 +31,9 @@ fn main() {
         ("content-type", "application/x-amz-json-1.1"),
         ("x-amz-target", "secretsmanager.GetSecretValue"),
     ];
-    let request = SignableRequest::new("POST", "http://127.0.0.1:2773/", headers.iter().copied(), SignableBody::Bytes(body))
-        .expect("request");
+    let request =
+        SignableRequest::new("POST", "http://127.0.0.1:2773/", headers.iter().copied(), SignableBody::Bytes(body))
+            .expect("request");
     let (instructions, _) = sign(request, &params.into()).expect("signed").into_parts();
     let mut map = HeaderMap::new();
     for (name, value) in headers {

@@ -242,6 +242,10 @@ pub struct Config {
     pub metrics_namespace: Option<String>,
     /// The function's name, the metrics' one dimension.
     pub function_name: String,
+    /// Keep connections to AWS open between calls. Off by default: an idle connection's
+    /// buffers still hold its last request's session token and its last answer (an
+    /// AssumeRole answer holds the secret key), and memory in use is never wiped.
+    pub upstream_keep_alive: bool,
     /// The function's own credentials (Lambda gives the extension the same ones), to verify
     /// the signatures of SDK-protocol requests. `None` without `AWS_ACCESS_KEY_ID`.
     pub function_credentials: Option<crate::sigv4::FunctionCredentials>,
@@ -267,6 +271,7 @@ pub mod var {
     pub const REVOCATION: &str = "SCOPED_SECRETS_REVOCATION";
     pub const REVOCATION_POLICY_BUDGET: &str = "SCOPED_SECRETS_REVOCATION_POLICY_BUDGET";
     pub const METRICS_NAMESPACE: &str = "SCOPED_SECRETS_METRICS_NAMESPACE";
+    pub const UPSTREAM_KEEP_ALIVE: &str = "SCOPED_SECRETS_UPSTREAM_KEEP_ALIVE";
 }
 
 impl Config {
@@ -391,6 +396,7 @@ impl Config {
             metrics_namespace,
             function_name,
             function_credentials,
+            upstream_keep_alive: boolean(env, var::UPSTREAM_KEEP_ALIVE, false)?,
         })
     }
 }
@@ -531,6 +537,7 @@ mod tests {
             (&[(var::REVOCATION_POLICY_BUDGET, "511")], var::REVOCATION_POLICY_BUDGET),
             (&[(var::REVOCATION_POLICY_BUDGET, "10241")], var::REVOCATION_POLICY_BUDGET),
             (&[(var::METRICS_NAMESPACE, "bad namespace")], var::METRICS_NAMESPACE),
+            (&[(var::UPSTREAM_KEEP_ALIVE, "sometimes")], var::UPSTREAM_KEEP_ALIVE),
             (&[("AWS_REGION", "")], "AWS_REGION"),
             (&[("AWS_REGION", "us east")], "AWS_REGION"),
             (&[("AWS_LAMBDA_RUNTIME_API", "")], "AWS_LAMBDA_RUNTIME_API"),

@@ -9,12 +9,14 @@
 //! - [`session`], [`policy`]: `AssumeRole` with a generated session policy bound to the scope's end.
 //! - [`secrets`]: fetch into zeroizing memory, single-flight, batch prefetch, the cache.
 //! - [`server`]: the local HTTP API on 127.0.0.1 and the one error-to-status mapping.
-//! - [`hardening`], [`logging`]: no core dumps, not dumpable; JSON lines with audit records.
+//! - [`hardening`], [`allocator`], [`logging`]: no core dumps, not dumpable, every freed heap
+//!   block wiped; JSON lines with audit records.
 //!
 //! [`run`] wires them: register → configure (or `init/error`) → bind → subscribe → loop over
 //! INVOKE (open a scope, prefetch, wait for runtimeDone, end the scope) until SHUTDOWN (stop
 //! accepting, wipe, report, exit 0).
 
+pub mod allocator;
 pub mod allowlist;
 pub mod config;
 pub mod extensions_api;
@@ -161,6 +163,9 @@ impl Extension {
             // hyper 1 + rustls on ring: one TLS stack, no aws-lc build.
             .http_client(
                 aws_smithy_http_client::Builder::new()
+                    // No idle connection keeps a session token or an AssumeRole answer in a
+                    // live buffer between invocations (unless keep-alive is asked for).
+                    .pool_max_idle_per_host(if config.upstream_keep_alive { usize::MAX } else { 0 })
                     .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
                         aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
                     ))

@@ -3,6 +3,11 @@
 
 use std::process::ExitCode;
 
+/// Every heap block is wiped before it is freed: the copies the SDK and hyper make of secrets
+/// and credentials go too, not only our zeroizing values.
+#[global_allocator]
+static ALLOCATOR: scoped_secrets::allocator::ZeroOnFree = scoped_secrets::allocator::ZeroOnFree(std::alloc::System);
+
 fn main() -> ExitCode {
     let hardening = scoped_secrets::hardening::harden();
     let env = scoped_secrets::config::Env::from_process();

@@ -120,8 +120,16 @@ impl SessionFactory {
         // Moved, not copied: `Credentials` keeps them in `Zeroizing` strings.
         let credentials =
             Credentials::new(access_key_id, secret_access_key, Some(session_token), expiry, "scoped-session");
-        let client =
-            secretsmanager::Client::from_conf(self.secrets_manager.clone().credentials_provider(credentials).build());
+        // No identity cache: clients built from one SdkConfig share its lazy cache, which would
+        // keep every session's credentials alive (unwiped) after the session is dropped. A
+        // session's credentials are static; there is nothing to cache.
+        let client = secretsmanager::Client::from_conf(
+            self.secrets_manager
+                .clone()
+                .credentials_provider(credentials)
+                .identity_cache(secretsmanager::config::IdentityCache::no_cache())
+                .build(),
+        );
         tracing::info!(
             target: "audit",
             event = "session_started",

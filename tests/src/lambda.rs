@@ -526,6 +526,44 @@ pub async fn local_get(port: u16, target: &str, headers: &[(&str, &str)]) -> any
     Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
 }
 
+/// Where `needles` appear in the readable memory of process `pid` (as root: `/proc/PID/maps` +
+/// `/proc/PID/mem`; works on a non-dumpable process with CAP_SYS_PTRACE): one
+/// `(needle index, mapping, offset)` per occurrence.
+pub fn scan_memory(pid: u32, needles: &[&[u8]]) -> anyhow::Result<Vec<(usize, String, usize)>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
+    let mut memory = std::fs::File::open(format!("/proc/{pid}/mem"))?;
+    let mut found = Vec::new();
+    let mut regions = 0;
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(range), Some(permissions)) = (fields.next(), fields.next()) else { continue };
+        let path = fields.nth(3).unwrap_or_default();
+        if !permissions.starts_with('r') || path == "[vvar]" || path == "[vsyscall]" {
+            continue;
+        }
+        let Some((start, end)) = range.split_once('-') else { continue };
+        let (start, end) = (u64::from_str_radix(start, 16)?, u64::from_str_radix(end, 16)?);
+        let mut data = vec![0u8; usize::try_from(end - start)?];
+        if memory.seek(SeekFrom::Start(start)).is_err() || memory.read_exact(&mut data).is_err() {
+            continue;
+        }
+        regions += 1;
+        for (index, needle) in needles.iter().enumerate() {
+            if needle.is_empty() {
+                continue;
+            }
+            for (offset, window) in data.windows(needle.len()).enumerate() {
+                if window == *needle {
+                    found.push((index, format!("{range} {permissions} {path}"), offset));
+                }
+            }
+        }
+    }
+    anyhow::ensure!(regions > 0, "no readable memory in process {pid}");
+    Ok(found)
+}
+
 /// A free loopback port (bound and released; good enough for one test's extension).
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
