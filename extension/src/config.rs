@@ -142,6 +142,12 @@ impl LocalToken {
         // comparing equal-length slices keeps `ct_eq` meaningful.
         expected.len() == candidate.len() && bool::from(expected.ct_eq(candidate))
     }
+
+    /// Whether `text` contains the token, so a log line can leave it out. Not constant-time:
+    /// call it only on requests that already proved they hold the token (nothing to learn).
+    pub fn appears_in(&self, text: &str) -> bool {
+        !self.0.is_empty() && text.contains(self.0.as_str())
+    }
 }
 
 impl fmt::Debug for LocalToken {
@@ -602,6 +608,8 @@ mod tests {
         for wrong in [&b"token-valuE"[..], b"token-valu", b"token-value ", b""] {
             assert!(!config.local_token.matches(wrong));
         }
+        assert!(config.local_token.appears_in("app/token-value/x"));
+        assert!(!config.local_token.appears_in("app/token-valu"));
         let printed = format!("{config:?} {:?}", Env::from_pairs(base()));
         assert!(!printed.contains("token-value"), "{printed}");
     }

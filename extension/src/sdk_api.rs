@@ -15,7 +15,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
@@ -25,6 +25,9 @@ use crate::server::{Api, LocalApi, ReadError};
 
 /// Largest request body accepted (a batch of 20 ARNs is about 2 KiB).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Time allowed for the whole request body to arrive once the head has (the local API's header
+/// timeout): a client that declares a body and never sends it must not hold a connection slot.
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// `BatchGetSecretValue` takes at most this many ids, as in AWS.
 const MAX_BATCH: usize = 20;
 
@@ -93,11 +96,10 @@ async fn answer(
     if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
         return Err(bad("body_too_large", "The request body is too large."));
     }
-    let Ok(body) = Limited::new(body, MAX_BODY_BYTES).collect().await else {
-        return Err(bad("body_too_large", "The request body is too large or was not received whole."));
-    };
-    // Request bodies name secrets, not values, but are wiped anyway.
-    let body = Zeroizing::new(body.to_bytes().to_vec());
+    let body = read_body(body).await.map_err(|code| match code {
+        "body_timeout" => bad(code, "The request body did not arrive in time."),
+        _ => bad(code, "The request body is too large or was not received whole."),
+    })?;
     let Some(credentials) = api.function_credentials.as_ref() else {
         return Err(denied(
             "no_function_credentials",
@@ -138,6 +140,20 @@ async fn answer(
             "The local endpoint serves only GetSecretValue and BatchGetSecretValue; nothing else reaches AWS.",
         )),
     }
+}
+
+/// The whole body, at most [`MAX_BODY_BYTES`], within [`BODY_TIMEOUT`]; else the audit code.
+async fn read_body<B>(body: B) -> Result<Zeroizing<Vec<u8>>, &'static str>
+where
+    B: Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let Ok(collected) = tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY_BYTES).collect()).await else {
+        return Err("body_timeout");
+    };
+    let Ok(body) = collected else { return Err("body_too_large") };
+    // Request bodies name secrets, not values, but are wiped anyway.
+    Ok(Zeroizing::new(body.to_bytes().to_vec()))
 }
 
 async fn get_secret_value(api: &LocalApi, body: &[u8]) -> Result<Response<Full<Bytes>>, (SdkError, Option<String>)> {
@@ -286,6 +302,32 @@ fn json_response(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A body whose bytes never come.
+    struct Never;
+
+    impl Body for Never {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+            std::task::Poll::Pending
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_is_bounded_in_size_and_in_time() {
+        let small = read_body(Full::new(Bytes::from_static(b"{}"))).await.map(|b| b.to_vec());
+        assert_eq!(small, Ok(b"{}".to_vec()));
+        let large = read_body(Full::new(Bytes::from(vec![b' '; MAX_BODY_BYTES + 1]))).await.map(|b| b.to_vec());
+        assert_eq!(large, Err("body_too_large"));
+        let started = tokio::time::Instant::now();
+        assert_eq!(read_body(Never).await.map(|b| b.to_vec()), Err("body_timeout"));
+        assert_eq!(started.elapsed(), BODY_TIMEOUT);
+    }
 
     #[test]
     fn versions_map_like_aws_and_malformed_ones_are_refused() {

@@ -36,6 +36,8 @@ pub const TOKEN_HEADER: &str = "x-aws-parameters-secrets-token";
 pub const MAX_TARGET_BYTES: usize = 4_096;
 /// How long a refusal seen between invocations waits for its INVOKE, to name it in the audit line.
 const ATTRIBUTION_SETTLE: Duration = Duration::from_millis(100);
+/// What an audit line shows for a requested id that contains the local token.
+const REDACTED_ID: &str = "<contains the local token>";
 /// Longest secret id accepted (Secrets Manager's own limit is 2,048).
 pub const MAX_SECRET_ID_BYTES: usize = 2_048;
 
@@ -236,12 +238,19 @@ impl LocalApi {
         let request_id = self.lifecycle.label_settled(ATTRIBUTION_SETTLE).await;
         self.denied.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.evidence.deny(code);
+        // The id is the caller's text; a caller that sends its own token as an id (a bug, or
+        // a probe) must not get it into the log. Only requests past the token check name an id.
+        let secret_id = match secret_id {
+            Some(id) if self.token.appears_in(id) => REDACTED_ID.to_owned(),
+            Some(id) => printable(id),
+            None => String::new(),
+        };
         tracing::info!(
             target: "audit",
             event = "deny",
             request_id = %request_id,
             api = api.as_str(),
-            secret_id = %secret_id.map(printable).unwrap_or_default(),
+            secret_id = %secret_id,
             code,
             status,
         );
@@ -333,7 +342,13 @@ fn check_envelope<B: Body>(request: &Request<B>) -> Result<(), Refusal> {
     if uri.path_and_query().map_or(0, |p| p.as_str().len()) > MAX_TARGET_BYTES {
         return Err(refusal(StatusCode::PAYLOAD_TOO_LARGE, "target_too_long", "The request target is too long."));
     }
-    let host = request.headers().get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("localhost");
+    // A repeated Host is refused (RFC 9112 §3.2): checking only the first would let a second,
+    // foreign one through to whatever reads the other.
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    let host = hosts.next().map_or(Some("localhost"), |v| v.to_str().ok()).unwrap_or_default();
+    if hosts.next().is_some() {
+        return Err(refusal(StatusCode::BAD_REQUEST, "invalid_host", "The Host header must appear once."));
+    }
     let hostname = match host.rsplit_once(':') {
         Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
         _ => host,
@@ -591,10 +606,16 @@ mod tests {
             (request(Method::GET, "http://evil.example/secretsmanager/get", &[]), Some("absolute_target")),
             (request(Method::GET, path, &[("host", "evil.example")]), Some("invalid_host")),
             (request(Method::GET, path, &[("host", "evil.example:2773")]), Some("invalid_host")),
+            (request(Method::GET, path, &[("host", "localhost"), ("host", "evil.example")]), Some("invalid_host")),
+            (request(Method::GET, path, &[("host", "localhost"), ("host", "localhost")]), Some("invalid_host")),
+            (request(Method::GET, path, &[("host", "")]), Some("invalid_host")),
             (request(Method::GET, path, &[("host", "localhost:2773")]), None),
             (request(Method::GET, path, &[("host", "127.0.0.1:2773")]), None),
             (request(Method::GET, path, &[]), None),
         ];
+        let mut foreign_bytes = request(Method::GET, path, &[]);
+        foreign_bytes.headers_mut().insert(header::HOST, HeaderValue::from_bytes(b"localhost\xff").expect("obs-text"));
+        let cases = cases.into_iter().chain([(foreign_bytes, Some("invalid_host"))]);
         for (request, expected) in cases {
             let description = format!("{} {} {:?}", request.method(), request.uri(), request.headers());
             assert_eq!(check_envelope(&request).err().map(|r| r.code), expected, "{description}");

@@ -14,6 +14,8 @@ use serde_json::{Value, json};
 
 #[path = "e2e/credentials_end.rs"]
 mod credentials_end;
+#[path = "e2e/hostile.rs"]
+mod hostile;
 #[path = "e2e/memory.rs"]
 mod memory;
 #[path = "e2e/sdk_protocol.rs"]
