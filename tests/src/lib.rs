@@ -75,10 +75,21 @@ impl Stack {
         env
     }
 
-    /// Starts a Lambda environment whose INIT must succeed.
+    /// Starts a Lambda environment with the Rust example function, whose INIT must succeed.
     pub async fn environment(&self, allowlist: &str, extra: &[(&str, &str)]) -> anyhow::Result<(Environment, u16)> {
+        self.environment_with(allowlist, extra, Options::default()).await
+    }
+
+    /// Starts a Lambda environment running `options`' processes, with this stack's function
+    /// environment for `allowlist` and `extra`, whose INIT must succeed.
+    pub async fn environment_with(
+        &self,
+        allowlist: &str,
+        extra: &[(&str, &str)],
+        options: Options,
+    ) -> anyhow::Result<(Environment, u16)> {
         let port = lambda::free_port()?;
-        let options = Options { env: self.function_env(allowlist, port, extra), ..Options::default() };
+        let options = Options { env: self.function_env(allowlist, port, extra), ..options };
         match Environment::start(options).await? {
             Ok(environment) => Ok((environment, port)),
             Err(InitFailed { reported, output, .. }) => {

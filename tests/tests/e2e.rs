@@ -1,7 +1,8 @@
 //! End to end: the real release extension and the real example function in the local Lambda
 //! environment, against MiniStack with IAM enforced, through a recording proxy.
 //!
-//! Build first: `cargo build --release -p scoped-secrets -p example-rust-reader` (`./tests/run.sh`).
+//! Build first: `layer/build.sh x86_64` (the extension as the layer ships it) and
+//! `cargo build --release -p example-rust-reader`; `./tests/run.sh` does both.
 
 #![allow(clippy::expect_used, clippy::type_complexity)]
 
@@ -14,6 +15,8 @@ use serde_json::{Value, json};
 
 #[path = "e2e/credentials_end.rs"]
 mod credentials_end;
+#[path = "e2e/layer.rs"]
+mod layer;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
