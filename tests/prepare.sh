@@ -5,6 +5,10 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 MINISTACK_VERSION="1.5.33"
 VENV="$ROOT/target/ministack-venv"
+# Runtime interface clients of the Python and Node.js examples.
+AWSLAMBDARIC_VERSION="4.2.2"
+EXAMPLES_VENV="$ROOT/target/examples-venv"
+NODE_RIC_DIR="$ROOT/target/node-ric"
 
 mkdir -p "$ROOT/target"
 
@@ -35,13 +39,45 @@ PY
 
 pinned_venv "$VENV" "ministack==$MINISTACK_VERSION"
 export SCOPED_SECRETS_MINISTACK_BIN="$VENV/bin/ministack"
+pinned_venv "$EXAMPLES_VENV" "awslambdaric==$AWSLAMBDARIC_VERSION"
 
-# qemu-user runs the arm64 layer binary.
+# qemu-user runs the arm64 layer binary; Node.js runs the Node example.
 missing=()
 command -v qemu-aarch64 >/dev/null || missing+=(qemu-user)
+command -v node >/dev/null || missing+=(nodejs npm)
+# aws-lambda-ric compiles its native client (curl and aws-lambda-cpp) at install time.
+if ! cmp -s "$ROOT/tests/node-ric/package-lock.json" "$NODE_RIC_DIR/installed.lock" ||
+  [[ ! -f "$NODE_RIC_DIR/node_modules/aws-lambda-ric/dist/rapid-client.node" ]]; then
+  install_node_ric=1
+  for tool in cmake autoconf automake make g++; do
+    command -v "$tool" >/dev/null || missing+=("$tool")
+  done
+  command -v libtoolize >/dev/null || missing+=(libtool)
+fi
 ((${#missing[@]} == 0)) || { echo "==> apt-get install ${missing[*]}"; apt_install "${missing[@]}"; }
+
+# The Node client builds in the background while cargo builds; waited for below.
+node_ric_pid=""
+if [[ -n "${install_node_ric:-}" ]]; then
+  echo "==> installing aws-lambda-ric (npm, native build) into $NODE_RIC_DIR, in the background"
+  rm -rf "$NODE_RIC_DIR"
+  mkdir -p "$NODE_RIC_DIR"
+  cp "$ROOT/tests/node-ric/package.json" "$ROOT/tests/node-ric/package-lock.json" "$NODE_RIC_DIR/"
+  (cd "$NODE_RIC_DIR" && npm ci --no-audit --no-fund >install.log 2>&1 &&
+    cp package-lock.json installed.lock) &
+  node_ric_pid=$!
+fi
 
 echo "==> building the layer (x86_64 and arm64; the tests run the x86_64 extension from it)"
 "$ROOT/layer/build.sh"
 echo "==> building the release example function"
 cargo build --release --locked -p example-rust-reader
+
+if [[ -n "$node_ric_pid" ]]; then
+  if ! wait "$node_ric_pid"; then
+    cat "$NODE_RIC_DIR/install.log" >&2
+    echo "installing aws-lambda-ric failed" >&2
+    exit 1
+  fi
+  echo "==> aws-lambda-ric installed"
+fi

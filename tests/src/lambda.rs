@@ -575,8 +575,15 @@ async fn forward(
     };
     match client.request(outgoing).await {
         Ok(response) => {
-            let (parts, body) = response.into_parts();
+            let (mut parts, body) = response.into_parts();
             let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            if path == "/2018-06-01/runtime/invocation/next" && parts.status.is_success() {
+                // Lambda sends the event as JSON; the simulator labels it text/plain, and
+                // awslambdaric then hands the handler raw bytes instead of the parsed event.
+                parts
+                    .headers
+                    .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+            }
             hyper::Response::from_parts(parts, Full::new(body))
         }
         Err(_) => status(hyper::StatusCode::BAD_GATEWAY),

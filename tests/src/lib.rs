@@ -7,12 +7,15 @@
 //! - [`aws_proxy`]: a transparent recording proxy, so tests count the extension's AWS calls and
 //!   read the credentials AssumeRole returned (to prove AWS refuses them).
 //! - [`lambda`]: the local Lambda environment (`lambda-simulator`, wrapped where it falls short).
+//! - [`examples`]: the example functions in Rust, Python and Node.js, each started with its
+//!   runtime interface client.
 //! - [`Stack`]: all three together, as each end-to-end test and the demo use them.
 
 // Test support prints on purpose (process output echo, the demo) and may `expect` with a reason.
 #![allow(clippy::print_stderr, clippy::print_stdout, clippy::expect_used)]
 
 pub mod aws_proxy;
+pub mod examples;
 pub mod lambda;
 pub mod ministack;
 

@@ -15,6 +15,8 @@ use serde_json::{Value, json};
 
 #[path = "e2e/credentials_end.rs"]
 mod credentials_end;
+#[path = "e2e/languages.rs"]
+mod languages;
 #[path = "e2e/layer.rs"]
 mod layer;
 
