@@ -5,6 +5,10 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 MINISTACK_VERSION="1.5.33"
 VENV="$ROOT/target/ministack-venv"
+# The SAM template's checkers (tests/tests/e2e/template.rs).
+AWS_SAM_CLI_VERSION="1.170.0"
+CFN_LINT_VERSION="1.58.0"
+SAM_VENV="$ROOT/target/sam-venv"
 # Runtime interface clients of the Python and Node.js examples.
 AWSLAMBDARIC_VERSION="4.2.2"
 EXAMPLES_VENV="$ROOT/target/examples-venv"
@@ -39,6 +43,7 @@ PY
 
 pinned_venv "$VENV" "ministack==$MINISTACK_VERSION"
 export SCOPED_SECRETS_MINISTACK_BIN="$VENV/bin/ministack"
+pinned_venv "$SAM_VENV" "aws-sam-cli==$AWS_SAM_CLI_VERSION" "cfn-lint==$CFN_LINT_VERSION"
 pinned_venv "$EXAMPLES_VENV" "awslambdaric==$AWSLAMBDARIC_VERSION"
 
 # qemu-user runs the arm64 layer binary; Node.js runs the Node example.

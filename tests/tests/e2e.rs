@@ -19,6 +19,10 @@ mod credentials_end;
 mod languages;
 #[path = "e2e/layer.rs"]
 mod layer;
+#[path = "e2e/template.rs"]
+mod template;
+#[path = "e2e/template_iam.rs"]
+mod template_iam;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
