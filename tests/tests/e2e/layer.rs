@@ -47,11 +47,12 @@ fn layer_entry(arch: &Arch) -> anyhow::Result<(u32, Vec<u8>)> {
     Ok((mode, bytes))
 }
 
-/// The binary from the zip, written out executable, and the command that runs it here.
-fn extracted(arch: &Arch) -> anyhow::Result<Program> {
+/// The binary from the zip, written out executable in a directory of its own (`test` names
+/// it: tests run in parallel), and the command that runs it here.
+fn extracted(arch: &Arch, test: &str) -> anyhow::Result<Program> {
     use std::os::unix::fs::PermissionsExt;
     let (_, bytes) = layer_entry(arch)?;
-    let dir = target_dir().join("layer").join(format!("extracted-{}-{}", arch.name, std::process::id()));
+    let dir = target_dir().join("layer").join(format!("extracted-{}-{test}-{}", arch.name, std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let binary = dir.join("scoped-secrets");
     std::fs::write(&binary, bytes)?;
@@ -118,7 +119,7 @@ async fn start_outside_lambda(program: &Program) -> anyhow::Result<(Duration, Va
 async fn each_layer_binary_starts_and_refuses_to_run_outside_lambda() -> anyhow::Result<()> {
     const RUNS: usize = 7;
     for arch in &ARCHES {
-        let program = extracted(arch)?;
+        let program = extracted(arch, "start")?;
         let mut times = Vec::new();
         for _ in 0..RUNS {
             let (elapsed, line, code) = start_outside_lambda(&program).await?;
@@ -152,7 +153,7 @@ async fn each_layer_binary_starts_and_refuses_to_run_outside_lambda() -> anyhow:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_arm64_layer_binary_serves_a_function_under_qemu() -> anyhow::Result<()> {
     let stack = Stack::start().await?;
-    let extension = extracted(&ARCHES[1])?;
+    let extension = extracted(&ARCHES[1], "serve")?;
     let options = Options { extension: extension.clone(), ..Options::default() };
     let (environment, _port) =
         stack.environment_with("db=app/db", &[("SCOPED_SECRETS_CACHE_TTL", "0")], options).await?;
