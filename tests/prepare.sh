@@ -1,21 +1,88 @@
-# Sourced by tests/run.sh and tests/demo.sh: installs what the local stack needs (idempotent)
-# and builds the release binaries the end-to-end tests and the demo run.
+# Sourced by tests/run.sh and tests/demo.sh: installs what the local stack and the packaging
+# checks need (idempotent; each step is skipped when its pinned version is already there) and
+# builds the release binaries the tests and the demo run.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 MINISTACK_VERSION="1.5.33"
 VENV="$ROOT/target/ministack-venv"
+# The SAM template's checkers (tests/tests/e2e/template.rs).
+AWS_SAM_CLI_VERSION="1.170.0"
+CFN_LINT_VERSION="1.58.0"
+SAM_VENV="$ROOT/target/sam-venv"
+# Runtime interface clients of the Python and Node.js examples.
+AWSLAMBDARIC_VERSION="4.2.2"
+EXAMPLES_VENV="$ROOT/target/examples-venv"
+NODE_RIC_DIR="$ROOT/target/node-ric"
 
-if ! "$VENV/bin/python" -c "import importlib.metadata as m; assert m.version('ministack') == '$MINISTACK_VERSION'" 2>/dev/null; then
-  echo "==> installing MiniStack $MINISTACK_VERSION into $VENV"
-  mkdir -p "$ROOT/target"
-  if ! python3 -m venv "$VENV" 2>/dev/null; then
-    # Debian's python3 ships venv separately.
-    apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
-    python3 -m venv "$VENV"
+mkdir -p "$ROOT/target"
+
+apt_updated=""
+apt_install() {
+  [[ -n "$apt_updated" ]] || { apt-get update -qq; apt_updated=1; }
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+# Debian's python3 ships venv separately.
+python3 -c "import ensurepip, venv" 2>/dev/null || apt_install python3-venv
+
+# pinned_venv DIR PACKAGE==VERSION...: a venv holding exactly those versions.
+pinned_venv() {
+  local dir="$1"
+  shift
+  if ! "$dir/bin/python" - "$@" 2>/dev/null <<'PY'; then
+import importlib.metadata as m, sys
+for pin in sys.argv[1:]:
+    name, version = pin.split("==")
+    assert m.version(name) == version, pin
+PY
+    echo "==> installing $* into $dir"
+    python3 -m venv "$dir"
+    "$dir/bin/pip" install --quiet --disable-pip-version-check "$@"
   fi
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check "ministack==$MINISTACK_VERSION"
-fi
-export SCOPED_SECRETS_MINISTACK_BIN="$VENV/bin/ministack"
+}
 
-echo "==> building the release extension and example function"
-cargo build --release --locked -p scoped-secrets -p example-rust-reader -p example-rust-sdk-reader
+pinned_venv "$VENV" "ministack==$MINISTACK_VERSION"
+export SCOPED_SECRETS_MINISTACK_BIN="$VENV/bin/ministack"
+pinned_venv "$SAM_VENV" "aws-sam-cli==$AWS_SAM_CLI_VERSION" "cfn-lint==$CFN_LINT_VERSION"
+pinned_venv "$EXAMPLES_VENV" "awslambdaric==$AWSLAMBDARIC_VERSION"
+
+# qemu-user runs the arm64 layer binary; Node.js runs the Node example.
+missing=()
+command -v qemu-aarch64 >/dev/null || missing+=(qemu-user)
+command -v node >/dev/null || missing+=(nodejs npm)
+# aws-lambda-ric compiles its native client (curl and aws-lambda-cpp) at install time.
+if ! cmp -s "$ROOT/tests/node-ric/package-lock.json" "$NODE_RIC_DIR/installed.lock" ||
+  [[ ! -f "$NODE_RIC_DIR/node_modules/aws-lambda-ric/dist/rapid-client.node" ]]; then
+  install_node_ric=1
+  for tool in cmake autoconf automake make g++; do
+    command -v "$tool" >/dev/null || missing+=("$tool")
+  done
+  command -v libtoolize >/dev/null || missing+=(libtool)
+fi
+((${#missing[@]} == 0)) || { echo "==> apt-get install ${missing[*]}"; apt_install "${missing[@]}"; }
+
+# The Node client builds in the background while cargo builds; waited for below.
+node_ric_pid=""
+if [[ -n "${install_node_ric:-}" ]]; then
+  echo "==> installing aws-lambda-ric (npm, native build) into $NODE_RIC_DIR, in the background"
+  rm -rf "$NODE_RIC_DIR"
+  mkdir -p "$NODE_RIC_DIR"
+  cp "$ROOT/tests/node-ric/package.json" "$ROOT/tests/node-ric/package-lock.json" "$NODE_RIC_DIR/"
+  (cd "$NODE_RIC_DIR" && npm ci --no-audit --no-fund >install.log 2>&1 &&
+    cp package-lock.json installed.lock) &
+  node_ric_pid=$!
+fi
+
+echo "==> building the layer (x86_64 and arm64; the tests run the x86_64 extension from it)"
+"$ROOT/layer/build.sh"
+echo "==> building the release example functions"
+cargo build --release --locked -p example-rust-reader -p example-rust-sdk-reader
+
+if [[ -n "$node_ric_pid" ]]; then
+  if ! wait "$node_ric_pid"; then
+    cat "$NODE_RIC_DIR/install.log" >&2
+    echo "installing aws-lambda-ric failed" >&2
+    exit 1
+  fi
+  echo "==> aws-lambda-ric installed"
+fi

@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -102,8 +102,17 @@ pub struct Process {
 }
 
 impl Process {
-    fn spawn(binary: &PathBuf, env: &HashMap<String, String>) -> anyhow::Result<Self> {
-        let mut command = Command::new(binary);
+    fn spawn(
+        program: &Path,
+        args: &[String],
+        dir: Option<&Path>,
+        env: &HashMap<String, String>,
+    ) -> anyhow::Result<Self> {
+        let mut command = Command::new(program);
+        command.args(args);
+        if let Some(dir) = dir {
+            command.current_dir(dir);
+        }
         command
             .env_clear()
             .envs(env)
@@ -111,7 +120,7 @@ impl Process {
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true);
-        let mut child = command.spawn().with_context(|| format!("spawning {}", binary.display()))?;
+        let mut child = command.spawn().with_context(|| format!("spawning {}", program.display()))?;
         let output = Output::default();
         if let Some(stdout) = child.stdout.take() {
             let output = output.clone();
@@ -160,18 +169,93 @@ impl Process {
     }
 }
 
-/// Paths of the release binaries the end-to-end tests run.
-pub fn release_binary(name: &str) -> anyhow::Result<PathBuf> {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root().join("target"), PathBuf::from);
-    let path = target.join("release").join(name);
-    if !path.exists() {
-        bail!(
-            "{} is missing: build it first with `cargo build --release -p scoped-secrets -p example-rust-reader -p example-rust-sdk-reader` \
-             (./tests/run.sh does)",
-            path.display()
-        );
+/// The Cargo target directory: `$CARGO_TARGET_DIR`, else `<workspace>/target`.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root().join("target"), PathBuf::from)
+}
+
+/// Overrides the extension binary the environments run (see [`Program::extension`]).
+pub const EXTENSION_BIN_ENV: &str = "SCOPED_SECRETS_EXTENSION_BIN";
+
+/// A process the environment starts: the extension, or the function's runtime (the `bootstrap`
+/// of a custom runtime, or a managed runtime's interface client with the handler).
+#[derive(Debug, Clone)]
+pub struct Program {
+    /// The executable (a bare name is looked up on `PATH`).
+    pub program: PathBuf,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Its working directory (a managed runtime's task root), if not inherited.
+    pub dir: Option<PathBuf>,
+    /// Variables on top of the environment's (e.g. `LAMBDA_TASK_ROOT`).
+    pub env: Vec<(String, String)>,
+    /// What to do when the executable is missing.
+    pub hint: &'static str,
+}
+
+impl Program {
+    /// `program` with no arguments, working directory or variables of its own.
+    pub fn new(program: impl Into<PathBuf>) -> Self {
+        Self { program: program.into(), args: Vec::new(), dir: None, env: Vec::new(), hint: "" }
     }
-    Ok(path)
+
+    /// The extension: `$SCOPED_SECRETS_EXTENSION_BIN`, else the x86_64 musl build that
+    /// `layer/build.sh` puts in the layer zip, so the suite tests what ships.
+    pub fn extension() -> Self {
+        let program = std::env::var_os(EXTENSION_BIN_ENV).map_or_else(
+            || target_dir().join("x86_64-unknown-linux-musl").join("release").join("scoped-secrets"),
+            PathBuf::from,
+        );
+        Self {
+            hint: "build it with `layer/build.sh x86_64` (./tests/run.sh does), \
+                   or point SCOPED_SECRETS_EXTENSION_BIN at another build",
+            ..Self::new(program)
+        }
+    }
+
+    /// The Rust example (`examples/rust-reader`, `lambda_runtime`), its release build.
+    pub fn rust_reader() -> Self {
+        Self {
+            hint: "build it with `cargo build --release -p example-rust-reader` (./tests/run.sh does)",
+            ..Self::new(target_dir().join("release").join("rust-reader"))
+        }
+    }
+
+    /// The Rust SDK example (`examples/rust-sdk-reader`: plain `aws-sdk-secretsmanager` calls),
+    /// its release build.
+    pub fn rust_sdk_reader() -> Self {
+        Self {
+            hint: "build it with `cargo build --release -p example-rust-sdk-reader` (./tests/run.sh does)",
+            ..Self::new(target_dir().join("release").join("rust-sdk-reader"))
+        }
+    }
+
+    /// A managed runtime's interface client running `handler` from `task_root`:
+    /// `program args… handler`, started in `task_root` with `LAMBDA_TASK_ROOT` and `_HANDLER`
+    /// set, as Lambda starts it.
+    pub fn interface_client(program: PathBuf, args: &[&str], task_root: PathBuf, handler: &str) -> Self {
+        let mut all: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        all.push(handler.to_owned());
+        Self {
+            args: all,
+            env: vec![
+                ("LAMBDA_TASK_ROOT".to_owned(), task_root.display().to_string()),
+                ("_HANDLER".to_owned(), handler.to_owned()),
+            ],
+            dir: Some(task_root),
+            hint: "./tests/prepare.sh installs the examples' runtime interface clients",
+            ..Self::new(program)
+        }
+    }
+
+    fn spawn(&self, env: &HashMap<String, String>) -> anyhow::Result<Process> {
+        if self.program.components().count() > 1 && !self.program.is_file() {
+            bail!("{} is missing: {}", self.program.display(), self.hint);
+        }
+        let mut env = env.clone();
+        env.extend(self.env.iter().cloned());
+        Process::spawn(&self.program, &self.args, self.dir.as_deref(), &env)
+    }
 }
 
 /// How to start an environment.
@@ -185,8 +269,10 @@ pub struct Options {
     pub invocation_timeout: Duration,
     /// Start the function (false: only the extension, e.g. to test requests during INIT).
     pub start_function: bool,
-    /// The function's release binary (`rust-reader`, `rust-sdk-reader`).
-    pub function_binary: &'static str,
+    /// The extension process ([`Program::extension`]: the x86_64 layer binary).
+    pub extension: Program,
+    /// The function's runtime process ([`Program::rust_reader`] unless a test picks another).
+    pub runtime: Program,
 }
 
 impl Default for Options {
@@ -196,7 +282,8 @@ impl Default for Options {
             extension_env: Vec::new(),
             invocation_timeout: Duration::from_secs(5),
             start_function: true,
-            function_binary: "rust-reader",
+            extension: Program::extension(),
+            runtime: Program::rust_reader(),
         }
     }
 }
@@ -229,7 +316,7 @@ pub struct Environment {
     /// The function process, once started.
     pub function: Option<Process>,
     env: HashMap<String, String>,
-    function_binary: &'static str,
+    runtime: Program,
     /// When the extension process was spawned.
     pub spawned_at: Instant,
 }
@@ -276,7 +363,7 @@ impl Environment {
         let mut extension_env = env.clone();
         extension_env.extend(options.extension_env.iter().cloned());
         let spawned_at = Instant::now();
-        let mut extension = Process::spawn(&release_binary("scoped-secrets")?, &extension_env)?;
+        let mut extension = options.extension.spawn(&extension_env)?;
 
         // Lambda's INIT: the extension registers and polls, or reports init/error, or dies.
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -305,14 +392,13 @@ impl Environment {
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        let function_binary = options.function_binary;
         let mut environment = Environment {
             simulator: Some(simulator),
             front,
             extension,
             function: None,
             env,
-            function_binary,
+            runtime: options.runtime,
             spawned_at,
         };
         if options.start_function {
@@ -321,9 +407,10 @@ impl Environment {
         Ok(Ok(environment))
     }
 
-    /// Starts the example function and waits for its first `/invocation/next`.
+    /// Starts the function's runtime process ([`Options::runtime`]) and waits for its first
+    /// `/invocation/next`.
     pub async fn start_function(&mut self) -> anyhow::Result<()> {
-        let function = Process::spawn(&release_binary(self.function_binary)?, &self.env)?;
+        let function = self.runtime.spawn(&self.env)?;
         self.function = Some(function);
         let simulator = self.simulator()?;
         simulator
@@ -497,8 +584,15 @@ async fn forward(
     };
     match client.request(outgoing).await {
         Ok(response) => {
-            let (parts, body) = response.into_parts();
+            let (mut parts, body) = response.into_parts();
             let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            if path == "/2018-06-01/runtime/invocation/next" && parts.status.is_success() {
+                // Lambda sends the event as JSON; the simulator labels it text/plain, and
+                // awslambdaric then hands the handler raw bytes instead of the parsed event.
+                parts
+                    .headers
+                    .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+            }
             hyper::Response::from_parts(parts, Full::new(body))
         }
         Err(_) => status(hyper::StatusCode::BAD_GATEWAY),

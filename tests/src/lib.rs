@@ -7,12 +7,15 @@
 //! - [`aws_proxy`]: a transparent recording proxy, so tests count the extension's AWS calls and
 //!   read the credentials AssumeRole returned (to prove AWS refuses them).
 //! - [`lambda`]: the local Lambda environment (`lambda-simulator`, wrapped where it falls short).
+//! - [`examples`]: the example functions in Rust, Python and Node.js, each started with its
+//!   runtime interface client.
 //! - [`Stack`]: all three together, as each end-to-end test and the demo use them.
 
 // Test support prints on purpose (process output echo, the demo) and may `expect` with a reason.
 #![allow(clippy::print_stderr, clippy::print_stdout, clippy::expect_used)]
 
 pub mod aws_proxy;
+pub mod examples;
 pub mod lambda;
 pub mod ministack;
 
@@ -78,20 +81,21 @@ impl Stack {
         env
     }
 
-    /// Starts a Lambda environment whose INIT must succeed.
+    /// Starts a Lambda environment with the Rust example function, whose INIT must succeed.
     pub async fn environment(&self, allowlist: &str, extra: &[(&str, &str)]) -> anyhow::Result<(Environment, u16)> {
-        self.environment_with("rust-reader", allowlist, extra).await
+        self.environment_with(allowlist, extra, Options::default()).await
     }
 
-    /// Starts a Lambda environment running `function_binary`, whose INIT must succeed.
+    /// Starts a Lambda environment running `options`' processes, with this stack's function
+    /// environment for `allowlist` and `extra`, whose INIT must succeed.
     pub async fn environment_with(
         &self,
-        function_binary: &'static str,
         allowlist: &str,
         extra: &[(&str, &str)],
+        options: Options,
     ) -> anyhow::Result<(Environment, u16)> {
         let port = lambda::free_port()?;
-        let options = Options { env: self.function_env(allowlist, port, extra), function_binary, ..Options::default() };
+        let options = Options { env: self.function_env(allowlist, port, extra), ..options };
         match Environment::start(options).await? {
             Ok(environment) => Ok((environment, port)),
             Err(InitFailed { reported, output, .. }) => {

@@ -1,7 +1,8 @@
 //! End to end: the real release extension and the real example function in the local Lambda
 //! environment, against MiniStack with IAM enforced, through a recording proxy.
 //!
-//! Build first: `cargo build --release -p scoped-secrets -p example-rust-reader` (`./tests/run.sh`).
+//! Build first: `layer/build.sh x86_64` (the extension as the layer ships it) and
+//! `cargo build --release -p example-rust-reader`; `./tests/run.sh` does both.
 
 #![allow(clippy::expect_used, clippy::type_complexity)]
 
@@ -16,10 +17,18 @@ use serde_json::{Value, json};
 mod credentials_end;
 #[path = "e2e/hostile.rs"]
 mod hostile;
+#[path = "e2e/languages.rs"]
+mod languages;
+#[path = "e2e/layer.rs"]
+mod layer;
 #[path = "e2e/memory.rs"]
 mod memory;
 #[path = "e2e/sdk_protocol.rs"]
 mod sdk_protocol;
+#[path = "e2e/template.rs"]
+mod template;
+#[path = "e2e/template_iam.rs"]
+mod template_iam;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 

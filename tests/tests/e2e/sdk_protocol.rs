@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use scoped_secrets_tests::lambda::local_get;
+use scoped_secrets_tests::lambda::{Options, Program, local_get};
 use scoped_secrets_tests::ministack::StaticCredentials;
 use scoped_secrets_tests::{Stack, sha256_hex};
 use serde_json::{Value, json};
@@ -31,8 +31,13 @@ async fn unchanged_sdk_code_reads_through_the_extension() -> anyhow::Result<()> 
         .send()
         .await?;
     let allowlist = "app/db,app/api,app/bin,app/missing";
-    let (environment, _port) =
-        stack.environment_with("rust-sdk-reader", allowlist, &[("SCOPED_SECRETS_CACHE_TTL", "0")]).await?;
+    let (environment, _port) = stack
+        .environment_with(
+            allowlist,
+            &[("SCOPED_SECRETS_CACHE_TTL", "0")],
+            Options { runtime: Program::rust_sdk_reader(), ..Options::default() },
+        )
+        .await?;
     let invoke = |payload: Value| environment.invoke(payload, TIMEOUT);
 
     let db = invoke(json!({ "op": "get", "secretId": "app/db" })).await?.payload;

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Builds the scoped-secrets layer for Lambda's two architectures: one static (musl) binary at
+# extensions/scoped-secrets in the zip, executable, nothing else.
+#
+#   layer/build.sh                          x86_64 and arm64 -> TARGET/layer/scoped-secrets-ARCH.zip
+#   layer/build.sh arm64                    one architecture (x86_64 or arm64)
+#   layer/build.sh --artifacts-dir DIR ARCH the binary to DIR/extensions/scoped-secrets, no zip
+#                                           (what `sam build` asks of layer/Makefile)
+#
+# TARGET is $CARGO_TARGET_DIR, else target/. The toolchain (rustup musl targets, zig and
+# cargo-zigbuild from PyPI) is installed by layer/toolchain.sh on first use.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+
+artifacts_dir=""
+arches=()
+while (($#)); do
+  case "$1" in
+    --artifacts-dir) artifacts_dir="$2"; shift 2 ;;
+    x86_64 | arm64) arches+=("$1"); shift ;;
+    *) echo "usage: $0 [--artifacts-dir DIR] [x86_64] [arm64]" >&2; exit 2 ;;
+  esac
+done
+((${#arches[@]})) || arches=(x86_64 arm64)
+if [[ -n "$artifacts_dir" && ${#arches[@]} -ne 1 ]]; then
+  echo "--artifacts-dir takes exactly one architecture" >&2
+  exit 2
+fi
+
+triple() {
+  case "$1" in
+    x86_64) echo x86_64-unknown-linux-musl ;;
+    arm64) echo aarch64-unknown-linux-musl ;;
+  esac
+}
+
+source "$ROOT/layer/toolchain.sh"
+
+target_args=()
+for arch in "${arches[@]}"; do target_args+=(--target "$(triple "$arch")"); done
+echo "==> cargo zigbuild --release -p scoped-secrets ${target_args[*]}"
+(cd "$ROOT" && cargo zigbuild --release --locked -p scoped-secrets "${target_args[@]}")
+
+if [[ -n "$artifacts_dir" ]]; then
+  install -D -m 0755 "$TARGET_DIR/$(triple "${arches[0]}")/release/scoped-secrets" \
+    "$artifacts_dir/extensions/scoped-secrets"
+  exit 0
+fi
+
+mkdir -p "$TARGET_DIR/layer"
+for arch in "${arches[@]}"; do
+  binary="$TARGET_DIR/$(triple "$arch")/release/scoped-secrets"
+  zip="$TARGET_DIR/layer/scoped-secrets-$arch.zip"
+  # A reproducible zip: one entry, fixed timestamp, Unix mode 0755 (Lambda keeps the run bit
+  # from the entry's Unix attributes), deflated.
+  python3 - "$binary" "$zip" <<'PY'
+import os, sys, zipfile
+binary, path = sys.argv[1], sys.argv[2]
+entry = zipfile.ZipInfo("extensions/scoped-secrets", date_time=(1980, 1, 1, 0, 0, 0))
+entry.create_system = 3  # Unix, so external_attr carries the mode
+entry.external_attr = 0o100755 << 16
+entry.compress_type = zipfile.ZIP_DEFLATED
+with open(binary, "rb") as f:
+    data = f.read()
+tmp = path + ".tmp"
+with zipfile.ZipFile(tmp, "w") as z:
+    z.writestr(entry, data, compresslevel=9)
+os.replace(tmp, path)
+PY
+  printf '==> %s: %s bytes (binary %s bytes)\n' "$zip" "$(stat -c %s "$zip")" "$(stat -c %s "$binary")"
+done
