@@ -183,26 +183,9 @@ pub fn statements_of(text: &str) -> Option<Vec<Value>> {
     })
 }
 
+/// IAM's URL-encoding undone (the local API's path decoder; invalid UTF-8 becomes U+FFFD).
 fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(high), Some(low)) => {
-                    out.push((high * 16 + low) as u8);
-                    i += 3;
-                    continue;
-                }
-                _ => out.push(b'%'),
-            },
-            byte => out.push(byte),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    String::from_utf8_lossy(&crate::server::percent_decode(text.as_bytes())).into_owned()
 }
 
 fn iam_error<E: iam::error::ProvideErrorMetadata, R>(

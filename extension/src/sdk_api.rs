@@ -290,13 +290,11 @@ fn error_response(error: &SdkError) -> Response<Full<Bytes>> {
     response
 }
 
+/// The content type of the Secrets Manager JSON protocol.
+const AMZ_JSON: &str = "application/x-amz-json-1.1";
+
 fn json_response(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(body));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-amz-json-1.1"));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+    crate::server::json_response(status, body, AMZ_JSON)
 }
 
 #[cfg(test)]

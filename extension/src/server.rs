@@ -264,7 +264,7 @@ impl LocalApi {
         let path = request.uri().path();
         let (api, path_secret_id) = match path {
             "/ping" => {
-                return Ok(json_response(StatusCode::OK, Bytes::from_static(br#"{"status":"ready"}"#)));
+                return Ok(json_response(StatusCode::OK, Bytes::from_static(br#"{"status":"ready"}"#), JSON));
             }
             "/secretsmanager/get" => (Api::Get, None),
             _ if path.starts_with("/v1/") => (Api::AgentPath, Some(decode_path_id(&path[4..]))),
@@ -288,7 +288,7 @@ impl LocalApi {
             (refusal, Some(query.secret_id.clone()), api)
         })?;
         // The body is owned by a zeroizing buffer: wiped when hyper drops it.
-        Ok(json_response(StatusCode::OK, Bytes::from_owner(value.to_json())))
+        Ok(json_response(StatusCode::OK, Bytes::from_owner(value.to_json()), JSON))
     }
 
     fn check_token(&self, request: &Request<Incoming>) -> Result<(), Refusal> {
@@ -483,18 +483,22 @@ pub fn error_for(error: &FetchError) -> Refusal {
 
 fn error_response(refusal: &Refusal) -> Response<Full<Bytes>> {
     let body = json!({ "error": refusal.code, "message": refusal.message }).to_string();
-    let mut response = json_response(refusal.status, Bytes::from(body));
+    let mut response = json_response(refusal.status, Bytes::from(body), JSON);
     if refusal.status == StatusCode::SERVICE_UNAVAILABLE {
         response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     response
 }
 
-fn json_response(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
+/// Content type of the GET API's answers.
+const JSON: &str = "application/json";
+
+/// An answer with `content_type` that no cache may keep (both the GET API and the SDK protocol).
+pub(crate) fn json_response(status: StatusCode, body: Bytes, content_type: &'static str) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
@@ -506,7 +510,8 @@ fn decode_path_id(encoded: &str) -> String {
     String::from_utf8_lossy(&decoded).into_owned()
 }
 
-fn percent_decode(bytes: &[u8]) -> Vec<u8> {
+/// `%XX` sequences decoded; anything else (including a malformed `%`) kept as it is.
+pub(crate) fn percent_decode(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
