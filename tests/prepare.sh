@@ -9,10 +9,13 @@ VENV="$ROOT/target/ministack-venv"
 AWS_SAM_CLI_VERSION="1.170.0"
 CFN_LINT_VERSION="1.58.0"
 SAM_VENV="$ROOT/target/sam-venv"
-# Runtime interface clients of the Python and Node.js examples.
+# Runtime interface clients of the Python and Node.js examples, and the SDKs that Lambda's
+# Python and Node.js runtimes bundle (boto3; the JavaScript v3 client, pinned in tests/node-sdk).
 AWSLAMBDARIC_VERSION="4.2.2"
+BOTO3_VERSION="1.44.8"
 EXAMPLES_VENV="$ROOT/target/examples-venv"
 NODE_RIC_DIR="$ROOT/target/node-ric"
+NODE_SDK_DIR="$ROOT/target/node-sdk"
 
 mkdir -p "$ROOT/target"
 
@@ -44,7 +47,7 @@ PY
 pinned_venv "$VENV" "ministack==$MINISTACK_VERSION"
 export SCOPED_SECRETS_MINISTACK_BIN="$VENV/bin/ministack"
 pinned_venv "$SAM_VENV" "aws-sam-cli==$AWS_SAM_CLI_VERSION" "cfn-lint==$CFN_LINT_VERSION"
-pinned_venv "$EXAMPLES_VENV" "awslambdaric==$AWSLAMBDARIC_VERSION"
+pinned_venv "$EXAMPLES_VENV" "awslambdaric==$AWSLAMBDARIC_VERSION" "boto3==$BOTO3_VERSION"
 
 # qemu-user runs the arm64 layer binary; Node.js runs the Node example.
 missing=()
@@ -71,6 +74,15 @@ if [[ -n "${install_node_ric:-}" ]]; then
   (cd "$NODE_RIC_DIR" && npm ci --no-audit --no-fund >install.log 2>&1 &&
     cp package-lock.json installed.lock) &
   node_ric_pid=$!
+fi
+
+# The JavaScript SDK is plain JavaScript: seconds to install.
+if ! cmp -s "$ROOT/tests/node-sdk/package-lock.json" "$NODE_SDK_DIR/installed.lock"; then
+  echo "==> installing @aws-sdk/client-secrets-manager (npm) into $NODE_SDK_DIR"
+  rm -rf "$NODE_SDK_DIR"
+  mkdir -p "$NODE_SDK_DIR"
+  cp "$ROOT/tests/node-sdk/package.json" "$ROOT/tests/node-sdk/package-lock.json" "$NODE_SDK_DIR/"
+  (cd "$NODE_SDK_DIR" && npm ci --no-audit --no-fund --silent && cp package-lock.json installed.lock)
 fi
 
 echo "==> building the layer (x86_64 and arm64; the tests run the x86_64 extension from it)"

@@ -6,9 +6,21 @@
 //! Event: `{"op": "get", "secretId": "app/db"}` (optional `versionId`), `{"op": "batch", "secretIds": [...]}` or
 //! `{"op": "put", "secretId": "app/db"}` (refused by the extension). Answers carry SHA-256
 //! digests and error codes, never a value.
+//!
+//! `{"op": "forge", "how": "wrong-key" | "tampered-body" | "stale", "secretId": …}` is not
+//! something a function does: it sends what a forger would (a request signed with a wrong secret
+//! key, a body changed after signing, a signature dated 6 minutes ago) through the SDK's own
+//! signer, so the test suite can show the extension refuses each.
+
+use std::time::{Duration, SystemTime};
 
 use aws_sdk_secretsmanager::Client;
+use aws_sdk_secretsmanager::config::interceptors::BeforeTransmitInterceptorContextMut;
+use aws_sdk_secretsmanager::config::{ConfigBag, Credentials, Intercept, RuntimeComponents};
 use aws_sdk_secretsmanager::error::ProvideErrorMetadata;
+use aws_smithy_async::time::StaticTimeSource;
+use aws_smithy_types::body::SdkBody;
+use aws_smithy_types::retry::RetryConfig;
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -67,12 +79,71 @@ async fn handle(client: &Client, payload: Value) -> Result<Value, Error> {
                 Err(error) => json!({ "error": error.code(), "message": error.message() }),
             }
         }
+        "forge" => forge(client, &secret_id, payload["how"].as_str().unwrap_or_default()).await,
         "put" => match client.put_secret_value().secret_id(&secret_id).secret_string("overwritten").send().await {
             Ok(_) => json!({ "put": "accepted" }),
             Err(error) => json!({ "error": error.code(), "message": error.message() }),
         },
         other => json!({ "error": "UnknownOp", "message": other }),
     })
+}
+
+/// Sends a forged `GetSecretValue` through the SDK's own signer; one attempt, so the refusal
+/// comes back as is.
+async fn forge(client: &Client, secret_id: &str, how: &str) -> Value {
+    let once = aws_sdk_secretsmanager::Config::builder().retry_config(RetryConfig::disabled());
+    let request = client.get_secret_value().secret_id(secret_id).customize();
+    let sent = match how {
+        "wrong-key" => {
+            let env = |name: &str| std::env::var(name).unwrap_or_default();
+            let forged = Credentials::new(
+                env("AWS_ACCESS_KEY_ID"),
+                "not-the-function-secret-key",
+                std::env::var("AWS_SESSION_TOKEN").ok(),
+                None,
+                "forger",
+            );
+            request.config_override(once.credentials_provider(forged)).send().await
+        }
+        "tampered-body" => request.config_override(once).interceptor(TamperAfterSigning).send().await,
+        "stale" => {
+            let six_minutes_ago = SystemTime::now() - Duration::from_secs(360);
+            request.config_override(once.time_source(StaticTimeSource::new(six_minutes_ago))).send().await
+        }
+        other => return json!({ "error": "UnknownForgery", "message": other }),
+    };
+    match sent {
+        Ok(output) => json!({
+            "sha256": output.secret_string().map(digest),
+            "versionId": output.version_id(),
+            "name": output.name(),
+        }),
+        Err(error) => json!({ "error": error.code(), "message": error.message() }),
+    }
+}
+
+/// Replaces the body after the request was signed: asks for another secret with the same
+/// signature.
+#[derive(Debug)]
+struct TamperAfterSigning;
+
+impl Intercept for TamperAfterSigning {
+    fn name(&self) -> &'static str {
+        "TamperAfterSigning"
+    }
+
+    fn modify_before_transmit(
+        &self,
+        context: &mut BeforeTransmitInterceptorContextMut<'_>,
+        _: &RuntimeComponents,
+        _: &mut ConfigBag,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let body = br#"{"SecretId":"app/api"}"#;
+        let request = context.request_mut();
+        *request.body_mut() = SdkBody::from(&body[..]);
+        request.headers_mut().insert("content-length", body.len().to_string());
+        Ok(())
+    }
 }
 
 fn digest(text: &str) -> String {

@@ -8,9 +8,10 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use scoped_secrets_tests::examples;
 use scoped_secrets_tests::lambda::{Options, Program, local_get};
 use scoped_secrets_tests::ministack::StaticCredentials;
-use scoped_secrets_tests::{Stack, sha256_hex};
+use scoped_secrets_tests::{SECRETS, Stack, sha256_hex};
 use serde_json::{Value, json};
 
 use super::{TIMEOUT, read, value_of};
@@ -19,8 +20,10 @@ fn sdk_calls_naming(stack: &Stack, secret: &str) -> usize {
     stack.proxy.secrets_manager_calls().iter().filter(|c| c.secret_ids().iter().any(|id| id.contains(secret))).count()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unchanged_sdk_code_reads_through_the_extension() -> anyhow::Result<()> {
+/// One unchanged SDK function (Rust, boto3 or JavaScript v3) through the whole protocol: string
+/// and binary secrets, a batch with `Errors[]`, refusals in the SDK's own exceptions, and the
+/// SDK's own signer forging requests that the extension refuses without calling AWS.
+async fn unchanged_sdk_code_reads_through_the_extension(runtime: Program) -> anyhow::Result<()> {
     let stack = Stack::start().await?;
     let binary: Vec<u8> = (0..=255u8).rev().collect();
     let admin = aws_sdk_secretsmanager::Client::new(&stack.ministack.admin_config());
@@ -31,68 +34,102 @@ async fn unchanged_sdk_code_reads_through_the_extension() -> anyhow::Result<()> 
         .send()
         .await?;
     let allowlist = "app/db,app/api,app/bin,app/missing";
-    let (environment, _port) = stack
-        .environment_with(
-            allowlist,
-            &[("SCOPED_SECRETS_CACHE_TTL", "0")],
-            Options { runtime: Program::rust_sdk_reader(), ..Options::default() },
-        )
-        .await?;
-    let invoke = |payload: Value| environment.invoke(payload, TIMEOUT);
+    // No INVOKE prefetch, so that every AWS call is one a request asked for: an invocation whose
+    // only request is forged must then make none.
+    let settings = [("SCOPED_SECRETS_CACHE_TTL", "0"), ("SCOPED_SECRETS_PREFETCH", "false")];
+    let (mut environment, _port) =
+        stack.environment_with(allowlist, &settings, Options { runtime, ..Options::default() }).await?;
+    let output = |environment: &scoped_secrets_tests::lambda::Environment| {
+        environment.function.as_ref().map(|f| f.output.text()).unwrap_or_default()
+    };
 
-    let db = invoke(json!({ "op": "get", "secretId": "app/db" })).await?.payload;
+    let db = environment.invoke(json!({ "op": "get", "secretId": "app/db" }), TIMEOUT).await?.payload;
     assert_eq!(
         (db["sha256"].clone(), db["name"].clone()),
         (json!(sha256_hex(value_of("app/db"))), json!("app/db")),
-        "{db}"
+        "{db}\n{}",
+        output(&environment)
     );
-    let bin = invoke(json!({ "op": "get", "secretId": "app/bin" })).await?.payload;
+    let bin = environment.invoke(json!({ "op": "get", "secretId": "app/bin" }), TIMEOUT).await?.payload;
     let expected: String = {
         use sha2::Digest;
         sha2::Sha256::digest(&binary).iter().map(|b| format!("{b:02x}")).collect()
     };
     assert_eq!(bin["binarySha256"], expected, "a binary secret round-trips: {bin}");
 
-    let batch = invoke(json!({ "op": "batch", "secretIds": ["app/db", "app/api", "other/x"] })).await?.payload;
+    let batch = json!({ "op": "batch", "secretIds": ["app/db", "app/api", "other/x"] });
+    let batch = environment.invoke(batch, TIMEOUT).await?.payload;
     assert_eq!(batch["values"].as_array().map(Vec::len), Some(2), "{batch}");
     assert_eq!(batch["errors"], json!([{ "secretId": "other/x", "errorCode": "AccessDeniedException" }]));
 
-    let refused = invoke(json!({ "op": "get", "secretId": "other/x" })).await?.payload;
+    let refused = environment.invoke(json!({ "op": "get", "secretId": "other/x" }), TIMEOUT).await?.payload;
     assert_eq!(refused["error"], "AccessDeniedException", "the SDK's own exception: {refused}");
     assert_eq!(sdk_calls_naming(&stack, "other/x"), 0, "never asked of AWS");
     // A version that does not exist: ResourceNotFoundException. (A secret that does not exist
     // at all is AccessDeniedException, from AWS as from the emulator: the session policy names
     // `NAME-??????`, which no ARN matches when there is no secret, and authorisation comes first.)
     let version = "00000000-0000-4000-8000-000000000000";
-    let missing = invoke(json!({ "op": "get", "secretId": "app/db", "versionId": version })).await?.payload;
+    let missing = json!({ "op": "get", "secretId": "app/db", "versionId": version });
+    let missing = environment.invoke(missing, TIMEOUT).await?.payload;
     assert_eq!(missing["error"], "ResourceNotFoundException", "{missing}");
-    let absent = invoke(json!({ "op": "get", "secretId": "app/missing" })).await?.payload;
+    let absent = environment.invoke(json!({ "op": "get", "secretId": "app/missing" }), TIMEOUT).await?.payload;
     assert_eq!(absent["error"], "AccessDeniedException", "{absent}");
-    let put = invoke(json!({ "op": "put", "secretId": "app/db" })).await?.payload;
+    let put = environment.invoke(json!({ "op": "put", "secretId": "app/db" }), TIMEOUT).await?.payload;
     assert_eq!(put["error"], "InvalidRequestException", "{put}");
     assert!(put["message"].as_str().is_some_and(|m| m.contains("only GetSecretValue")), "{put}");
     assert!(stack.proxy.secrets_manager_calls_of("PutSecretValue").is_empty(), "nothing reaches AWS");
 
+    // Forged by the SDK's own signer: each refused with the SDK's AccessDeniedException, in an
+    // invocation that then makes no AWS call at all (no session, no fetch).
+    for how in ["wrong-key", "tampered-body", "stale"] {
+        let (sts, sm) = (stack.proxy.assume_role_calls().len(), stack.proxy.secrets_manager_calls().len());
+        let forged = json!({ "op": "forge", "how": how, "secretId": "app/db" });
+        let forged = environment.invoke(forged, TIMEOUT).await?.payload;
+        assert_eq!(forged["error"], "AccessDeniedException", "{how}: {forged}\n{}", output(&environment));
+        assert!(forged.get("sha256").is_none(), "{how}: nothing served");
+        let calls = (stack.proxy.assume_role_calls().len(), stack.proxy.secrets_manager_calls().len());
+        assert_eq!(calls, (sts, sm), "{how}: no AWS call");
+    }
+
     // No loop: every audit line is one of the function's own requests (the extension's own
     // upstream calls went to AWS_ENDPOINT_URL, never to itself).
-    let output = &environment.extension.output;
-    let lines: Vec<Value> = output.events("allow").into_iter().chain(output.events("deny")).collect();
+    let log = &environment.extension.output;
+    let lines: Vec<Value> = log.events("allow").into_iter().chain(log.events("deny")).collect();
     assert!(lines.iter().all(|l| l["api"] == "sdk"), "{lines:?}");
-    assert_eq!(lines.len(), 9, "db, bin, 3 in the batch, other/x, missing version, missing secret, put: {lines:?}");
-    let codes: Vec<&str> = output
-        .events("deny")
-        .iter()
-        .filter_map(|l| l["code"].as_str().map(str::to_owned))
-        .map(|c| match c.as_str() {
-            "secret_not_allowed" => "secret_not_allowed",
-            "secret_not_found" => "secret_not_found",
-            "upstream_access_denied" => "upstream_access_denied",
-            "unsupported_operation" => "unsupported_operation",
-            _ => "unexpected",
-        })
-        .collect();
-    assert!(!codes.contains(&"unexpected"), "{codes:?}");
+    assert_eq!(
+        lines.len(),
+        12,
+        "db, bin, 3 in the batch, other/x, missing version and secret, put, 3 forged: {lines:?}"
+    );
+    let codes: Vec<String> = log.events("deny").iter().filter_map(|l| l["code"].as_str().map(str::to_owned)).collect();
+    let forged: Vec<&str> = codes.iter().rev().take(3).rev().map(String::as_str).collect();
+    assert_eq!(forged, ["signature_mismatch", "signature_mismatch", "signature_stale"], "{codes:?}");
+    let expected = ["secret_not_allowed", "upstream_access_denied", "secret_not_found", "unsupported_operation"];
+    assert!(codes.iter().all(|c| expected.contains(&c.as_str()) || forged.contains(&c.as_str())), "{codes:?}");
+
+    // No value in anything the function or the extension printed.
+    let printed = format!("{}{}", output(&environment), log.text());
+    for (_, value) in SECRETS {
+        assert!(!printed.contains(value), "a secret value in the output");
+    }
+    let (status, _) = environment.shut_down().await?;
+    assert!(status.success());
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unchanged_rust_sdk_code_reads_through_the_extension() -> anyhow::Result<()> {
+    unchanged_sdk_code_reads_through_the_extension(examples::rust_sdk_reader()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unchanged_boto3_code_reads_through_the_extension() -> anyhow::Result<()> {
+    unchanged_sdk_code_reads_through_the_extension(examples::python_sdk_reader()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unchanged_javascript_sdk_code_reads_through_the_extension() -> anyhow::Result<()> {
+    unchanged_sdk_code_reads_through_the_extension(examples::node_sdk_reader()?).await
 }
 
 /// A `GetSecretValue` request signed as an SDK would, with `credentials` and `time`.
