@@ -89,7 +89,8 @@ async fn the_templates_own_iam_lets_the_extension_read_the_functions_secrets_and
     let stranger =
         secrets_manager.create_secret().name("another-app/db").secret_string("canary-stranger").send().await?;
     let stranger = stranger.arn().context("secret ARN")?.to_owned();
-    for log_group in ["RustReaderLogs", "PythonReaderLogs", "NodeReaderLogs"] {
+    let log_groups = resources.as_object().into_iter().flatten().filter(|(_, r)| r["Type"] == "AWS::Logs::LogGroup");
+    for (log_group, _) in log_groups {
         names.insert(
             format!("{log_group}.Arn"),
             format!("arn:aws:logs:{REGION}:{ACCOUNT_ID}:log-group:/aws/lambda/{log_group}:*"),
