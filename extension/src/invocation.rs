@@ -2,8 +2,8 @@
 //! which dies with it.
 //!
 //! The phase moves `Init(scope) → Idle → Active(scope) → Idle → … → ShuttingDown` (SnapStart:
-//! `Snapshotting → Idle → …`, nothing served before the first INVOKE; Managed Instances: one
-//! `Active` environment scope for the environment's whole life). Requests
+//! `Snapshotting → AwaitingRestore → Idle → …`, nothing served or loaded before restore;
+//! Managed Instances: one `Active` environment scope for the environment's whole life). Requests
 //! made while `Idle` (a function thread racing its INVOKE) wait, bounded, for the next scope.
 //! Ending a scope takes its session out, so the credentials are dropped (wiped) as soon as the
 //! last in-flight call using them returns; a scope never hands out a session after it ended,
@@ -232,6 +232,9 @@ impl SessionLedger {
 pub enum Phase {
     /// A SnapStart INIT: the memory is about to be snapshotted, so nothing is fetched.
     Snapshotting,
+    /// A SnapStart INIT has ended and the snapshot is not restored yet: requests wait (bounded)
+    /// for the restore, as they wait for an INVOKE while `Idle`, and nothing is loaded.
+    AwaitingRestore,
     /// The function's INIT: requests use the init scope.
     Init(Arc<Scope>),
     /// An invocation is running.
@@ -327,7 +330,7 @@ impl Lifecycle {
     pub fn is_current_generation(&self, generation: u64) -> bool {
         match &*self.phase.borrow() {
             Phase::Init(scope) | Phase::Active(scope) => scope.generation == generation && !scope.has_ended(),
-            Phase::Snapshotting | Phase::Idle | Phase::ShuttingDown => false,
+            Phase::Snapshotting | Phase::AwaitingRestore | Phase::Idle | Phase::ShuttingDown => false,
         }
     }
 
@@ -360,7 +363,7 @@ impl Lifecycle {
             }
             Phase::Snapshotting => {
                 was_open = true;
-                *phase = Phase::Idle;
+                *phase = Phase::AwaitingRestore;
                 true
             }
             _ => false,
@@ -369,6 +372,35 @@ impl Lifecycle {
             scope.end("init_done").await;
         }
         was_open
+    }
+
+    /// A SnapStart restore: from `Snapshotting` or `AwaitingRestore` to `Idle` (requests then
+    /// wait for the first INVOKE as usual).
+    pub fn restored(&self) {
+        self.phase.send_if_modified(|phase| match phase {
+            Phase::Snapshotting | Phase::AwaitingRestore => {
+                *phase = Phase::Idle;
+                true
+            }
+            _ => false,
+        });
+    }
+
+    /// Waits (bounded) until the environment is past its SnapStart snapshot, so that
+    /// credentials may be loaded; at once outside SnapStart.
+    ///
+    /// # Errors
+    /// [`FetchError::SnapStartInit`] during the INIT itself, [`FetchError::NoActiveInvocation`]
+    /// when no restore comes within the wait timeout.
+    pub async fn wait_past_snapshot(&self) -> Result<(), FetchError> {
+        let mut receiver = self.phase.subscribe();
+        let wait = receiver.wait_for(|phase| !matches!(phase, Phase::AwaitingRestore));
+        match tokio::time::timeout(self.wait_timeout, wait).await {
+            Ok(Ok(phase)) if matches!(*phase, Phase::Snapshotting) => Err(FetchError::SnapStartInit),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_closed)) => Err(FetchError::ShuttingDown),
+            Err(_elapsed) => Err(FetchError::NoActiveInvocation),
+        }
     }
 
     /// Ends the invocation `scope` (runtimeDone or its deadline) and goes `Idle`.
@@ -388,7 +420,7 @@ impl Lifecycle {
         let previous = self.phase.send_replace(Phase::ShuttingDown);
         match previous {
             Phase::Init(scope) | Phase::Active(scope) => scope.end("shutdown").await,
-            Phase::Snapshotting | Phase::Idle | Phase::ShuttingDown => None,
+            Phase::Snapshotting | Phase::AwaitingRestore | Phase::Idle | Phase::ShuttingDown => None,
         }
     }
 
@@ -400,7 +432,7 @@ impl Lifecycle {
     /// during SHUTDOWN.
     pub async fn current_scope(&self) -> Result<Arc<Scope>, FetchError> {
         let mut receiver = self.phase.subscribe();
-        let wait = receiver.wait_for(|phase| !matches!(phase, Phase::Idle));
+        let wait = receiver.wait_for(|phase| !matches!(phase, Phase::Idle | Phase::AwaitingRestore));
         let phase = match tokio::time::timeout(self.wait_timeout, wait).await {
             Ok(Ok(phase)) => phase.clone(),
             Ok(Err(_closed)) => return Err(FetchError::ShuttingDown),
@@ -409,7 +441,7 @@ impl Lifecycle {
         match phase {
             Phase::Init(scope) | Phase::Active(scope) => Ok(scope),
             Phase::Snapshotting => Err(FetchError::SnapStartInit),
-            Phase::Idle | Phase::ShuttingDown => Err(FetchError::ShuttingDown),
+            Phase::AwaitingRestore | Phase::Idle | Phase::ShuttingDown => Err(FetchError::ShuttingDown),
         }
     }
 
@@ -419,11 +451,12 @@ impl Lifecycle {
     /// its way to us.
     pub async fn label_settled(&self, settle: Duration) -> String {
         let mut receiver = self.phase.subscribe();
-        let _ = tokio::time::timeout(settle, receiver.wait_for(|phase| !matches!(phase, Phase::Idle))).await;
+        let settled = receiver.wait_for(|phase| !matches!(phase, Phase::Idle | Phase::AwaitingRestore));
+        let _ = tokio::time::timeout(settle, settled).await;
         match &*receiver.borrow() {
             Phase::Init(scope) | Phase::Active(scope) => scope.label().to_owned(),
             Phase::Snapshotting => "init".to_owned(),
-            Phase::Idle => "idle".to_owned(),
+            Phase::AwaitingRestore | Phase::Idle => "idle".to_owned(),
             Phase::ShuttingDown => "shutdown".to_owned(),
         }
     }

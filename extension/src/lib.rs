@@ -282,12 +282,12 @@ impl Extension {
         }
         let restored = Arc::new(std::sync::atomic::AtomicBool::new(false));
         if mode == InitializationType::SnapStart {
-            let (factory, restored, completions) =
-                (Arc::clone(&factory), Arc::clone(&restored), Arc::clone(&completions));
+            let (factory, lifecycle, restored, completions) =
+                (Arc::clone(&factory), Arc::clone(&lifecycle), Arc::clone(&restored), Arc::clone(&completions));
             let shutdown = shutdown.clone();
             tasks.spawn(async move {
                 tokio::select! {
-                    () = completions.wait_restore_start() => restore(&factory, &restored, "restore_start"),
+                    () = completions.wait_restore_start() => restore(&factory, &lifecycle, &restored, "restore_start"),
                     () = shutdown.cancelled() => {}
                 }
             });
@@ -370,7 +370,7 @@ impl Extension {
         let began = Instant::now();
         if self.config.initialization_type == InitializationType::SnapStart {
             // The first INVOKE after restore, when no platform.restoreStart came first.
-            restore(&self.factory, &self.restored, "first_invoke");
+            restore(&self.factory, &self.lifecycle, &self.restored, "first_invoke");
         }
         let deadline = UNIX_EPOCH + Duration::from_millis(deadline_ms);
         let scope = self.lifecycle.begin(request_id, deadline + self.config.deadline_margin).await;
@@ -572,11 +572,17 @@ impl Extension {
 /// A SnapStart restore (the first `platform.restoreStart`, or the first INVOKE when none came):
 /// draws the environment id, so environments restored from one snapshot never share session
 /// names. Once per process.
-fn restore(factory: &SessionFactory, restored: &std::sync::atomic::AtomicBool, trigger: &'static str) {
+fn restore(
+    factory: &SessionFactory,
+    lifecycle: &Lifecycle,
+    restored: &std::sync::atomic::AtomicBool,
+    trigger: &'static str,
+) {
     if restored.swap(true, std::sync::atomic::Ordering::AcqRel) {
         return;
     }
     let environment_id = factory.draw_environment_id();
+    lifecycle.restored();
     tracing::info!(target: "audit", event = "restored", environment_id = %environment_id, trigger);
 }
 

@@ -104,18 +104,19 @@ async fn answer(
         "body_timeout" => bad(code, "The request body did not arrive in time."),
         _ => bad(code, "The request body is too large or was not received whole."),
     })?;
-    if matches!(api.lifecycle.phase(), crate::invocation::Phase::Snapshotting) {
-        // Before restore nothing credential-bearing is loaded, not even the function's
-        // credentials to check the signature with.
-        return Err((
-            sdk_error(
+    // SnapStart: before restore nothing credential-bearing is loaded, not even the function's
+    // credentials to check the signature with.
+    if let Err(error) = api.lifecycle.wait_past_snapshot().await {
+        let refused = match error {
+            FetchError::SnapStartInit => sdk_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "ServiceUnavailableException",
                 "snapstart_init",
                 SNAPSTART_INIT_MESSAGE,
             ),
-            None,
-        ));
+            other => read_error(&ReadError::Fetch(other)),
+        };
+        return Err((refused, None));
     }
     let access_key = crate::sigv4::access_key_of(&parts.headers).map(str::to_owned);
     let Some(credentials) = api.function_credentials.current(access_key.as_deref()).await else {

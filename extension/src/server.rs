@@ -228,8 +228,16 @@ impl LocalApi {
         api: Api,
         caller: Option<&str>,
     ) -> Result<Arc<crate::secrets::SecretValue>, ReadError> {
-        let allowlist = self.tenancy.allowlist(self.lifecycle.wait_timeout()).await.map_err(ReadError::Fetch)?;
+        let wait = self.lifecycle.wait_timeout();
+        let allowlist = self.tenancy.allowlist(wait).await.map_err(ReadError::Fetch)?;
         let entry = allowlist.find(secret_id).ok_or(ReadError::NotAllowed)?;
+        if self.tenancy.is_scoped() {
+            // Served only once the platform has named this invocation's tenant as ours.
+            let scope = self.lifecycle.current_scope().await.map_err(ReadError::Fetch)?;
+            if !scope.is_per_fetch() {
+                self.tenancy.wait_confirmed(scope.label(), wait).await.map_err(ReadError::Fetch)?;
+            }
+        }
         let served = self.secrets.get(entry, version, refresh).await.map_err(ReadError::Fetch)?;
         self.served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.evidence.read(entry, api);
@@ -367,7 +375,7 @@ impl LocalApi {
         match self.lifecycle.phase() {
             Phase::Init(scope) | Phase::Active(scope) => scope.label().to_owned(),
             Phase::Snapshotting => "init".to_owned(),
-            Phase::Idle => "idle".into(),
+            Phase::AwaitingRestore | Phase::Idle => "idle".into(),
             Phase::ShuttingDown => "shutdown".into(),
         }
     }

@@ -178,7 +178,8 @@ async fn handle(request: Request<Incoming>, sinks: &Sinks) -> Response<Full<Byte
             }
             "platform.start" => {
                 if let Some(tenant) = event.record.get("tenantId").and_then(|v| v.as_str()) {
-                    observe_tenant(sinks, tenant);
+                    let request_id = event.record.get("requestId").and_then(|v| v.as_str());
+                    observe_tenant(sinks, tenant, request_id);
                 }
             }
             _ => {}
@@ -187,8 +188,8 @@ async fn handle(request: Request<Incoming>, sinks: &Sinks) -> Response<Full<Byte
     status(StatusCode::OK)
 }
 
-fn observe_tenant(sinks: &Sinks, raw: &str) {
-    match sinks.tenancy.observe(raw) {
+fn observe_tenant(sinks: &Sinks, raw: &str, request_id: Option<&str>) {
+    match sinks.tenancy.observe(raw, request_id) {
         Observed::Same => {}
         Observed::First(tenant) => {
             tracing::info!(target: "audit", event = "tenant_known", tenant_id = tenant.as_str());

@@ -6,7 +6,10 @@
 //! enters an ARN pattern or the local allowlist ([`TenantId::parse`]); until it is known,
 //! reads wait for it (bounded). A second, different tenant id in the same environment breaks
 //! the mode's invariant: [`Tenancy::observe`] says so, nothing is served any more, and the
-//! extension wipes everything and reports `exit/error`.
+//! extension wipes everything and reports `exit/error`. Because that record arrives through
+//! the Telemetry API (buffered, ≥ 25 ms), each invocation's reads also wait for the
+//! invocation's own `platform.start` ([`Tenancy::wait_confirmed`]): nothing is served to an
+//! invocation before the platform has named its tenant as this environment's.
 //! See <https://docs.aws.amazon.com/lambda/latest/dg/tenant-isolation.html>.
 
 use std::fmt;
@@ -97,7 +100,14 @@ pub struct Tenancy {
     /// The environment's tenant, once a valid id was seen first (kept for the report after a
     /// second tenant broke the environment).
     tenant: std::sync::OnceLock<TenantId>,
+    /// Request ids whose `platform.start` named this environment's tenant (the newest).
+    confirmed: std::sync::Mutex<std::collections::VecDeque<String>>,
+    /// Bumped on every observation, to wake [`Tenancy::wait_confirmed`].
+    observed: watch::Sender<u64>,
 }
+
+/// How many confirmed request ids are remembered.
+const CONFIRMED: usize = 64;
 
 impl Tenancy {
     /// Over the configured allowlist; without `{tenant}` entries it is used as it is.
@@ -109,6 +119,8 @@ impl Tenancy {
             state: watch::Sender::new(State::Unknown),
             first: std::sync::Mutex::new(None),
             tenant: std::sync::OnceLock::new(),
+            confirmed: std::sync::Mutex::default(),
+            observed: watch::Sender::new(0),
         }
     }
 
@@ -162,8 +174,54 @@ impl Tenancy {
         self.tenant.get()
     }
 
-    /// Takes in a `tenantId` from a `platform.start` record.
-    pub fn observe(&self, raw: &str) -> Observed {
+    /// Waits (bounded) until the `platform.start` of invocation `request_id` has named this
+    /// environment's tenant.
+    ///
+    /// # Errors
+    /// [`FetchError::TenantUnknown`] after the wait, [`FetchError::TenantRefused`] or
+    /// [`FetchError::TenantChanged`] as soon as that is the state.
+    pub async fn wait_confirmed(&self, request_id: &str, wait: Duration) -> Result<(), FetchError> {
+        let mut receiver = self.observed.subscribe();
+        let confirmed = async {
+            loop {
+                let settled = match &*self.state.borrow() {
+                    State::Refused => Some(FetchError::TenantRefused),
+                    State::Changed => Some(FetchError::TenantChanged),
+                    State::Unknown | State::Known(_) => None,
+                };
+                if let Some(error) = settled {
+                    return Err(error);
+                }
+                let seen = {
+                    let confirmed = self.confirmed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    confirmed.iter().any(|id| id == request_id)
+                };
+                if seen {
+                    return Ok(());
+                }
+                if receiver.changed().await.is_err() {
+                    return Err(FetchError::TenantUnknown);
+                }
+            }
+        };
+        tokio::time::timeout(wait, confirmed).await.unwrap_or(Err(FetchError::TenantUnknown))
+    }
+
+    /// Takes in the `tenantId` of invocation `request_id`'s `platform.start` record.
+    pub fn observe(&self, raw: &str, request_id: Option<&str>) -> Observed {
+        let observed = self.classify(raw);
+        if let (Observed::First(_) | Observed::Same, Some(request_id)) = (&observed, request_id) {
+            let mut confirmed = self.confirmed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if confirmed.len() == CONFIRMED {
+                confirmed.pop_front();
+            }
+            confirmed.push_back(request_id.to_owned());
+        }
+        self.observed.send_modify(|count| *count += 1);
+        observed
+    }
+
+    fn classify(&self, raw: &str) -> Observed {
         let mut first = self.first.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         match first.as_deref() {
             Some(seen) if seen == raw => return Observed::Same,
@@ -221,8 +279,11 @@ mod tests {
         let waited = tenancy.allowlist(Duration::from_millis(50)).await;
         assert!(matches!(waited, Err(FetchError::TenantUnknown)));
 
-        assert_eq!(tenancy.observe("blue"), Observed::First(TenantId("blue".into())));
-        assert_eq!(tenancy.observe("blue"), Observed::Same);
+        assert_eq!(tenancy.observe("blue", Some("r1")), Observed::First(TenantId("blue".into())));
+        assert_eq!(tenancy.observe("blue", None), Observed::Same);
+        tenancy.wait_confirmed("r1", Duration::ZERO).await.expect("r1 named blue");
+        let unconfirmed = tenancy.wait_confirmed("r2", Duration::from_millis(50)).await;
+        assert!(matches!(unconfirmed, Err(FetchError::TenantUnknown)), "r2's platform.start has not come");
         let allowlist = tenancy.allowlist(Duration::from_millis(50)).await.expect("known");
         assert_eq!(allowlist.find("db"), Some(0));
         assert_eq!(allowlist.find("tenants/blue/db"), Some(0));
@@ -230,7 +291,15 @@ mod tests {
         assert_eq!(allowlist.find("tenants/{tenant}/db"), None);
         assert_eq!(allowlist.find("shared/config"), Some(1));
 
-        assert_eq!(tenancy.observe("red"), Observed::Changed);
+        let tenancy = Arc::new(tenancy);
+        let waiter = {
+            let tenancy = Arc::clone(&tenancy);
+            tokio::spawn(async move { tenancy.wait_confirmed("r3", Duration::from_secs(5)).await })
+        };
+        tokio::task::yield_now().await;
+        assert_eq!(tenancy.observe("red", Some("r3")), Observed::Changed);
+        let waited = waiter.await.expect("joined");
+        assert!(matches!(waited, Err(FetchError::TenantChanged)), "the red invocation is never confirmed");
         assert!(tenancy.current().is_none());
         assert_eq!(tenancy.tenant().map(TenantId::as_str), Some("blue"), "the environment's tenant stays on record");
         assert!(matches!(tenancy.allowlist(Duration::ZERO).await, Err(FetchError::TenantChanged)));
@@ -239,10 +308,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_hostile_first_tenant_resolves_nothing() {
         let tenancy = tenancy("tenants/{tenant}/db");
-        assert!(matches!(tenancy.observe("../x"), Observed::Refused(_)));
+        assert!(matches!(tenancy.observe("../x", Some("r1")), Observed::Refused(_)));
         assert!(matches!(tenancy.allowlist(Duration::from_secs(5)).await, Err(FetchError::TenantRefused)));
-        assert_eq!(tenancy.observe("../x"), Observed::Same);
-        assert_eq!(tenancy.observe("blue"), Observed::Changed);
+        assert!(matches!(tenancy.wait_confirmed("r1", Duration::from_secs(5)).await, Err(FetchError::TenantRefused)));
+        assert_eq!(tenancy.observe("../x", None), Observed::Same);
+        assert_eq!(tenancy.observe("blue", None), Observed::Changed);
     }
 
     #[tokio::test(start_paused = true)]

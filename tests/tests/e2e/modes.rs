@@ -36,7 +36,7 @@ async fn snap_start_fetches_and_draws_nothing_before_restore() -> anyhow::Result
     let container = ContainerCredentials::start(stack.world.exec_credentials.clone(), &token).await?;
     let port = scoped_secrets_tests::lambda::free_port()?;
     let options = Options {
-        env: stack.snap_start_env("app/db", port, &container, &[]),
+        env: stack.snap_start_env("app/db", port, &container, &[("SCOPED_SECRETS_REQUEST_WAIT_TIMEOUT_MS", "500")]),
         start_function: false,
         ..Options::default()
     };
@@ -54,6 +54,10 @@ async fn snap_start_fetches_and_draws_nothing_before_restore() -> anyhow::Result
     let (status, _) = local_get(port, target, &[(TOKEN_HEADER, "wrong")]).await?;
     assert_eq!(status, 403, "the token is still checked");
     environment.start_function().await?;
+    // INIT is over but the snapshot is not restored: a request waits for the restore, then
+    // gives up, and an SDK-protocol request loads no credentials to verify itself with.
+    let (status, body) = local_get(port, target, &[(TOKEN_HEADER, &token)]).await?;
+    assert_eq!((status, body["error"].as_str()), (503, Some("no_active_invocation")), "{body}");
 
     // Nothing was asked of AWS or of the credentials endpoint, and the live process holds no
     // credential and no secret: a snapshot taken now would freeze nothing.
