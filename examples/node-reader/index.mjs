@@ -21,7 +21,11 @@ export const handler = async (event) => {
   // 127.0.0.1, not localhost: the extension listens on IPv4 loopback only, and Node may
   // resolve localhost to ::1 first.
   const response = await fetch(`http://127.0.0.1:${port}/secretsmanager/get?${query}`, {
-    headers: { "X-Aws-Parameters-Secrets-Token": process.env.AWS_SESSION_TOKEN ?? "" },
+    // SnapStart functions have no AWS_SESSION_TOKEN; the container token stands in.
+    headers: {
+      "X-Aws-Parameters-Secrets-Token":
+        process.env.AWS_SESSION_TOKEN ?? process.env.AWS_CONTAINER_AUTHORIZATION_TOKEN ?? "",
+    },
     signal: AbortSignal.timeout(10_000),
   });
   const answer = await response.json().catch(() => ({}));

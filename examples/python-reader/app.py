@@ -29,7 +29,11 @@ def handler(event, context):
         query["versionStage"] = event["versionStage"]
     request = urllib.request.Request(
         f"http://localhost:{port}/secretsmanager/get?{urllib.parse.urlencode(query)}",
-        headers={"X-Aws-Parameters-Secrets-Token": os.environ.get("AWS_SESSION_TOKEN", "")},
+        # SnapStart functions have no AWS_SESSION_TOKEN; the container token stands in.
+        headers={
+            "X-Aws-Parameters-Secrets-Token": os.environ.get("AWS_SESSION_TOKEN")
+            or os.environ.get("AWS_CONTAINER_AUTHORIZATION_TOKEN", "")
+        },
     )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:

@@ -6,6 +6,10 @@
 //! `arn:PARTITION:secretsmanager:REGION:ACCOUNT:secret:NAME-??????` (the six characters are
 //! the suffix Secrets Manager appends), in the scoped role's account; a complete ARN is used as
 //! it is, a partial one (no suffix) gets `-??????`. Nothing else is ever reachable.
+//!
+//! In tenant isolation mode a name may contain `{tenant}` (`tenants/{tenant}/db`): such an
+//! entry answers no request until [`Allowlist::for_tenant`] resolves it with the validated
+//! tenant id (see [`crate::tenant`]).
 
 use std::fmt;
 
@@ -54,6 +58,8 @@ pub struct Entry {
     name: String,
     /// The IAM resource (ARN or ARN pattern) the session policy grants.
     resource: String,
+    /// The name contains `{tenant}` (unresolved).
+    tenant_scoped: bool,
 }
 
 impl Entry {
@@ -72,9 +78,18 @@ impl Entry {
         &self.resource
     }
 
+    /// Whether `name` would name this entry, resolved or not (for duplicate checks).
+    fn clashes_with(&self, name: &str) -> bool {
+        self.answers_to(name) || self.alias.as_deref() == Some(name) || self.secret_id == name
+    }
+
     /// Whether `requested` names this secret: its alias, configured id, bare name, or a full
     /// ARN that the entry's resource pattern covers.
     fn answers_to(&self, requested: &str) -> bool {
+        if self.tenant_scoped {
+            // Unresolved: no request can name it until the tenant is known.
+            return false;
+        }
         if self.alias.as_deref() == Some(requested) || self.secret_id == requested || self.name == requested {
             return true;
         }
@@ -123,11 +138,11 @@ impl Allowlist {
             let entry = parse_entry(text, role, region).map_err(|why| AllowlistError::Invalid { position, why })?;
             let names = [Some(entry.secret_id.as_str()), Some(entry.name.as_str()), entry.alias.as_deref()];
             let clash = entries.iter().any(|earlier| {
-                names.iter().flatten().any(|name| earlier.answers_to(name))
+                names.iter().flatten().any(|name| earlier.clashes_with(name))
                     || [Some(earlier.secret_id.as_str()), earlier.alias.as_deref()]
                         .iter()
                         .flatten()
-                        .any(|name| entry.answers_to(name))
+                        .any(|name| entry.clashes_with(name))
             });
             if clash {
                 return Err(AllowlistError::Duplicate { position });
@@ -155,6 +170,35 @@ impl Allowlist {
     /// How many secrets are allowlisted.
     pub fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    /// Whether any entry contains `{tenant}`.
+    pub fn has_tenant_entries(&self) -> bool {
+        self.entries.iter().any(|entry| entry.tenant_scoped)
+    }
+
+    /// The allowlist with `{tenant}` replaced by `tenant` (already validated by
+    /// [`crate::tenant::TenantId::parse`], whose characters are a subset of a name's), entry
+    /// for entry, so indices stay the same.
+    pub fn for_tenant(&self, tenant: &str) -> Self {
+        let entries = self
+            .entries
+            .iter()
+            .map(|entry| {
+                if !entry.tenant_scoped {
+                    return entry.clone();
+                }
+                let fill = |text: &str| text.replace(crate::tenant::PLACEHOLDER, tenant);
+                Entry {
+                    alias: entry.alias.clone(),
+                    secret_id: fill(&entry.secret_id),
+                    name: fill(&entry.name),
+                    resource: fill(&entry.resource),
+                    tenant_scoped: false,
+                }
+            })
+            .collect();
+        Self { entries }
     }
 
     /// Never true for a parsed allowlist; here for clippy's `len_without_is_empty`.
@@ -191,12 +235,14 @@ fn parse_entry(text: &str, role: &RoleArn, region: &str) -> Result<Entry, &'stat
         let complete = has_random_suffix(name);
         let bare = if complete { &name[..name.len() - 7] } else { name };
         let resource = if complete { secret.to_owned() } else { format!("{secret}-??????") };
-        Ok(Entry { alias, secret_id: secret.to_owned(), name: bare.to_owned(), resource })
+        let tenant_scoped = name.contains(crate::tenant::PLACEHOLDER);
+        Ok(Entry { alias, secret_id: secret.to_owned(), name: bare.to_owned(), resource, tenant_scoped })
     } else {
         check_name(secret)?;
         let resource =
             format!("arn:{}:secretsmanager:{region}:{}:secret:{secret}-??????", role.partition(), role.account_id());
-        Ok(Entry { alias, secret_id: secret.to_owned(), name: secret.to_owned(), resource })
+        let tenant_scoped = secret.contains(crate::tenant::PLACEHOLDER);
+        Ok(Entry { alias, secret_id: secret.to_owned(), name: secret.to_owned(), resource, tenant_scoped })
     }
 }
 
@@ -204,14 +250,18 @@ fn is_alias(text: &str) -> bool {
     (1..=64).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
-/// Secrets Manager names: 1 to 512 of `A-Z a-z 0-9 / _ + = . @ -`. Wildcards never pass, so
-/// an entry can never widen into a pattern.
+/// Secrets Manager names: 1 to 512 of `A-Z a-z 0-9 / _ + = . @ -`, plus the `{tenant}`
+/// placeholder (counted at the longest tenant id). Wildcards never pass, so an entry can never
+/// widen into a pattern.
 fn check_name(name: &str) -> Result<(), &'static str> {
-    if name.is_empty() || name.len() > 512 {
-        return Err("a secret name is 1 to 512 characters");
+    let placeholders = name.matches(crate::tenant::PLACEHOLDER).count();
+    let plain = name.replace(crate::tenant::PLACEHOLDER, "");
+    let longest = plain.len() + placeholders * crate::tenant::MAX_TENANT_ID_CHARS;
+    if name.is_empty() || longest > 512 {
+        return Err("a secret name is 1 to 512 characters (a {tenant} counts as 64)");
     }
-    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_+=.@-".contains(&b)) {
-        return Err("a secret name uses only A-Z a-z 0-9 / _ + = . @ - (no wildcards)");
+    if !plain.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_+=.@-".contains(&b)) {
+        return Err("a secret name uses only A-Z a-z 0-9 / _ + = . @ - and {tenant} (no wildcards)");
     }
     Ok(())
 }
@@ -275,6 +325,33 @@ mod tests {
         for (requested, expected) in cases {
             assert_eq!(list.find(requested), expected, "{requested}");
         }
+    }
+
+    #[test]
+    fn tenant_entries_answer_nothing_until_resolved_and_then_only_their_tenant() {
+        let list = parse("db=tenants/{tenant}/db,app/shared").expect("valid");
+        assert!(list.has_tenant_entries());
+        for unresolved in ["db", "tenants/{tenant}/db", "tenants/blue/db"] {
+            assert_eq!(list.find(unresolved), None, "{unresolved}");
+        }
+        let blue = list.for_tenant("blue");
+        assert!(!blue.has_tenant_entries());
+        assert_eq!(
+            blue.entry(0).map(Entry::resource),
+            Some("arn:aws:secretsmanager:eu-west-1:123456789012:secret:tenants/blue/db-??????")
+        );
+        assert_eq!(blue.find("db"), Some(0));
+        assert_eq!(blue.find("tenants/blue/db"), Some(0));
+        assert_eq!(blue.find("arn:aws:secretsmanager:eu-west-1:123456789012:secret:tenants/blue/db-AbC123"), Some(0));
+        assert_eq!(blue.find("tenants/red/db"), None);
+        assert_eq!(blue.find("app/shared"), Some(1));
+        assert!(!parse("app/db").expect("valid").has_tenant_entries());
+        for refused in
+            ["tenants/{tenant*}/db", "tenants/{other}/db", "tenants/{tenant", &format!("{}{{tenant}}", "n".repeat(449))]
+        {
+            assert!(parse(refused).is_err(), "{refused}");
+        }
+        assert!(parse(&format!("{}{{tenant}}", "n".repeat(448))).is_ok());
     }
 
     #[test]

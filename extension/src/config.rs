@@ -157,12 +157,44 @@ impl fmt::Debug for LocalToken {
 }
 
 /// How Lambda started this execution environment (`AWS_LAMBDA_INITIALIZATION_TYPE`).
+/// See <https://docs.aws.amazon.com/lambda/latest/dg/configuration-envvars.html>.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InitializationType {
-    /// The ordinary life: INIT, then invocations.
+    /// The ordinary life: INIT, then invocations (also any value this version does not know).
     OnDemand,
-    /// INIT may run long before the first invocation.
+    /// INIT may run long before the first invocation: the init scope's sessions last one
+    /// fetch each, so none waits in memory for the first INVOKE.
     ProvisionedConcurrency,
+    /// The micro-VM is snapshotted after INIT and restored later, perhaps many times: nothing
+    /// credential-bearing or random is made before the first INVOKE after restore.
+    SnapStart,
+    /// Lambda Managed Instances: only SHUTDOWN can be registered, invocations run
+    /// concurrently in one long-lived environment; sessions last one fetch each.
+    ManagedInstances,
+}
+
+impl InitializationType {
+    /// The value Lambda sets, for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InitializationType::OnDemand => "on-demand",
+            InitializationType::ProvisionedConcurrency => "provisioned-concurrency",
+            InitializationType::SnapStart => "snap-start",
+            InitializationType::ManagedInstances => "lambda-managed-instances",
+        }
+    }
+}
+
+/// The credentials the function's own SDK signs with, to verify SDK-protocol requests.
+#[derive(Debug, Clone)]
+pub enum FunctionCredentialSource {
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN` (on-demand and the like).
+    Environment(crate::sigv4::FunctionCredentials),
+    /// `AWS_CONTAINER_CREDENTIALS_FULL_URI` (SnapStart): read through the SDK's default chain,
+    /// as the function's SDK reads them, and only when a signed request arrives after restore.
+    Container,
+    /// Neither: SDK-protocol requests are refused.
+    Absent,
 }
 
 /// When an invocation's scope ends (its session is wiped).
@@ -235,6 +267,9 @@ pub struct Config {
     pub local_token: LocalToken,
     /// Lambda's initialisation type.
     pub initialization_type: InitializationType,
+    /// A value of `AWS_LAMBDA_INITIALIZATION_TYPE` this version does not know (printable
+    /// characters only, at most 64): logged, and run as `on-demand`.
+    pub unrecognised_initialization_type: Option<String>,
     /// When an invocation's session is wiped.
     pub end_of_invocation: EndOfInvocation,
     /// A session's policy bound is at most this long after it was issued (`None`: only the
@@ -253,8 +288,8 @@ pub struct Config {
     /// AssumeRole answer holds the secret key), and memory in use is never wiped.
     pub upstream_keep_alive: bool,
     /// The function's own credentials (Lambda gives the extension the same ones), to verify
-    /// the signatures of SDK-protocol requests. `None` without `AWS_ACCESS_KEY_ID`.
-    pub function_credentials: Option<crate::sigv4::FunctionCredentials>,
+    /// the signatures of SDK-protocol requests.
+    pub function_credentials: FunctionCredentialSource,
 }
 
 /// Variable names, in one place so the README and the errors agree.
@@ -307,29 +342,29 @@ impl Config {
             usize::try_from(max_connections).map_err(|_| ConfigError::new(var::MAX_CONNECTIONS, "is out of range."))?;
         let init_budget = Duration::from_millis(number(env, var::INIT_BUDGET_MS, 10_000, 1_000, 900_000)?);
         let runtime_api = required(env, "AWS_LAMBDA_RUNTIME_API")?.to_owned();
-        let local_token = match env.get("AWS_SESSION_TOKEN") {
+        // SnapStart has no AWS_SESSION_TOKEN: the container-credentials token stands in, as
+        // in AWS's own Parameters and Secrets extension.
+        let local_token = match env.get("AWS_SESSION_TOKEN").or_else(|| env.get("AWS_CONTAINER_AUTHORIZATION_TOKEN")) {
             Some(token) => LocalToken(Zeroizing::new(token.to_owned())),
             None => {
                 return Err(ConfigError::new(
                     "AWS_SESSION_TOKEN",
-                    "is not set, so there is no token to protect the local endpoint with; \
-                     the extension refuses to serve secrets unauthenticated.",
+                    "is not set (nor AWS_CONTAINER_AUTHORIZATION_TOKEN), so there is no token to protect \
+                     the local endpoint with; the extension refuses to serve secrets unauthenticated.",
                 ));
             }
         };
-        let initialization_type = match env.get("AWS_LAMBDA_INITIALIZATION_TYPE") {
-            None | Some("on-demand") => InitializationType::OnDemand,
-            Some("provisioned-concurrency") => InitializationType::ProvisionedConcurrency,
-            Some(other) => {
-                return Err(ConfigError::new(
-                    "AWS_LAMBDA_INITIALIZATION_TYPE",
-                    format!(
-                        "is {other:?}, a mode this version of scoped-secrets does not support \
-                         safely; it refuses to start rather than be silently wrong."
-                    ),
-                ));
-            }
-        };
+        let (initialization_type, unrecognised_initialization_type) =
+            match env.get("AWS_LAMBDA_INITIALIZATION_TYPE").map(str::trim) {
+                None | Some("on-demand") => (InitializationType::OnDemand, None),
+                Some("provisioned-concurrency") => (InitializationType::ProvisionedConcurrency, None),
+                Some("snap-start") => (InitializationType::SnapStart, None),
+                Some("lambda-managed-instances") => (InitializationType::ManagedInstances, None),
+                Some(other) => {
+                    let printable: String = other.chars().filter(char::is_ascii_graphic).take(64).collect();
+                    (InitializationType::OnDemand, Some(printable))
+                }
+            };
         let endpoints = endpoints(env, port)?;
         let end_of_invocation = match env.get(var::END_OF_INVOCATION).map(str::trim) {
             None | Some("runtime-done") => EndOfInvocation::RuntimeDone,
@@ -372,12 +407,14 @@ impl Config {
             }
         };
         let function_name = env.get("AWS_LAMBDA_FUNCTION_NAME").unwrap_or("unknown").to_owned();
-        let function_credentials = match (env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY")) {
-            (Some(key), Some(secret)) => {
-                Some(crate::sigv4::FunctionCredentials::new(key, secret, env.get("AWS_SESSION_TOKEN")))
-            }
-            _ => None,
-        };
+        let function_credentials =
+            match (env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY")) {
+                (Some(key), Some(secret)) => FunctionCredentialSource::Environment(
+                    crate::sigv4::FunctionCredentials::new(key, secret, env.get("AWS_SESSION_TOKEN")),
+                ),
+                _ if env.get("AWS_CONTAINER_CREDENTIALS_FULL_URI").is_some() => FunctionCredentialSource::Container,
+                _ => FunctionCredentialSource::Absent,
+            };
         Ok(Self {
             role_arn,
             allowlist,
@@ -395,6 +432,7 @@ impl Config {
             runtime_api,
             local_token,
             initialization_type,
+            unrecognised_initialization_type,
             end_of_invocation,
             credential_window,
             revocation,
@@ -548,7 +586,6 @@ mod tests {
             (&[("AWS_REGION", "us east")], "AWS_REGION"),
             (&[("AWS_LAMBDA_RUNTIME_API", "")], "AWS_LAMBDA_RUNTIME_API"),
             (&[("AWS_SESSION_TOKEN", "")], "AWS_SESSION_TOKEN"),
-            (&[("AWS_LAMBDA_INITIALIZATION_TYPE", "snap-start")], "AWS_LAMBDA_INITIALIZATION_TYPE"),
             (&[("AWS_ENDPOINT_URL", "127.0.0.1:4566")], "AWS_ENDPOINT_URL"),
             (&[("AWS_ENDPOINT_URL", "http://127.0.0.1:2773")], "AWS_ENDPOINT_URL"),
             (&[("AWS_ENDPOINT_URL_STS", "http://localhost:2773/")], "AWS_ENDPOINT_URL_STS"),
@@ -588,6 +625,40 @@ mod tests {
         assert_eq!(config.initialization_type, InitializationType::ProvisionedConcurrency);
         assert_eq!(config.endpoints.sts.as_deref(), Some("http://127.0.0.1:4566"));
         assert_eq!(config.endpoints.secrets_manager.as_deref(), Some("http://127.0.0.1:4566"));
+    }
+
+    #[test]
+    fn each_initialization_type_parses_and_an_unknown_one_runs_on_demand() {
+        let cases = [
+            ("on-demand", InitializationType::OnDemand, None),
+            ("provisioned-concurrency", InitializationType::ProvisionedConcurrency, None),
+            ("snap-start", InitializationType::SnapStart, None),
+            ("lambda-managed-instances", InitializationType::ManagedInstances, None),
+            ("warp-speed", InitializationType::OnDemand, Some("warp-speed")),
+            ("odd\nvalue with spaces", InitializationType::OnDemand, Some("oddvaluewithspaces")),
+        ];
+        for (value, expected, unknown) in cases {
+            let config = with(&[("AWS_LAMBDA_INITIALIZATION_TYPE", value)]).expect(value);
+            assert_eq!(config.initialization_type, expected, "{value}");
+            assert_eq!(config.unrecognised_initialization_type.as_deref(), unknown, "{value}");
+        }
+    }
+
+    #[test]
+    fn without_a_session_token_the_container_token_protects_the_local_api() {
+        let mut pairs = base();
+        pairs.retain(|(name, _)| *name != "AWS_SESSION_TOKEN");
+        pairs.push(("AWS_CONTAINER_AUTHORIZATION_TOKEN", "container-token"));
+        pairs.push(("AWS_CONTAINER_CREDENTIALS_FULL_URI", "http://127.0.0.1:9001/credentials"));
+        pairs.push(("AWS_LAMBDA_INITIALIZATION_TYPE", "snap-start"));
+        let config = Config::from_env(&Env::from_pairs(pairs.clone())).expect("valid");
+        assert!(config.local_token.matches(b"container-token"));
+        assert!(matches!(config.function_credentials, FunctionCredentialSource::Container));
+        // With both, the session token wins, as in AWS's own extension.
+        pairs.push(("AWS_SESSION_TOKEN", "session-token"));
+        let config = Config::from_env(&Env::from_pairs(pairs)).expect("valid");
+        assert!(config.local_token.matches(b"session-token"));
+        assert!(!config.local_token.matches(b"container-token"));
     }
 
     #[test]

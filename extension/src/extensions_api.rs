@@ -19,7 +19,20 @@ const EXTENSION_ID_HEADER: &str = "Lambda-Extension-Identifier";
 const ERROR_TYPE_HEADER: &str = "Lambda-Extension-Function-Error-Type";
 const EXTENSION_API_VERSION: &str = "2020-01-01";
 const TELEMETRY_API_VERSION: &str = "2022-07-01";
-const TELEMETRY_SCHEMA_VERSION: &str = "2022-12-13";
+/// The Telemetry API schema used everywhere but Managed Instances.
+pub const TELEMETRY_SCHEMA_VERSION: &str = "2022-12-13";
+/// The schema Lambda Managed Instances requires.
+pub const MANAGED_INSTANCES_SCHEMA_VERSION: &str = "2025-01-29";
+
+/// The lifecycle events an extension registers for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Events {
+    /// INVOKE and SHUTDOWN: the ordinary life.
+    InvokeAndShutdown,
+    /// SHUTDOWN only: all Lambda Managed Instances allows an external extension (asking for
+    /// INVOKE there fails registration with `Extension.InvalidEventType` and crashes Init).
+    ShutdownOnly,
+}
 
 /// A failure talking to the Extensions or Telemetry API.
 #[derive(Debug, thiserror::Error)]
@@ -99,12 +112,16 @@ impl ExtensionsApi {
         Self { client: Client::builder(TokioExecutor::new()).build(connector), runtime_api: runtime_api.to_owned() }
     }
 
-    /// Registers `name` (the binary's file name, as Lambda requires) for INVOKE and SHUTDOWN.
+    /// Registers `name` (the binary's file name, as Lambda requires) for `events`.
     ///
     /// # Errors
     /// [`ApiError`] when Lambda refuses or cannot be reached.
-    pub async fn register(self, name: &str) -> Result<Registered, ApiError> {
-        let body = json!({ "events": ["INVOKE", "SHUTDOWN"] }).to_string();
+    pub async fn register(self, name: &str, events: Events) -> Result<Registered, ApiError> {
+        let events = match events {
+            Events::InvokeAndShutdown => json!(["INVOKE", "SHUTDOWN"]),
+            Events::ShutdownOnly => json!(["SHUTDOWN"]),
+        };
+        let body = json!({ "events": events }).to_string();
         let request = Request::builder()
             .method(Method::POST)
             .uri(format!("http://{}/{EXTENSION_API_VERSION}/extension/register", self.runtime_api))
@@ -164,15 +181,15 @@ impl Registered {
         self.report("exit/error", error_type, message).await
     }
 
-    /// Subscribes `destination` to `platform` telemetry with the shortest buffering Lambda
-    /// allows (25 ms), so `platform.runtimeDone` arrives promptly.
+    /// Subscribes `destination` to `platform` telemetry in `schema_version` with the shortest
+    /// buffering Lambda allows (25 ms), so `platform.runtimeDone` arrives promptly.
     /// See <https://docs.aws.amazon.com/lambda/latest/dg/telemetry-api.html>.
     ///
     /// # Errors
     /// [`ApiError`] when Lambda refuses the subscription.
-    pub async fn subscribe_telemetry(&self, destination: &str) -> Result<(), ApiError> {
+    pub async fn subscribe_telemetry(&self, destination: &str, schema_version: &str) -> Result<(), ApiError> {
         let body = json!({
-            "schemaVersion": TELEMETRY_SCHEMA_VERSION,
+            "schemaVersion": schema_version,
             "types": ["platform"],
             "buffering": { "maxItems": 1000, "maxBytes": 262_144, "timeoutMs": 25 },
             "destination": { "protocol": "HTTP", "URI": destination },

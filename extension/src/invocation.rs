@@ -1,7 +1,9 @@
 //! Invocations and the init phase as *scopes*: each owns at most one live session at a time,
 //! which dies with it.
 //!
-//! The phase moves `Init(scope) → Idle → Active(scope) → Idle → … → ShuttingDown`. Requests
+//! The phase moves `Init(scope) → Idle → Active(scope) → Idle → … → ShuttingDown` (SnapStart:
+//! `Snapshotting → AwaitingRestore → Idle → …`, nothing served or loaded before restore;
+//! Managed Instances: one `Active` environment scope for the environment's whole life). Requests
 //! made while `Idle` (a function thread racing its INVOKE) wait, bounded, for the next scope.
 //! Ending a scope takes its session out, so the credentials are dropped (wiped) as soon as the
 //! last in-flight call using them returns; a scope never hands out a session after it ended,
@@ -31,6 +33,10 @@ pub struct Scope {
     generation: u64,
     end: SystemTime,
     window: Option<Duration>,
+    /// Each session serves one fetch (and whatever joined it) and is then dropped, so no
+    /// credential waits in memory between fetches (provisioned concurrency's INIT, Managed
+    /// Instances).
+    per_fetch: bool,
     factory: Arc<SessionFactory>,
     session: tokio::sync::Mutex<Slot>,
     ended: AtomicBool,
@@ -115,6 +121,23 @@ impl Scope {
         let to_next_second = Duration::from_nanos(u64::from(1_000_000_000 - into_second));
         tokio::time::sleep(to_next_second + Duration::from_millis(5)).await;
         self.start_session(&mut slot).await.map(Some)
+    }
+
+    /// Whether each session serves one fetch only.
+    pub fn is_per_fetch(&self) -> bool {
+        self.per_fetch
+    }
+
+    /// After a fetch with `session`: in a per-fetch scope the session is dropped (its
+    /// credentials are wiped once the last concurrent user returns).
+    pub async fn release(&self, session: &Arc<Session>) {
+        if !self.per_fetch {
+            return;
+        }
+        let mut slot = self.session.lock().await;
+        if slot.session.as_ref().is_some_and(|current| Arc::ptr_eq(current, session)) {
+            self.retire(&mut slot, "fetch_done");
+        }
     }
 
     /// Ends the scope: no session is handed out any more, and the one it had is dropped.
@@ -207,6 +230,11 @@ impl SessionLedger {
 /// Where the environment is in its life.
 #[derive(Debug, Clone)]
 pub enum Phase {
+    /// A SnapStart INIT: the memory is about to be snapshotted, so nothing is fetched.
+    Snapshotting,
+    /// A SnapStart INIT has ended and the snapshot is not restored yet: requests wait (bounded)
+    /// for the restore, as they wait for an INVOKE while `Idle`, and nothing is loaded.
+    AwaitingRestore,
     /// The function's INIT: requests use the init scope.
     Init(Arc<Scope>),
     /// An invocation is running.
@@ -228,15 +256,29 @@ pub struct Lifecycle {
     ledger: Arc<SessionLedger>,
 }
 
+/// How the lifecycle starts, by Lambda's initialisation type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// `Init` with an init scope ending at the given instant (on-demand).
+    Init(SystemTime),
+    /// `Init` with an init scope whose sessions last one fetch each (provisioned concurrency:
+    /// INIT may be followed by hours of idle, possibly frozen before telemetry ends the scope).
+    InitPerFetch(SystemTime),
+    /// `Snapshotting` (SnapStart): nothing is served until the first INVOKE after restore.
+    Snapshotting,
+    /// One `Active` scope for the environment's life whose sessions last one fetch each, each
+    /// bounded by `window` (Managed Instances: no INVOKE events, concurrent invocations).
+    Environment(Duration),
+}
+
+/// The instant used as "no scope end" for the Managed Instances environment scope: session
+/// policies are bounded by the window, never by this.
+const FAR_FUTURE: Duration = Duration::from_secs(4_102_444_800); // 2100-01-01
+
 impl Lifecycle {
-    /// Starts in `Init`, with an init scope that ends at `init_end`. Sessions last at most
-    /// `window` after issue (`None`: until their scope's end).
-    pub fn new(
-        factory: Arc<SessionFactory>,
-        init_end: SystemTime,
-        wait_timeout: Duration,
-        window: Option<Duration>,
-    ) -> Self {
+    /// Starts as `start` says. Sessions last at most `window` after issue (`None`: until
+    /// their scope's end).
+    pub fn new(factory: Arc<SessionFactory>, start: Start, wait_timeout: Duration, window: Option<Duration>) -> Self {
         let ledger = Arc::new(SessionLedger::default());
         let lifecycle = Self {
             phase: watch::Sender::new(Phase::Idle),
@@ -246,16 +288,32 @@ impl Lifecycle {
             window,
             ledger,
         };
-        lifecycle.phase.send_replace(Phase::Init(lifecycle.scope("init", 0, init_end)));
+        let phase = match start {
+            Start::Init(end) => Phase::Init(lifecycle.scope("init", 0, end, false, window)),
+            Start::InitPerFetch(end) => Phase::Init(lifecycle.scope("init", 0, end, true, window)),
+            Start::Snapshotting => Phase::Snapshotting,
+            Start::Environment(bound) => {
+                Phase::Active(lifecycle.scope("environment", 0, UNIX_EPOCH + FAR_FUTURE, true, Some(bound)))
+            }
+        };
+        lifecycle.phase.send_replace(phase);
         lifecycle
     }
 
-    fn scope(&self, label: &str, generation: u64, end: SystemTime) -> Arc<Scope> {
+    fn scope(
+        &self,
+        label: &str,
+        generation: u64,
+        end: SystemTime,
+        per_fetch: bool,
+        window: Option<Duration>,
+    ) -> Arc<Scope> {
         Arc::new(Scope {
             label: label.to_owned(),
             generation,
             end,
-            window: self.window,
+            window,
+            per_fetch,
             factory: Arc::clone(&self.factory),
             session: tokio::sync::Mutex::new(Slot::default()),
             ended: AtomicBool::new(false),
@@ -272,7 +330,7 @@ impl Lifecycle {
     pub fn is_current_generation(&self, generation: u64) -> bool {
         match &*self.phase.borrow() {
             Phase::Init(scope) | Phase::Active(scope) => scope.generation == generation && !scope.has_ended(),
-            Phase::Idle | Phase::ShuttingDown => false,
+            Phase::Snapshotting | Phase::AwaitingRestore | Phase::Idle | Phase::ShuttingDown => false,
         }
     }
 
@@ -280,7 +338,7 @@ impl Lifecycle {
     /// runtimeDone never came) and opens a new one that ends at `end`.
     pub async fn begin(&self, request_id: &str, end: SystemTime) -> Arc<Scope> {
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
-        let scope = self.scope(request_id, generation, end);
+        let scope = self.scope(request_id, generation, end, false, self.window);
         let previous = self.phase.send_replace(Phase::Active(Arc::clone(&scope)));
         if let Phase::Init(old) | Phase::Active(old) = previous {
             let reason = if old.generation == 0 { "first_invocation" } else { "next_invocation" };
@@ -292,22 +350,56 @@ impl Lifecycle {
     /// Ends the init scope when the runtime's INIT is done (`platform.initRuntimeDone`): the
     /// init session does not wait for the first INVOKE, which with provisioned concurrency may
     /// come hours later. Requests then wait for that INVOKE.
+    /// Returns whether INIT was still open (a SnapStart INIT has no scope to end).
     pub async fn end_init(&self) -> bool {
         let mut init = None;
+        let mut was_open = false;
         self.phase.send_if_modified(|phase| match phase {
             Phase::Init(scope) => {
                 init = Some(Arc::clone(scope));
+                was_open = true;
+                *phase = Phase::Idle;
+                true
+            }
+            Phase::Snapshotting => {
+                was_open = true;
+                *phase = Phase::AwaitingRestore;
+                true
+            }
+            _ => false,
+        });
+        if let Some(scope) = init {
+            scope.end("init_done").await;
+        }
+        was_open
+    }
+
+    /// A SnapStart restore: from `Snapshotting` or `AwaitingRestore` to `Idle` (requests then
+    /// wait for the first INVOKE as usual).
+    pub fn restored(&self) {
+        self.phase.send_if_modified(|phase| match phase {
+            Phase::Snapshotting | Phase::AwaitingRestore => {
                 *phase = Phase::Idle;
                 true
             }
             _ => false,
         });
-        match init {
-            Some(scope) => {
-                scope.end("init_done").await;
-                true
-            }
-            None => false,
+    }
+
+    /// Waits (bounded) until the environment is past its SnapStart snapshot, so that
+    /// credentials may be loaded; at once outside SnapStart.
+    ///
+    /// # Errors
+    /// [`FetchError::SnapStartInit`] during the INIT itself, [`FetchError::NoActiveInvocation`]
+    /// when no restore comes within the wait timeout.
+    pub async fn wait_past_snapshot(&self) -> Result<(), FetchError> {
+        let mut receiver = self.phase.subscribe();
+        let wait = receiver.wait_for(|phase| !matches!(phase, Phase::AwaitingRestore));
+        match tokio::time::timeout(self.wait_timeout, wait).await {
+            Ok(Ok(phase)) if matches!(*phase, Phase::Snapshotting) => Err(FetchError::SnapStartInit),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_closed)) => Err(FetchError::ShuttingDown),
+            Err(_elapsed) => Err(FetchError::NoActiveInvocation),
         }
     }
 
@@ -328,7 +420,7 @@ impl Lifecycle {
         let previous = self.phase.send_replace(Phase::ShuttingDown);
         match previous {
             Phase::Init(scope) | Phase::Active(scope) => scope.end("shutdown").await,
-            Phase::Idle | Phase::ShuttingDown => None,
+            Phase::Snapshotting | Phase::AwaitingRestore | Phase::Idle | Phase::ShuttingDown => None,
         }
     }
 
@@ -336,10 +428,11 @@ impl Lifecycle {
     ///
     /// # Errors
     /// [`FetchError::NoActiveInvocation`] when none begins within the wait timeout,
-    /// [`FetchError::ShuttingDown`] during SHUTDOWN.
+    /// [`FetchError::SnapStartInit`] during a SnapStart INIT, [`FetchError::ShuttingDown`]
+    /// during SHUTDOWN.
     pub async fn current_scope(&self) -> Result<Arc<Scope>, FetchError> {
         let mut receiver = self.phase.subscribe();
-        let wait = receiver.wait_for(|phase| !matches!(phase, Phase::Idle));
+        let wait = receiver.wait_for(|phase| !matches!(phase, Phase::Idle | Phase::AwaitingRestore));
         let phase = match tokio::time::timeout(self.wait_timeout, wait).await {
             Ok(Ok(phase)) => phase.clone(),
             Ok(Err(_closed)) => return Err(FetchError::ShuttingDown),
@@ -347,7 +440,8 @@ impl Lifecycle {
         };
         match phase {
             Phase::Init(scope) | Phase::Active(scope) => Ok(scope),
-            Phase::Idle | Phase::ShuttingDown => Err(FetchError::ShuttingDown),
+            Phase::Snapshotting => Err(FetchError::SnapStartInit),
+            Phase::AwaitingRestore | Phase::Idle | Phase::ShuttingDown => Err(FetchError::ShuttingDown),
         }
     }
 
@@ -357,10 +451,12 @@ impl Lifecycle {
     /// its way to us.
     pub async fn label_settled(&self, settle: Duration) -> String {
         let mut receiver = self.phase.subscribe();
-        let _ = tokio::time::timeout(settle, receiver.wait_for(|phase| !matches!(phase, Phase::Idle))).await;
+        let settled = receiver.wait_for(|phase| !matches!(phase, Phase::Idle | Phase::AwaitingRestore));
+        let _ = tokio::time::timeout(settle, settled).await;
         match &*receiver.borrow() {
             Phase::Init(scope) | Phase::Active(scope) => scope.label().to_owned(),
-            Phase::Idle => "idle".to_owned(),
+            Phase::Snapshotting => "init".to_owned(),
+            Phase::AwaitingRestore | Phase::Idle => "idle".to_owned(),
             Phase::ShuttingDown => "shutdown".to_owned(),
         }
     }

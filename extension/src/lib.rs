@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - [`config`], [`allowlist`]: the environment, parsed once into a typed `Config`.
+//! - [`tenant`]: tenant isolation mode, `{tenant}` entries resolved from the platform's tenant id.
 //! - [`extensions_api`]: register, `event/next`, `init/error`, `exit/error`, telemetry subscription.
 //! - [`telemetry`]: the listener that learns `platform.runtimeDone` for each request id.
 //! - [`invocation`]: scopes (the init phase, each invocation) and the phase they move through.
@@ -14,7 +15,10 @@
 //!
 //! [`run`] wires them: register → configure (or `init/error`) → bind → subscribe → loop over
 //! INVOKE (open a scope, prefetch, wait for runtimeDone, end the scope) until SHUTDOWN (stop
-//! accepting, wipe, report, exit 0).
+//! accepting, wipe, report, exit 0). Lambda's initialisation type shapes the life: SnapStart
+//! serves nothing and draws nothing random before restore; provisioned concurrency's INIT and
+//! Managed Instances (SHUTDOWN only, no INVOKE) use one session per fetch; a second tenant in a
+//! tenant-isolated environment wipes everything and exits with `exit/error`.
 
 pub mod allocator;
 pub mod allowlist;
@@ -32,6 +36,7 @@ pub mod server;
 pub mod session;
 pub mod sigv4;
 pub mod telemetry;
+pub mod tenant;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -43,15 +48,16 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, EndOfInvocation, Env, RevocationMode};
-use crate::extensions_api::{Event, ExtensionsApi, Registered, ShutdownReason};
+use crate::config::{Config, EndOfInvocation, Env, FunctionCredentialSource, InitializationType, RevocationMode};
+use crate::extensions_api::{Event, Events, ExtensionsApi, Registered, ShutdownReason};
 use crate::hardening::Hardening;
-use crate::invocation::Lifecycle;
+use crate::invocation::{Lifecycle, Start};
 use crate::metrics::Evidence;
 use crate::secrets::Secrets;
 use crate::server::{ConnectionLimits, LocalApi};
 use crate::session::SessionFactory;
-use crate::telemetry::Completions;
+use crate::telemetry::{Completions, Sinks};
+use crate::tenant::Tenancy;
 
 /// Time kept back from Lambda's SHUTDOWN deadline, so the summary is written before it.
 const SHUTDOWN_MARGIN: Duration = Duration::from_millis(300);
@@ -77,7 +83,13 @@ pub async fn run(env: Env, name: String, hardening: Hardening, log_problem: Opti
         );
         return ExitCode::FAILURE;
     };
-    let registered = match ExtensionsApi::new(runtime_api).register(&name).await {
+    // Known before the configuration is parsed: on Managed Instances, asking for INVOKE would
+    // fail registration and crash the function's Init.
+    let events = match env.get("AWS_LAMBDA_INITIALIZATION_TYPE").map(str::trim) {
+        Some("lambda-managed-instances") => Events::ShutdownOnly,
+        _ => Events::InvokeAndShutdown,
+    };
+    let registered = match ExtensionsApi::new(runtime_api).register(&name, events).await {
         Ok(registered) => registered,
         Err(error) => {
             tracing::error!(event = "register_failed", cause = %error);
@@ -97,7 +109,9 @@ pub async fn run(env: Env, name: String, hardening: Hardening, log_problem: Opti
     tracing::info!(
         event = "ready",
         extension = %name,
-        environment_id = %extension.factory.environment_id(),
+        environment_id = %extension.factory.environment_id().unwrap_or_else(|| "drawn_after_restore".to_owned()),
+        initialization_type = extension.config.initialization_type.as_str(),
+        tenant_scoped = extension.tenancy.is_scoped(),
         port = extension.config.port,
         secrets = extension.config.allowlist.len() as u64,
         start_to_ready_us = started.elapsed().as_micros() as u64,
@@ -123,6 +137,12 @@ struct Extension {
     iam: Option<aws_sdk_iam::Client>,
     /// With `next-invoke`: the timer that ends the open scope at its deadline.
     deadline_timer: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
+    /// The allowlist as the environment's tenant resolves it.
+    tenancy: Arc<Tenancy>,
+    /// Cancelled when a second tenant appears.
+    broken: CancellationToken,
+    /// SnapStart: whether the restore has drawn the environment id.
+    restored: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Extension {
@@ -131,6 +151,9 @@ impl Extension {
             return Err(init_failure("Extension.ConfigInvalid", problem));
         }
         let config = Config::from_env(env).map_err(|e| init_failure("Extension.ConfigInvalid", e.to_string()))?;
+        if let Some(unknown) = &config.unrecognised_initialization_type {
+            tracing::warn!(event = "unknown_initialization_type", value = %unknown, running_as = "on-demand");
+        }
         policy::check_fits(&config.allowlist).map_err(|reason| {
             init_failure("Extension.ConfigInvalid", format!("{} would {reason}", config::var::SECRETS))
         })?;
@@ -150,8 +173,17 @@ impl Extension {
         let shutdown = CancellationToken::new();
         let tasks = tokio_util::task::TaskTracker::new();
         let completions = Arc::new(Completions::default());
-        tasks.spawn(telemetry::serve(telemetry_listener, Arc::clone(&completions), shutdown.clone()));
-        registered.subscribe_telemetry(&destination).await.map_err(|error| {
+        let tenancy = Arc::new(Tenancy::new(config.allowlist.clone()));
+        let broken = CancellationToken::new();
+        let sinks =
+            Sinks { completions: Arc::clone(&completions), tenancy: Arc::clone(&tenancy), broken: broken.clone() };
+        tasks.spawn(telemetry::serve(telemetry_listener, Arc::new(sinks), shutdown.clone()));
+        let mode = config.initialization_type;
+        let schema = match mode {
+            InitializationType::ManagedInstances => extensions_api::MANAGED_INSTANCES_SCHEMA_VERSION,
+            _ => extensions_api::TELEMETRY_SCHEMA_VERSION,
+        };
+        registered.subscribe_telemetry(&destination, schema).await.map_err(|error| {
             init_failure(
                 "Extension.TelemetryUnavailable",
                 format!("The Telemetry API subscription failed ({error}); without it invocations cannot end on time."),
@@ -174,7 +206,15 @@ impl Extension {
             .load()
             .await;
         let evidence = Arc::new(Evidence::new(config.allowlist.len()));
-        let factory = Arc::new(SessionFactory::new(&sdk, Arc::clone(&config), environment_id(), Arc::clone(&evidence)));
+        // SnapStart: nothing random before restore (the snapshot would share it).
+        let environment_id = (mode != InitializationType::SnapStart).then(session::new_environment_id);
+        let factory = Arc::new(SessionFactory::new(
+            &sdk,
+            Arc::clone(&config),
+            Arc::clone(&tenancy),
+            environment_id,
+            Arc::clone(&evidence),
+        ));
         // Only deny mode writes IAM; the client is built only then.
         let iam = (config.revocation == RevocationMode::Deny).then(|| {
             let mut builder = aws_sdk_iam::config::Builder::from(&sdk);
@@ -182,25 +222,41 @@ impl Extension {
             aws_sdk_iam::Client::from_conf(builder.build())
         });
         let init_end = SystemTime::now() + config.init_budget + config.deadline_margin;
+        let start = match mode {
+            InitializationType::OnDemand => Start::Init(init_end),
+            InitializationType::ProvisionedConcurrency => Start::InitPerFetch(init_end),
+            InitializationType::SnapStart => Start::Snapshotting,
+            InitializationType::ManagedInstances => {
+                Start::Environment(config.credential_window.unwrap_or(config.session_duration))
+            }
+        };
         let lifecycle = Arc::new(Lifecycle::new(
             Arc::clone(&factory),
-            init_end,
+            start,
             config.request_wait_timeout,
             config.credential_window,
         ));
         let secrets = Arc::new(Secrets::new(
-            config.allowlist.clone(),
+            Arc::clone(&tenancy),
             config.cache_ttl,
             Arc::clone(&lifecycle),
             Arc::clone(&evidence),
         ));
+        let function_credentials = match &config.function_credentials {
+            FunctionCredentialSource::Environment(credentials) => sigv4::CredentialSource::fixed(credentials.clone()),
+            FunctionCredentialSource::Container => sdk
+                .credentials_provider()
+                .map_or_else(sigv4::CredentialSource::absent, sigv4::CredentialSource::provider),
+            FunctionCredentialSource::Absent => sigv4::CredentialSource::absent(),
+        };
         let api = Arc::new(LocalApi {
-            allowlist: config.allowlist.clone(),
+            tenancy: Arc::clone(&tenancy),
+            caller_request_ids: mode == InitializationType::ManagedInstances,
             token: config.local_token.clone(),
             secrets: Arc::clone(&secrets),
             lifecycle: Arc::clone(&lifecycle),
             evidence: Arc::clone(&evidence),
-            function_credentials: config.function_credentials.clone(),
+            function_credentials,
             region: config.region.clone(),
             denied: Default::default(),
             served: Default::default(),
@@ -215,9 +271,24 @@ impl Extension {
                     () = completions.wait_init_done() => {}
                     () = shutdown.cancelled() => return,
                 }
-                if lifecycle.end_init().await {
-                    let wiped = secrets.expire();
-                    tracing::info!(target: "audit", event = "init_ended", secrets_wiped = wiped as u64);
+                let wiped = if lifecycle.end_init().await { secrets.expire() } else { 0 };
+                tracing::info!(target: "audit", event = "init_ended", secrets_wiped = wiped as u64);
+            });
+        }
+        // Values go when their TTL runs out, not only when the next invocation looks.
+        if !config.cache_ttl.is_zero() {
+            let (secrets, shutdown) = (Arc::clone(&secrets), shutdown.clone());
+            tasks.spawn(async move { secrets.expire_on_time(shutdown).await });
+        }
+        let restored = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        if mode == InitializationType::SnapStart {
+            let (factory, lifecycle, restored, completions) =
+                (Arc::clone(&factory), Arc::clone(&lifecycle), Arc::clone(&restored), Arc::clone(&completions));
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move {
+                tokio::select! {
+                    () = completions.wait_restore_start() => restore(&factory, &lifecycle, &restored, "restore_start"),
+                    () = shutdown.cancelled() => {}
                 }
             });
         }
@@ -239,6 +310,9 @@ impl Extension {
             deadline_timer: std::sync::Mutex::new(None),
             evidence,
             iam,
+            tenancy,
+            broken,
+            restored,
         })
     }
 
@@ -247,6 +321,7 @@ impl Extension {
         loop {
             let event = tokio::select! {
                 event = registered.next_event() => event,
+                () = self.broken.cancelled() => return self.tenant_changed(&registered).await,
                 () = wait_for(&mut terminate) => {
                     // SIGTERM: the same path as SHUTDOWN, with Lambda's usual budget.
                     let deadline = SystemTime::now() + Duration::from_millis(1_700);
@@ -254,7 +329,15 @@ impl Extension {
                 }
             };
             match event {
-                Ok(Event::Invoke { request_id, deadline_ms }) => self.invocation(&request_id, deadline_ms).await,
+                Ok(Event::Invoke { request_id, deadline_ms }) => {
+                    let broken = tokio::select! {
+                        () = self.invocation(&request_id, deadline_ms) => false,
+                        () = self.broken.cancelled() => true,
+                    };
+                    if broken {
+                        return self.tenant_changed(&registered).await;
+                    }
+                }
                 Ok(Event::Shutdown { shutdown_reason, deadline_ms }) => {
                     let reason = match shutdown_reason {
                         ShutdownReason::Spindown => "spindown",
@@ -285,6 +368,10 @@ impl Extension {
     /// timer at the deadline) to end.
     async fn invocation(&self, request_id: &str, deadline_ms: u64) {
         let began = Instant::now();
+        if self.config.initialization_type == InitializationType::SnapStart {
+            // The first INVOKE after restore, when no platform.restoreStart came first.
+            restore(&self.factory, &self.lifecycle, &self.restored, "first_invoke");
+        }
         let deadline = UNIX_EPOCH + Duration::from_millis(deadline_ms);
         let scope = self.lifecycle.begin(request_id, deadline + self.config.deadline_margin).await;
         if let Some(timer) = self.deadline_timer.lock().unwrap_or_else(PoisonError::into_inner).take() {
@@ -338,6 +425,33 @@ impl Extension {
         self.emit_metrics(&[]);
     }
 
+    /// A second tenant in a tenant-isolated environment: wipe everything, report `exit/error`
+    /// (Lambda then resets the environment), exit non-zero.
+    async fn tenant_changed(&self, registered: &Registered) -> ExitCode {
+        let (ended_session, wiped) = self.wipe_everything().await;
+        tracing::error!(
+            target: "audit",
+            event = "tenant_invariant_broken",
+            tenant_id = self.tenancy.tenant().map_or("", |t| t.as_str()),
+            session_open = ended_session.is_some(),
+            secrets_wiped = wiped as u64,
+        );
+        let reported = registered
+            .exit_error(
+                "Extension.TenantChanged",
+                "A second tenant appeared in this tenant-isolated execution environment; \
+                 scoped-secrets wiped every secret and credential and stops.",
+            )
+            .await;
+        if let Err(error) = reported {
+            tracing::error!(event = "exit_error_not_delivered", cause = %error);
+        }
+        self.tasks.close();
+        let _ = tokio::time::timeout(Duration::from_millis(500), self.tasks.wait()).await;
+        self.secrets.wipe_all();
+        ExitCode::FAILURE
+    }
+
     /// SHUTDOWN: stop accepting, wipe every secret and credential, report, exit 0 inside
     /// Lambda's deadline.
     async fn shut_down(self, reason: &'static str, deadline: SystemTime) -> ExitCode {
@@ -357,7 +471,7 @@ impl Extension {
                 iam,
                 self.config.role_arn.as_str(),
                 ledger.role_id.get().map(String::as_str),
-                self.factory.environment_id(),
+                &self.factory.environment_id().unwrap_or_default(),
                 &live,
                 self.config.revocation_policy_budget,
             )
@@ -455,17 +569,21 @@ impl Extension {
     }
 }
 
-/// A random id for this execution environment: 8 characters of `[a-z2-7]` (40 bits), so
-/// `ss-{env}-{uuid}` is 48 characters, inside STS's 64.
-fn environment_id() -> String {
-    const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
-    let mut bytes = [0u8; 8];
-    if getrandom::fill(&mut bytes).is_err() {
-        // No entropy source: fall back to the clock, still unique enough per environment.
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
-        bytes = (nanos as u64).to_le_bytes();
+/// A SnapStart restore (the first `platform.restoreStart`, or the first INVOKE when none came):
+/// draws the environment id, so environments restored from one snapshot never share session
+/// names. Once per process.
+fn restore(
+    factory: &SessionFactory,
+    lifecycle: &Lifecycle,
+    restored: &std::sync::atomic::AtomicBool,
+    trigger: &'static str,
+) {
+    if restored.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        return;
     }
-    bytes.iter().map(|b| char::from(ALPHABET[usize::from(b % 32)])).collect()
+    let environment_id = factory.draw_environment_id();
+    lifecycle.restored();
+    tracing::info!(target: "audit", event = "restored", environment_id = %environment_id, trigger);
 }
 
 type Terminate = Option<tokio::signal::unix::Signal>;
@@ -487,8 +605,8 @@ async fn wait_for(signal: &mut Terminate) {
 mod tests {
     #[test]
     fn environment_ids_are_short_random_and_sts_safe() {
-        let a = super::environment_id();
-        let b = super::environment_id();
+        let a = crate::session::new_environment_id();
+        let b = crate::session::new_environment_id();
         assert_eq!(a.len(), 8);
         assert_ne!(a, b);
         assert!(crate::policy::is_valid_session_name(&crate::policy::session_name(&a, &"f".repeat(36), 0)));

@@ -50,7 +50,9 @@ pub fn session_policy(allowlist: &Allowlist, end: SystemTime) -> String {
 /// A sentence with the size.
 pub fn check_fits(allowlist: &Allowlist) -> Result<(), String> {
     let far_future = UNIX_EPOCH + Duration::from_secs(4_102_444_800); // 2100-01-01: widest date
-    let size = session_policy(allowlist, far_future).len();
+    // Tenant entries are measured with the longest tenant id.
+    let longest = allowlist.for_tenant(&"t".repeat(crate::tenant::MAX_TENANT_ID_CHARS));
+    let size = session_policy(&longest, far_future).len();
     if size > MAX_POLICY_CHARS {
         return Err(format!(
             "produce a session policy of {size} characters, over AWS's limit of {MAX_POLICY_CHARS}; \

@@ -44,6 +44,10 @@ const fn sdk_error(status: StatusCode, kind: &'static str, code: &'static str, m
     SdkError { status, kind, message, code }
 }
 
+/// Why nothing is served during a SnapStart INIT (both faces of the API say the same).
+pub const SNAPSTART_INIT_MESSAGE: &str = "SnapStart: no secret is fetched before the snapshot is restored; \
+     read secrets in the handler, not during INIT.";
+
 const NOT_ALLOWED: SdkError = sdk_error(
     StatusCode::BAD_REQUEST,
     "AccessDeniedException",
@@ -73,7 +77,7 @@ pub async fn handle(api: &LocalApi, request: Request<Incoming>) -> Response<Full
     match answer(api, request).await {
         Ok(response) => response,
         Err((error, secret_id)) => {
-            api.audit_deny(Api::Sdk, secret_id.as_deref(), error.code, error.status.as_u16()).await;
+            api.audit_deny(Api::Sdk, None, secret_id.as_deref(), error.code, error.status.as_u16()).await;
             error_response(&error)
         }
     }
@@ -100,7 +104,22 @@ async fn answer(
         "body_timeout" => bad(code, "The request body did not arrive in time."),
         _ => bad(code, "The request body is too large or was not received whole."),
     })?;
-    let Some(credentials) = api.function_credentials.as_ref() else {
+    // SnapStart: before restore nothing credential-bearing is loaded, not even the function's
+    // credentials to check the signature with.
+    if let Err(error) = api.lifecycle.wait_past_snapshot().await {
+        let refused = match error {
+            FetchError::SnapStartInit => sdk_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailableException",
+                "snapstart_init",
+                SNAPSTART_INIT_MESSAGE,
+            ),
+            other => read_error(&ReadError::Fetch(other)),
+        };
+        return Err((refused, None));
+    }
+    let access_key = crate::sigv4::access_key_of(&parts.headers).map(str::to_owned);
+    let Some(credentials) = api.function_credentials.current(access_key.as_deref()).await else {
         return Err(denied(
             "no_function_credentials",
             "The extension has no function credentials to verify signatures with.",
@@ -112,7 +131,7 @@ async fn answer(
         path_and_query,
         &parts.headers,
         &body,
-        credentials,
+        &credentials,
         &api.region,
         SystemTime::now(),
     ) {
@@ -168,7 +187,7 @@ async fn get_secret_value(api: &LocalApi, body: &[u8]) -> Result<Response<Full<B
     };
     let version = version_of(input.version_id, input.version_stage).map_err(|e| (e, Some(input.secret_id.clone())))?;
     let value = api
-        .read(&input.secret_id, version, false, Api::Sdk)
+        .read(&input.secret_id, version, false, Api::Sdk, None)
         .await
         .map_err(|e| (read_error(&e), Some(input.secret_id.clone())))?;
     Ok(json_response(StatusCode::OK, Bytes::from_owner(value.to_json())))
@@ -192,7 +211,7 @@ async fn batch_get_secret_value(
     }
     // Each id through the shared read path, concurrently; refusals become Errors[] entries,
     // as AWS reports them inside a 200.
-    let reads = ids.iter().map(|id| api.read(id, Version::Current, false, Api::Sdk));
+    let reads = ids.iter().map(|id| api.read(id, Version::Current, false, Api::Sdk, None));
     let results = crate::secrets::join_all(reads.collect()).await;
     let mut values: Vec<Arc<SecretValue>> = Vec::new();
     let mut errors = Vec::new();
@@ -201,7 +220,7 @@ async fn batch_get_secret_value(
             Ok(value) => values.push(value),
             Err(error) => {
                 let sdk = read_error(&error);
-                api.audit_deny(Api::Sdk, Some(id), sdk.code, sdk.status.as_u16()).await;
+                api.audit_deny(Api::Sdk, None, Some(id), sdk.code, sdk.status.as_u16()).await;
                 errors.push(json!({ "SecretId": id, "ErrorCode": sdk.kind, "Message": sdk.message }));
             }
         }

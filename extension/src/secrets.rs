@@ -16,7 +16,7 @@ use secretsmanager::error::{ProvideErrorMetadata, SdkError};
 use serde::Serialize;
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::allowlist::{Allowlist, EntryIndex};
+use crate::allowlist::EntryIndex;
 use crate::invocation::{Lifecycle, Scope};
 use crate::session::SessionError;
 
@@ -201,6 +201,18 @@ pub enum FetchError {
     /// The extension is shutting down.
     #[error("the extension is shutting down")]
     ShuttingDown,
+    /// A SnapStart INIT: nothing is fetched before restore.
+    #[error("nothing is fetched during a SnapStart INIT")]
+    SnapStartInit,
+    /// The tenant was not known within the wait timeout.
+    #[error("the tenant was not known within the wait timeout")]
+    TenantUnknown,
+    /// The platform's tenant id was not valid.
+    #[error("the platform's tenant id was refused")]
+    TenantRefused,
+    /// A second tenant appeared: nothing is served any more.
+    #[error("a second tenant appeared in this environment")]
+    TenantChanged,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -258,8 +270,10 @@ pub struct Counters {
 
 /// The cache plus the logic that fills it.
 pub struct Secrets {
-    allowlist: Allowlist,
+    tenancy: Arc<crate::tenant::Tenancy>,
     ttl: Duration,
+    /// Woken when a value is stored, so the expiry sweeper learns of a new deadline.
+    stored: tokio::sync::Notify,
     lifecycle: Arc<Lifecycle>,
     cache: Mutex<HashMap<Key, Cached>>,
     in_flight: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
@@ -276,14 +290,15 @@ impl fmt::Debug for Secrets {
 impl Secrets {
     /// An empty cache over `allowlist`.
     pub fn new(
-        allowlist: Allowlist,
+        tenancy: Arc<crate::tenant::Tenancy>,
         ttl: Duration,
         lifecycle: Arc<Lifecycle>,
         evidence: Arc<crate::metrics::Evidence>,
     ) -> Self {
         Self {
-            allowlist,
+            tenancy,
             ttl,
+            stored: tokio::sync::Notify::new(),
             lifecycle,
             cache: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashMap::new()),
@@ -325,18 +340,26 @@ impl Secrets {
             .await
             .map_err(|_elapsed| FetchError::WaitTimeout)??;
         self.evidence.waited(waiting.elapsed());
-        let secret_id = self.allowlist.entry(entry).map(|e| e.secret_id().to_owned()).unwrap_or_default();
+        let allowlist = self.tenancy.current().ok_or(FetchError::TenantUnknown)?;
+        let secret_id = allowlist.entry(entry).map(|e| e.secret_id().to_owned()).unwrap_or_default();
         let output = match self.fetch_one(&session, &secret_id, &key.version).await {
             // Refused with credentials that worked before (a revocation by another environment
             // of this function): re-assume once and try again.
             Err(refused @ FetchError::AccessDenied { .. }) if session.has_succeeded() => {
-                match scope.renew_after_denial(&session).await? {
-                    Some(renewed) => self.fetch_one(&renewed, &secret_id, &key.version).await?,
-                    None => return Err(refused),
+                match scope.renew_after_denial(&session).await {
+                    Ok(Some(renewed)) => {
+                        let output = self.fetch_one(&renewed, &secret_id, &key.version).await;
+                        scope.release(&renewed).await;
+                        output
+                    }
+                    Ok(None) => Err(refused),
+                    Err(error) => Err(error),
                 }
             }
-            other => other?,
+            other => other,
         };
+        scope.release(&session).await;
+        let output = output?;
         let value = Arc::new(SecretValue::from_parts(
             output.arn,
             output.name,
@@ -376,9 +399,16 @@ impl Secrets {
     /// `BatchGetSecretValue` calls as AWS allows, the calls in parallel. Failures are logged and
     /// left for the requests themselves to report.
     pub async fn prefetch(&self, scope: &Arc<Scope>) {
+        let allowlist = match self.tenancy.allowlist(self.lifecycle.wait_timeout()).await {
+            Ok(allowlist) => allowlist,
+            Err(error) => {
+                tracing::warn!(event = "prefetch_failed", request_id = %scope.label(), cause = %error);
+                return;
+            }
+        };
         let mut guards = Vec::new();
         let mut wanted: Vec<(EntryIndex, String)> = Vec::new();
-        for (index, entry) in self.allowlist.iter() {
+        for (index, entry) in allowlist.iter() {
             let key = Key { entry: index, version: Version::Current };
             if self.fresh(&key).is_some() {
                 continue;
@@ -431,7 +461,7 @@ impl Secrets {
                             .iter()
                             .find(|(_, id)| *id == value.arn || *id == value.name)
                             .map(|(index, _)| *index)
-                            .or_else(|| self.allowlist.find(&value.arn));
+                            .or_else(|| allowlist.find(&value.arn));
                         if let Some(index) = index {
                             self.counters.fetched.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             self.store(scope, Key { entry: index, version: Version::Current }, Arc::new(value));
@@ -443,6 +473,7 @@ impl Secrets {
                 }
             }
         }
+        scope.release(&session).await;
         drop(guards);
     }
 
@@ -483,11 +514,42 @@ impl Secrets {
     fn store(&self, scope: &Scope, key: Key, value: Arc<SecretValue>) {
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
         // Checked under the cache lock: a value fetched for an invocation that has since
-        // ended is dropped (and wiped), never cached past its end.
-        if scope.has_ended() {
+        // ended is dropped (and wiped), never cached past its end. A per-fetch scope is no
+        // invocation: with TTL 0 its values serve their own request only.
+        if scope.has_ended() || (self.ttl.is_zero() && scope.is_per_fetch()) {
             return;
         }
         cache.insert(key, Cached { value, fetched_at: Instant::now(), generation: scope.generation() });
+        drop(cache);
+        self.stored.notify_one();
+    }
+
+    /// When the oldest cached value goes stale (`None`: nothing cached, or TTL 0, whose
+    /// values end with their invocation instead).
+    pub fn earliest_expiry(&self) -> Option<Instant> {
+        if self.ttl.is_zero() {
+            return None;
+        }
+        let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        cache.values().map(|cached| cached.fetched_at + self.ttl).min()
+    }
+
+    /// Wipes each value as its TTL runs out, even when no invocation comes (provisioned
+    /// concurrency's idle after INIT, Managed Instances' long-lived environment), until
+    /// `shutdown`.
+    pub async fn expire_on_time(&self, shutdown: tokio_util::sync::CancellationToken) {
+        loop {
+            let next = self.earliest_expiry();
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = self.stored.notified(), if next.is_none() => continue,
+                () = tokio::time::sleep_until(next.unwrap_or_else(Instant::now).into()), if next.is_some() => {}
+            }
+            let wiped = self.expire();
+            if wiped > 0 {
+                tracing::info!(target: "audit", event = "secrets_expired", secrets_wiped = wiped as u64);
+            }
+        }
     }
 
     fn key_lock(&self, key: &Key) -> Arc<tokio::sync::Mutex<()>> {

@@ -24,12 +24,14 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::allowlist::Allowlist;
 use crate::config::LocalToken;
 use crate::invocation::{Lifecycle, Phase};
 use crate::secrets::{FetchError, Secrets, Version};
 use crate::session::SessionError;
 
+/// The header a function may send on Managed Instances to name its invocation in audit lines
+/// (asserted by the caller, not verified: concurrent invocations share one environment).
+pub const REQUEST_ID_HEADER: &str = "x-scoped-secrets-request-id";
 /// The token header AWS's extension defines.
 pub const TOKEN_HEADER: &str = "x-aws-parameters-secrets-token";
 /// Longest request target accepted.
@@ -121,8 +123,11 @@ where
 /// What the local API handler needs.
 #[derive(Debug)]
 pub struct LocalApi {
-    /// The allowlist.
-    pub allowlist: Allowlist,
+    /// The allowlist, as the environment's tenant (if any) resolves it.
+    pub tenancy: Arc<crate::tenant::Tenancy>,
+    /// Take the caller's [`REQUEST_ID_HEADER`] for audit lines (Managed Instances, where no
+    /// INVOKE event names the invocation).
+    pub caller_request_ids: bool,
     /// The token callers present.
     pub token: LocalToken,
     /// The cache and fetcher.
@@ -132,7 +137,7 @@ pub struct LocalApi {
     /// Local requests refused, for the SHUTDOWN summary.
     pub denied: std::sync::atomic::AtomicU64,
     /// The function's credentials, to verify SDK-protocol signatures with.
-    pub function_credentials: Option<crate::sigv4::FunctionCredentials>,
+    pub function_credentials: crate::sigv4::CredentialSource,
     /// The function's region (the signature's credential scope).
     pub region: String,
     /// Reads per secret and denies per reason, for the reports and metrics.
@@ -193,10 +198,18 @@ impl LocalApi {
         if request.method() == Method::POST && request.uri().path() == "/" {
             return crate::sdk_api::handle(self, request).await;
         }
-        match self.answer(&request).await {
+        let caller = match self.caller_request_id(&request) {
+            Ok(caller) => caller,
+            Err(refusal) => {
+                self.audit_deny(Api::Get, None, None, refusal.code, refusal.status.as_u16()).await;
+                return error_response(&refusal);
+            }
+        };
+        match self.answer(&request, caller.as_deref()).await {
             Ok(response) => response,
             Err((refusal, secret_id, api)) => {
-                self.audit_deny(api, secret_id.as_deref(), refusal.code, refusal.status.as_u16()).await;
+                self.audit_deny(api, caller.as_deref(), secret_id.as_deref(), refusal.code, refusal.status.as_u16())
+                    .await;
                 error_response(&refusal)
             }
         }
@@ -213,16 +226,30 @@ impl LocalApi {
         version: Version,
         refresh: bool,
         api: Api,
+        caller: Option<&str>,
     ) -> Result<Arc<crate::secrets::SecretValue>, ReadError> {
-        let entry = self.allowlist.find(secret_id).ok_or(ReadError::NotAllowed)?;
+        let wait = self.lifecycle.wait_timeout();
+        let allowlist = self.tenancy.allowlist(wait).await.map_err(ReadError::Fetch)?;
+        let entry = allowlist.find(secret_id).ok_or(ReadError::NotAllowed)?;
+        if self.tenancy.is_scoped() {
+            // Served only once the platform has named this invocation's tenant as ours.
+            let scope = self.lifecycle.current_scope().await.map_err(ReadError::Fetch)?;
+            if !scope.is_per_fetch() {
+                self.tenancy.wait_confirmed(scope.label(), wait).await.map_err(ReadError::Fetch)?;
+            }
+        }
         let served = self.secrets.get(entry, version, refresh).await.map_err(ReadError::Fetch)?;
         self.served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.evidence.read(entry, api);
-        let request_id = served.scope.unwrap_or_else(|| self.request_id());
+        let request_id = match caller {
+            Some(caller) => caller.to_owned(),
+            None => served.scope.unwrap_or_else(|| self.request_id()),
+        };
         tracing::info!(
             target: "audit",
             event = "allow",
             request_id = %request_id,
+            request_id_asserted = caller.is_some(),
             api = api.as_str(),
             secret_id = %printable(secret_id),
             version_id = served.value.version_id(),
@@ -233,9 +260,19 @@ impl LocalApi {
     }
 
     /// The audit line (and counters) for a refused request.
-    pub async fn audit_deny(&self, api: Api, secret_id: Option<&str>, code: &'static str, status: u16) {
+    pub async fn audit_deny(
+        &self,
+        api: Api,
+        caller: Option<&str>,
+        secret_id: Option<&str>,
+        code: &'static str,
+        status: u16,
+    ) {
         // Attributed to the invocation the request belongs to, even when it raced its INVOKE.
-        let request_id = self.lifecycle.label_settled(ATTRIBUTION_SETTLE).await;
+        let request_id = match caller {
+            Some(caller) => caller.to_owned(),
+            None => self.lifecycle.label_settled(ATTRIBUTION_SETTLE).await,
+        };
         self.denied.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.evidence.deny(code);
         // The id is the caller's text; a caller that sends its own token as an id (a bug, or
@@ -249,6 +286,7 @@ impl LocalApi {
             target: "audit",
             event = "deny",
             request_id = %request_id,
+            request_id_asserted = caller.is_some(),
             api = api.as_str(),
             secret_id = %secret_id,
             code,
@@ -256,9 +294,31 @@ impl LocalApi {
         );
     }
 
+    /// The caller's own request id, where it is taken (Managed Instances): 1 to 64 of
+    /// `A-Z a-z 0-9 - _`, else the request is refused.
+    fn caller_request_id<B>(&self, request: &Request<B>) -> Result<Option<String>, Refusal> {
+        if !self.caller_request_ids {
+            return Ok(None);
+        }
+        let mut values = request.headers().get_all(REQUEST_ID_HEADER).iter();
+        let Some(value) = values.next() else { return Ok(None) };
+        let valid = values.next().is_none()
+            && (1..=64).contains(&value.len())
+            && value.as_bytes().iter().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(b));
+        if !valid {
+            return Err(refusal(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_id",
+                "X-Scoped-Secrets-Request-Id must be one value of 1 to 64 of A-Z a-z 0-9 - _.",
+            ));
+        }
+        Ok(value.to_str().ok().map(str::to_owned))
+    }
+
     async fn answer(
         &self,
         request: &Request<Incoming>,
+        caller: Option<&str>,
     ) -> Result<Response<Full<Bytes>>, (Refusal, Option<String>, Api)> {
         check_envelope(request).map_err(|r| (r, None, Api::Get))?;
         let path = request.uri().path();
@@ -276,17 +336,18 @@ impl LocalApi {
         self.check_token(request).map_err(|r| (r, None, api))?;
         let query = SecretQuery::parse(request.uri().query().unwrap_or_default(), path_secret_id)
             .map_err(|r| (r, None, api))?;
-        let value = self.read(&query.secret_id, query.version.clone(), query.refresh, api).await.map_err(|error| {
-            let refusal = match &error {
-                ReadError::NotAllowed => refusal(
-                    StatusCode::FORBIDDEN,
-                    "secret_not_allowed",
-                    "The secret is not in this function's allowlist.",
-                ),
-                ReadError::Fetch(error) => error_for(error),
-            };
-            (refusal, Some(query.secret_id.clone()), api)
-        })?;
+        let value =
+            self.read(&query.secret_id, query.version.clone(), query.refresh, api, caller).await.map_err(|error| {
+                let refusal = match &error {
+                    ReadError::NotAllowed => refusal(
+                        StatusCode::FORBIDDEN,
+                        "secret_not_allowed",
+                        "The secret is not in this function's allowlist.",
+                    ),
+                    ReadError::Fetch(error) => error_for(error),
+                };
+                (refusal, Some(query.secret_id.clone()), api)
+            })?;
         // The body is owned by a zeroizing buffer: wiped when hyper drops it.
         Ok(json_response(StatusCode::OK, Bytes::from_owner(value.to_json()), JSON))
     }
@@ -313,7 +374,8 @@ impl LocalApi {
     fn request_id(&self) -> String {
         match self.lifecycle.phase() {
             Phase::Init(scope) | Phase::Active(scope) => scope.label().to_owned(),
-            Phase::Idle => "idle".into(),
+            Phase::Snapshotting => "init".to_owned(),
+            Phase::AwaitingRestore | Phase::Idle => "idle".into(),
             Phase::ShuttingDown => "shutdown".into(),
         }
     }
@@ -478,6 +540,24 @@ pub fn error_for(error: &FetchError) -> Refusal {
             refusal(S::SERVICE_UNAVAILABLE, "invocation_ended", "The invocation ended first.")
         }
         FetchError::ShuttingDown => refusal(S::SERVICE_UNAVAILABLE, "shutting_down", "The extension is shutting down."),
+        FetchError::SnapStartInit => {
+            refusal(S::SERVICE_UNAVAILABLE, "snapstart_init", crate::sdk_api::SNAPSTART_INIT_MESSAGE)
+        }
+        FetchError::TenantUnknown => refusal(
+            S::SERVICE_UNAVAILABLE,
+            "tenant_unknown",
+            "The tenant is not known yet (it comes with the first invocation); read tenant secrets in the handler.",
+        ),
+        FetchError::TenantRefused => refusal(
+            S::SERVICE_UNAVAILABLE,
+            "tenant_refused",
+            "The platform's tenant id is not valid for a secret name; tenant secrets are not served.",
+        ),
+        FetchError::TenantChanged => refusal(
+            S::SERVICE_UNAVAILABLE,
+            "tenant_changed",
+            "A second tenant appeared in this environment; everything was wiped and nothing is served.",
+        ),
     }
 }
 
@@ -643,6 +723,10 @@ mod tests {
             FetchError::WaitTimeout,
             FetchError::InvocationEnded,
             FetchError::ShuttingDown,
+            FetchError::SnapStartInit,
+            FetchError::TenantUnknown,
+            FetchError::TenantRefused,
+            FetchError::TenantChanged,
         ];
         let codes: std::collections::BTreeSet<&str> = errors.iter().map(|e| error_for(e).code).collect();
         assert_eq!(codes.len(), errors.len());

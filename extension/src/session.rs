@@ -7,7 +7,7 @@
 //! See <https://docs.aws.amazon.com/STS/latest/APIReference/API_AssumeRole.html>.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use aws_credential_types::Credentials;
@@ -38,6 +38,9 @@ pub enum SessionError {
     /// The session name would be invalid for STS (checked here: the emulator does not).
     #[error("generated session name is not valid for STS")]
     InvalidName,
+    /// A tenant-scoped allowlist has no tenant yet: there is no policy to ask for.
+    #[error("the allowlist waits for its tenant")]
+    TenantUnknown,
 }
 
 /// Builds sessions: holds the STS client (execution-role credentials) and the template for
@@ -46,13 +49,15 @@ pub struct SessionFactory {
     sts: sts::Client,
     secrets_manager: secretsmanager::config::Builder,
     config: Arc<Config>,
-    environment_id: String,
+    tenancy: Arc<crate::tenant::Tenancy>,
+    /// `None` until drawn: a SnapStart INIT draws nothing random before restore.
+    environment_id: Mutex<Option<String>>,
     evidence: Arc<crate::metrics::Evidence>,
 }
 
 impl fmt::Debug for SessionFactory {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SessionFactory").field("environment_id", &self.environment_id).finish()
+        f.debug_struct("SessionFactory").field("environment_id", &self.environment_id()).finish()
     }
 }
 
@@ -61,7 +66,8 @@ impl SessionFactory {
     pub fn new(
         sdk: &aws_config::SdkConfig,
         config: Arc<Config>,
-        environment_id: String,
+        tenancy: Arc<crate::tenant::Tenancy>,
+        environment_id: Option<String>,
         evidence: Arc<crate::metrics::Evidence>,
     ) -> Self {
         let timeouts = aws_smithy_types::timeout::TimeoutConfig::builder()
@@ -75,12 +81,28 @@ impl SessionFactory {
         sts.set_endpoint_url(config.endpoints.sts.clone());
         let mut secrets_manager = secretsmanager::config::Builder::from(sdk).timeout_config(timeouts);
         secrets_manager.set_endpoint_url(config.endpoints.secrets_manager.clone());
-        Self { sts: sts::Client::from_conf(sts.build()), secrets_manager, config, environment_id, evidence }
+        Self {
+            sts: sts::Client::from_conf(sts.build()),
+            secrets_manager,
+            config,
+            tenancy,
+            environment_id: Mutex::new(environment_id),
+            evidence,
+        }
     }
 
-    /// The random id of this execution environment, part of every session name.
-    pub fn environment_id(&self) -> &str {
-        &self.environment_id
+    /// The random id of this execution environment, part of every session name; `None`
+    /// before a SnapStart restore.
+    pub fn environment_id(&self) -> Option<String> {
+        self.environment_id.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Draws the environment id anew (after a SnapStart restore: every environment restored
+    /// from one snapshot gets its own). Returns it.
+    pub fn draw_environment_id(&self) -> String {
+        let id = new_environment_id();
+        *self.environment_id.lock().unwrap_or_else(PoisonError::into_inner) = Some(id.clone());
+        id
     }
 
     /// Assumes the role for `label` (a request id, or `init`) with a policy valid until `end`.
@@ -88,11 +110,14 @@ impl SessionFactory {
     /// # Errors
     /// [`SessionError`] without any credential in it.
     pub async fn start(&self, label: &str, sequence: u32, end: SystemTime) -> Result<Session, SessionError> {
-        let name = policy::session_name(&self.environment_id, label, sequence);
+        // Drawn at INIT, or at restore; a session can only be asked for after either.
+        let environment_id = self.environment_id().unwrap_or_else(|| self.draw_environment_id());
+        let name = policy::session_name(&environment_id, label, sequence);
         if !policy::is_valid_session_name(&name) {
             return Err(SessionError::InvalidName);
         }
-        let session_policy = policy::session_policy(&self.config.allowlist, end);
+        let allowlist = self.tenancy.current().ok_or(SessionError::TenantUnknown)?;
+        let session_policy = policy::session_policy(&allowlist, end);
         let duration = i32::try_from(self.config.session_duration.as_secs()).unwrap_or(900);
         let started = std::time::Instant::now();
         let result = self
@@ -140,6 +165,19 @@ impl SessionFactory {
         );
         Ok(Session { name, end, client, role_id, succeeded: std::sync::atomic::AtomicBool::new(false) })
     }
+}
+
+/// A random id for an execution environment: 8 characters of `[a-z2-7]` (40 bits), so
+/// `ss-{env}-{uuid}` is 48 characters, inside STS's 64.
+pub fn new_environment_id() -> String {
+    const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        // No entropy source: fall back to the clock, still unique enough per environment.
+        let nanos = SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+        bytes = (nanos as u64).to_le_bytes();
+    }
+    bytes.iter().map(|b| char::from(ALPHABET[usize::from(b % 32)])).collect()
 }
 
 /// One invocation's credentials and the client that uses them. Dropping it wipes them.

@@ -9,7 +9,10 @@
 //! See <https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_sigv4-create-signed-request.html>.
 
 use std::fmt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 
 use aws_sigv4::http_request::{
     PayloadChecksumKind, SessionTokenMode, SignableBody, SignableRequest, SignatureLocation, SigningSettings, sign,
@@ -46,6 +49,102 @@ impl FunctionCredentials {
             session_token: session_token.map(|t| Zeroizing::new(t.to_owned())),
         }
     }
+}
+
+/// Where the function's credentials come from at verification time: fixed (from the
+/// environment), or read through the SDK's credential chain (SnapStart's container-credentials
+/// endpoint), only when the first signed request needs them, and again when a request names
+/// another access key (the endpoint rotated them) or they near their expiry.
+pub struct CredentialSource {
+    kind: SourceKind,
+}
+
+enum SourceKind {
+    Absent,
+    Fixed(Arc<FunctionCredentials>),
+    Provider { provider: SharedCredentialsProvider, cached: tokio::sync::Mutex<Option<Loaded>> },
+}
+
+struct Loaded {
+    credentials: Arc<FunctionCredentials>,
+    expiry: Option<SystemTime>,
+    at: Instant,
+}
+
+/// A request naming an unknown access key reloads at most this often.
+const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
+/// Credentials closer than this to their expiry are reloaded first.
+const EXPIRY_GUARD: Duration = Duration::from_secs(60);
+
+impl fmt::Debug for CredentialSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.kind {
+            SourceKind::Absent => "absent",
+            SourceKind::Fixed(_) => "environment",
+            SourceKind::Provider { .. } => "provider",
+        };
+        f.debug_struct("CredentialSource").field("kind", &kind).finish()
+    }
+}
+
+impl CredentialSource {
+    /// No credentials: every signed request is refused.
+    pub fn absent() -> Self {
+        Self { kind: SourceKind::Absent }
+    }
+
+    /// The credentials Lambda put in the environment.
+    pub fn fixed(credentials: FunctionCredentials) -> Self {
+        Self { kind: SourceKind::Fixed(Arc::new(credentials)) }
+    }
+
+    /// Credentials read from `provider` when a signed request first needs them.
+    pub fn provider(provider: SharedCredentialsProvider) -> Self {
+        Self { kind: SourceKind::Provider { provider, cached: tokio::sync::Mutex::new(None) } }
+    }
+
+    /// The credentials to verify a request signed with `access_key_id` against; `None` when
+    /// there are none (or the provider failed).
+    pub async fn current(&self, access_key_id: Option<&str>) -> Option<Arc<FunctionCredentials>> {
+        let (provider, cached) = match &self.kind {
+            SourceKind::Absent => return None,
+            SourceKind::Fixed(credentials) => return Some(Arc::clone(credentials)),
+            SourceKind::Provider { provider, cached } => (provider, cached),
+        };
+        let mut cached = cached.lock().await;
+        if let Some(loaded) = cached.as_ref() {
+            let named = access_key_id.is_none_or(|key| loaded.credentials.access_key_id == key);
+            let fresh = loaded.expiry.is_none_or(|expiry| expiry > SystemTime::now() + EXPIRY_GUARD);
+            if (named || loaded.at.elapsed() < RELOAD_INTERVAL) && fresh {
+                return Some(Arc::clone(&loaded.credentials));
+            }
+        }
+        match provider.provide_credentials().await {
+            Ok(credentials) => {
+                let loaded = Loaded {
+                    credentials: Arc::new(FunctionCredentials::new(
+                        credentials.access_key_id(),
+                        credentials.secret_access_key(),
+                        credentials.session_token(),
+                    )),
+                    expiry: credentials.expiry(),
+                    at: Instant::now(),
+                };
+                let current = Arc::clone(&loaded.credentials);
+                *cached = Some(loaded);
+                Some(current)
+            }
+            Err(error) => {
+                tracing::warn!(event = "function_credentials_unavailable", cause = %error);
+                None
+            }
+        }
+    }
+}
+
+/// The access key a request's `Authorization` header names, if it parses.
+pub fn access_key_of(headers: &HeaderMap) -> Option<&str> {
+    Authorization::parse(single(headers, "authorization")?).map(|parsed| parsed.access_key_id)
 }
 
 /// Why a signature was refused (for the audit line; never the signature or a key).

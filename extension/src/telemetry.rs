@@ -3,7 +3,11 @@
 //! Lambda POSTs batches of `platform` events here; `platform.runtimeDone` for a request id is
 //! the signal to end that invocation's scope (wipe its credentials) before asking for the next
 //! event. Nothing in a telemetry record is trusted beyond ending a scope early, which only
-//! shortens a credential's life. See <https://docs.aws.amazon.com/lambda/latest/dg/telemetry-schema-reference.html>.
+//! shortens a credential's life, with two exceptions that come from the platform itself:
+//! `platform.restoreStart` (a SnapStart restore: the environment id is drawn anew) and the
+//! `tenantId` of `platform.start` (tenant isolation: validated, then it resolves `{tenant}`;
+//! a second tenant breaks the environment). Records are read only from the listener Lambda
+//! was given. See <https://docs.aws.amazon.com/lambda/latest/dg/telemetry-schema-reference.html>.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -18,6 +22,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::tenant::{Observed, Tenancy};
+
 /// How many finished request ids are remembered (runtimeDone may arrive before the INVOKE
 /// event is processed).
 const REMEMBERED: usize = 64;
@@ -30,15 +36,33 @@ pub struct Completions {
     done: Mutex<VecDeque<String>>,
     notify: Notify,
     init_done: tokio::sync::watch::Sender<bool>,
+    restore_started: tokio::sync::watch::Sender<bool>,
 }
 
 impl Default for Completions {
     fn default() -> Self {
-        Self { done: Mutex::default(), notify: Notify::new(), init_done: tokio::sync::watch::Sender::new(false) }
+        Self {
+            done: Mutex::default(),
+            notify: Notify::new(),
+            init_done: tokio::sync::watch::Sender::new(false),
+            restore_started: tokio::sync::watch::Sender::new(false),
+        }
     }
 }
 
 impl Completions {
+    /// Records a SnapStart restore (`platform.restoreStart`).
+    pub fn record_restore_start(&self) {
+        self.restore_started.send_replace(true);
+    }
+
+    /// Resolves once a restore has started.
+    pub async fn wait_restore_start(&self) {
+        let mut receiver = self.restore_started.subscribe();
+        // The sender lives as long as `self`, so the channel cannot close while we wait.
+        let _ = receiver.wait_for(|started| *started).await;
+    }
+
     /// Records that the runtime finished its INIT (`platform.initRuntimeDone`).
     pub fn record_init_done(&self) {
         self.init_done.send_replace(true);
@@ -104,17 +128,29 @@ pub async fn bind() -> std::io::Result<(TcpListener, String)> {
     Ok((listener, format!("http://{host}:{port}/telemetry")))
 }
 
+/// What the telemetry listener feeds.
+#[derive(Debug)]
+pub struct Sinks {
+    /// Finished invocations, the end of INIT, restores.
+    pub completions: Arc<Completions>,
+    /// The environment's tenant.
+    pub tenancy: Arc<Tenancy>,
+    /// Cancelled when a second tenant appears: the run loop then wipes and exits.
+    pub broken: CancellationToken,
+}
+
 /// Serves telemetry batches until `shutdown`.
-pub async fn serve(listener: TcpListener, completions: Arc<Completions>, shutdown: CancellationToken) {
+pub async fn serve(listener: TcpListener, sinks: Arc<Sinks>, shutdown: CancellationToken) {
     let limits = crate::server::ConnectionLimits { max_connections: 4, ..Default::default() };
     crate::server::accept_loop(listener, limits, shutdown, move |request| {
-        let completions = Arc::clone(&completions);
-        async move { handle(request, &completions).await }
+        let sinks = Arc::clone(&sinks);
+        async move { handle(request, &sinks).await }
     })
     .await;
 }
 
-async fn handle(request: Request<Incoming>, completions: &Completions) -> Response<Full<Bytes>> {
+async fn handle(request: Request<Incoming>, sinks: &Sinks) -> Response<Full<Bytes>> {
+    let completions = &sinks.completions;
     if request.method() != Method::POST {
         return status(StatusCode::METHOD_NOT_ALLOWED);
     }
@@ -136,10 +172,37 @@ async fn handle(request: Request<Incoming>, completions: &Completions) -> Respon
                 tracing::debug!(event = "init_runtime_done");
                 completions.record_init_done();
             }
+            "platform.restoreStart" => {
+                tracing::debug!(event = "restore_start");
+                completions.record_restore_start();
+            }
+            "platform.start" => {
+                if let Some(tenant) = event.record.get("tenantId").and_then(|v| v.as_str()) {
+                    let request_id = event.record.get("requestId").and_then(|v| v.as_str());
+                    observe_tenant(sinks, tenant, request_id);
+                }
+            }
             _ => {}
         }
     }
     status(StatusCode::OK)
+}
+
+fn observe_tenant(sinks: &Sinks, raw: &str, request_id: Option<&str>) {
+    match sinks.tenancy.observe(raw, request_id) {
+        Observed::Same => {}
+        Observed::First(tenant) => {
+            tracing::info!(target: "audit", event = "tenant_known", tenant_id = tenant.as_str());
+        }
+        Observed::Refused(why) => {
+            // The platform's text is not echoed: only its length and what is wrong with it.
+            tracing::warn!(target: "audit", event = "tenant_refused", tenant_id_chars = raw.len() as u64, reason = why);
+        }
+        Observed::Changed => {
+            tracing::error!(target: "audit", event = "tenant_changed", tenant_id_chars = raw.len() as u64);
+            sinks.broken.cancel();
+        }
+    }
 }
 
 fn status(code: StatusCode) -> Response<Full<Bytes>> {

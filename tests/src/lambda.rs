@@ -11,6 +11,19 @@
 //!   for assertions (and echoed to stderr when `SCOPED_SECRETS_TEST_ECHO` is set).
 //! - **INIT order**: the extension is started first and the function only once the extension
 //!   has registered and polled `/event/next`, as Lambda orders them.
+//! - **Telemetry as the modes shape it**: the front proxy takes the extension's Telemetry API
+//!   subscription, gives the simulator a relay of its own as the destination, and the relay
+//!   forwards every batch to the extension. In tenant isolation mode ([`Platform::tenant_id`])
+//!   the relay adds `tenantId` to each `platform.start` record, as Lambda does (the simulator
+//!   has no tenants); [`Environment::send_telemetry`] delivers records the simulator never
+//!   makes (SnapStart's `platform.restoreStart`, a second tenant's `platform.start`).
+//! - **SnapStart's runtime hooks**: a runtime in `snap-start` mode calls
+//!   `/2018-06-01/runtime/restore/next` after its INIT; the simulator has no such route, so the
+//!   proxy answers it at once (the snapshot is restored immediately; no memory is snapshotted).
+//! - **Lambda Managed Instances** ([`Platform::managed_instances`]): the proxy refuses a
+//!   registration that asks for INVOKE with `Extension.InvalidEventType`, and a telemetry
+//!   subscription in a schema other than `2025-01-29`, as LMI does (the simulator accepts both).
+//!   It does not run invocations concurrently: the simulator has one runtime.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -258,9 +271,24 @@ impl Program {
     }
 }
 
+/// What the simulated platform does differently from the simulator's on-demand default.
+#[derive(Debug, Clone, Default)]
+pub struct Platform {
+    /// Lambda Managed Instances: refuse INVOKE registration and telemetry schemas other than
+    /// `2025-01-29`.
+    pub managed_instances: bool,
+    /// Tenant isolation mode: the `tenantId` added to every `platform.start` record.
+    pub tenant_id: Option<String>,
+}
+
+/// The telemetry schema Lambda Managed Instances requires.
+pub const MANAGED_INSTANCES_SCHEMA: &str = "2025-01-29";
+
 /// How to start an environment.
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// The platform's mode-specific behaviour.
+    pub platform: Platform,
     /// Variables for both processes (the function's configuration, the execution role's credentials).
     pub env: Vec<(String, String)>,
     /// Variables for the extension only.
@@ -278,6 +306,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Self {
+            platform: Platform::default(),
             env: Vec::new(),
             extension_env: Vec::new(),
             invocation_timeout: Duration::from_secs(5),
@@ -354,7 +383,7 @@ impl Environment {
             .build()
             .await
             .context("starting lambda-simulator")?;
-        let front = FrontProxy::start(simulator.addr().to_string()).await?;
+        let front = FrontProxy::start(simulator.addr().to_string(), options.platform.clone()).await?;
         let mut env: HashMap<String, String> = simulator.lambda_env_vars();
         env.insert("AWS_LAMBDA_RUNTIME_API".into(), front.address.clone());
         env.insert("PATH".into(), std::env::var("PATH").unwrap_or_default());
@@ -437,6 +466,35 @@ impl Environment {
         self.front.reported()
     }
 
+    /// The bodies of the extension's registrations, as sent (`{"events": [...]}`).
+    pub fn registrations(&self) -> Vec<Value> {
+        self.front.state.registrations.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// The bodies of the extension's Telemetry API subscriptions, as sent.
+    pub fn telemetry_subscriptions(&self) -> Vec<Value> {
+        self.front.state.subscriptions.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// From now on, `platform.start` records carry `tenant` (`None`: no `tenantId`).
+    pub fn set_tenant(&self, tenant: Option<&str>) {
+        if let Ok(mut current) = self.front.state.tenant_id.lock() {
+            *current = tenant.map(str::to_owned);
+        }
+    }
+
+    /// Delivers one telemetry batch to the extension's listener, as Lambda would (records the
+    /// simulator never makes). Returns the listener's status.
+    pub async fn send_telemetry(&self, events: Vec<Value>) -> anyhow::Result<u16> {
+        let destination = self.front.state.destination().context("the extension has not subscribed to telemetry")?;
+        let body = Bytes::from(serde_json::to_vec(&events)?);
+        let request = hyper::Request::post(destination)
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body))?;
+        let response = self.front.state.client.request(request).await?;
+        Ok(response.status().as_u16())
+    }
+
     /// Enqueues an invocation without waiting for it.
     pub async fn enqueue(&self, payload: Value, timeout: Duration) -> anyhow::Result<(String, Instant)> {
         let invocation = InvocationBuilder::new()
@@ -501,60 +559,111 @@ impl Environment {
     }
 }
 
-/// The front proxy before the simulator: records `init/error` and `exit/error`, forwards the rest.
+/// The front proxy before the simulator: records `init/error` and `exit/error`, registrations
+/// and telemetry subscriptions, applies the platform's mode, relays telemetry, forwards the rest.
 struct FrontProxy {
     address: String,
-    reported: Arc<Mutex<Vec<ReportedError>>>,
-    task: tokio::task::JoinHandle<()>,
+    state: Arc<FrontState>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+struct FrontState {
+    upstream: String,
+    platform: Platform,
+    reported: Mutex<Vec<ReportedError>>,
+    registrations: Mutex<Vec<Value>>,
+    subscriptions: Mutex<Vec<Value>>,
+    tenant_id: Mutex<Option<String>>,
+    /// The extension's own telemetry listener.
+    extension_destination: Mutex<Option<String>>,
+    /// The relay the simulator delivers to instead.
+    relay: String,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl FrontState {
+    fn destination(&self) -> Option<String> {
+        self.extension_destination.lock().ok().and_then(|d| d.clone())
+    }
 }
 
 impl Drop for FrontProxy {
     fn drop(&mut self) {
-        self.task.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
     }
 }
 
 impl FrontProxy {
-    async fn start(upstream: String) -> anyhow::Result<Self> {
+    async fn start(upstream: String, platform: Platform) -> anyhow::Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let address = listener.local_addr()?.to_string();
-        let reported: Arc<Mutex<Vec<ReportedError>>> = Arc::default();
-        let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-        let state = (upstream, Arc::clone(&reported), client);
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let state = state.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |request| {
-                        let state = state.clone();
-                        async move { Ok::<_, Infallible>(forward(request, &state.0, &state.1, &state.2).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
+        let relay_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let relay = format!("http://{}/telemetry", relay_listener.local_addr()?);
+        let tenant_id = Mutex::new(platform.tenant_id.clone());
+        let state = Arc::new(FrontState {
+            upstream,
+            platform,
+            reported: Mutex::default(),
+            registrations: Mutex::default(),
+            subscriptions: Mutex::default(),
+            tenant_id,
+            extension_destination: Mutex::default(),
+            relay,
+            client: Client::builder(TokioExecutor::new()).build_http(),
         });
-        Ok(Self { address, reported, task })
+        let front =
+            serve_http(listener, Arc::clone(&state), |request, state| async move { forward(request, &state).await });
+        let relay = serve_http(relay_listener, Arc::clone(&state), |request, state| async move {
+            relay_telemetry(request, &state).await
+        });
+        Ok(Self { address, state, tasks: vec![front, relay] })
     }
 
     fn reported(&self) -> Vec<ReportedError> {
-        self.reported.lock().map(|r| r.clone()).unwrap_or_default()
+        self.state.reported.lock().map(|r| r.clone()).unwrap_or_default()
     }
 }
 
-async fn forward(
-    request: hyper::Request<Incoming>,
-    upstream: &str,
-    reported: &Mutex<Vec<ReportedError>>,
-    client: &Client<HttpConnector, Full<Bytes>>,
-) -> hyper::Response<Full<Bytes>> {
+fn serve_http<H, F>(
+    listener: tokio::net::TcpListener,
+    state: Arc<FrontState>,
+    handler: H,
+) -> tokio::task::JoinHandle<()>
+where
+    H: Fn(hyper::Request<Incoming>, Arc<FrontState>) -> F + Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = hyper::Response<Full<Bytes>>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let (state, handler) = (Arc::clone(&state), handler.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request| {
+                    let (state, handler) = (Arc::clone(&state), handler.clone());
+                    async move { Ok::<_, Infallible>(handler(request, state).await) }
+                });
+                let _ =
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+    })
+}
+
+fn lambda_error(status: hyper::StatusCode, error_type: &str, message: &str) -> hyper::Response<Full<Bytes>> {
+    let body = serde_json::json!({ "errorMessage": message, "errorType": error_type }).to_string();
+    let mut response = hyper::Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+}
+
+async fn forward(request: hyper::Request<Incoming>, state: &FrontState) -> hyper::Response<Full<Bytes>> {
     let path = request.uri().path().to_owned();
     let (parts, body) = request.into_parts();
-    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let mut body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     for report in ["init/error", "exit/error"] {
         if path == format!("/2020-01-01/extension/{report}") {
             let error_type = parts
@@ -564,7 +673,7 @@ async fn forward(
                 .unwrap_or_default()
                 .to_owned();
             let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
-            if let Ok(mut reported) = reported.lock() {
+            if let Ok(mut reported) = state.reported.lock() {
                 reported.push(ReportedError { path: report.to_owned(), error_type, body });
             }
             let mut response = hyper::Response::new(Full::new(Bytes::from_static(br#"{"status":"OK"}"#)));
@@ -572,17 +681,56 @@ async fn forward(
             return response;
         }
     }
-    let uri = format!("http://{upstream}{}", parts.uri.path_and_query().map_or("/", |p| p.as_str()));
+    if path == "/2018-06-01/runtime/restore/next" {
+        // SnapStart's runtime hooks API (the simulator has none): a runtime in snap-start mode
+        // asks for its restore after INIT; the snapshot is "restored" at once.
+        return status(hyper::StatusCode::OK);
+    }
+    if path == "/2020-01-01/extension/register" {
+        let registration: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        if let Ok(mut registrations) = state.registrations.lock() {
+            registrations.push(registration.clone());
+        }
+        let asks_invoke = registration["events"].as_array().is_some_and(|e| e.iter().any(|e| e == "INVOKE"));
+        if state.platform.managed_instances && asks_invoke {
+            return lambda_error(
+                hyper::StatusCode::BAD_REQUEST,
+                "Extension.InvalidEventType",
+                "Lambda Managed Instances: external extensions may register only SHUTDOWN.",
+            );
+        }
+    }
+    if path == "/2022-07-01/telemetry" {
+        let mut subscription: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        if let Ok(mut subscriptions) = state.subscriptions.lock() {
+            subscriptions.push(subscription.clone());
+        }
+        if state.platform.managed_instances && subscription["schemaVersion"] != MANAGED_INSTANCES_SCHEMA {
+            return lambda_error(
+                hyper::StatusCode::BAD_REQUEST,
+                "ValidationError",
+                "Lambda Managed Instances requires telemetry schema 2025-01-29.",
+            );
+        }
+        if let Some(uri) = subscription["destination"]["URI"].as_str()
+            && let Ok(mut destination) = state.extension_destination.lock()
+        {
+            *destination = Some(uri.to_owned());
+        }
+        subscription["destination"]["URI"] = Value::String(state.relay.clone());
+        body = Bytes::from(subscription.to_string());
+    }
+    let uri = format!("http://{}{}", state.upstream, parts.uri.path_and_query().map_or("/", |p| p.as_str()));
     let mut outgoing = hyper::Request::builder().method(parts.method).uri(uri);
     for (name, value) in &parts.headers {
-        if name != hyper::header::HOST {
+        if name != hyper::header::HOST && name != hyper::header::CONTENT_LENGTH {
             outgoing = outgoing.header(name, value);
         }
     }
     let Ok(outgoing) = outgoing.body(Full::new(body)) else {
         return status(hyper::StatusCode::BAD_REQUEST);
     };
-    match client.request(outgoing).await {
+    match state.client.request(outgoing).await {
         Ok(response) => {
             let (mut parts, body) = response.into_parts();
             let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
@@ -595,6 +743,36 @@ async fn forward(
             }
             hyper::Response::from_parts(parts, Full::new(body))
         }
+        Err(_) => status(hyper::StatusCode::BAD_GATEWAY),
+    }
+}
+
+/// The telemetry relay: the simulator's batches, with the platform's mode applied, to the
+/// extension's listener.
+async fn relay_telemetry(request: hyper::Request<Incoming>, state: &FrontState) -> hyper::Response<Full<Bytes>> {
+    let body = request.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let Some(destination) = state.destination() else {
+        return status(hyper::StatusCode::SERVICE_UNAVAILABLE);
+    };
+    let tenant = state.tenant_id.lock().ok().and_then(|t| t.clone());
+    let body = match (serde_json::from_slice::<Vec<Value>>(&body), tenant) {
+        (Ok(mut events), Some(tenant)) => {
+            for event in &mut events {
+                if event["type"] == "platform.start" && event["record"].is_object() {
+                    event["record"]["tenantId"] = Value::String(tenant.clone());
+                }
+            }
+            Bytes::from(serde_json::to_vec(&events).unwrap_or_default())
+        }
+        _ => body,
+    };
+    let Ok(request) =
+        hyper::Request::post(destination).header(hyper::header::CONTENT_TYPE, "application/json").body(Full::new(body))
+    else {
+        return status(hyper::StatusCode::BAD_REQUEST);
+    };
+    match state.client.request(request).await {
+        Ok(response) => status(response.status()),
         Err(_) => status(hyper::StatusCode::BAD_GATEWAY),
     }
 }

@@ -7,6 +7,7 @@
 //! - [`aws_proxy`]: a transparent recording proxy, so tests count the extension's AWS calls and
 //!   read the credentials AssumeRole returned (to prove AWS refuses them).
 //! - [`lambda`]: the local Lambda environment (`lambda-simulator`, wrapped where it falls short).
+//! - [`container`]: a local container-credentials endpoint (SnapStart's credentials).
 //! - [`examples`]: the example functions in Rust, Python and Node.js, each started with its
 //!   runtime interface client.
 //! - [`Stack`]: all three together, as each end-to-end test and the demo use them.
@@ -15,6 +16,7 @@
 #![allow(clippy::print_stderr, clippy::print_stdout, clippy::expect_used)]
 
 pub mod aws_proxy;
+pub mod container;
 pub mod examples;
 pub mod lambda;
 pub mod ministack;
@@ -54,8 +56,13 @@ impl std::fmt::Debug for Stack {
 impl Stack {
     /// Starts MiniStack with [`SECRETS`], the scoped role reaching `app/*`.
     pub async fn start() -> anyhow::Result<Stack> {
+        Self::start_with("app/", SECRETS).await
+    }
+
+    /// Starts MiniStack with `secrets`, the scoped role reaching `scope_prefix*`.
+    pub async fn start_with(scope_prefix: &str, secrets: &[(&str, &str)]) -> anyhow::Result<Stack> {
         let ministack = MiniStack::start().await?;
-        let world = ministack.world("app/", SECRETS).await?;
+        let world = ministack.world(scope_prefix, secrets).await?;
         let proxy = AwsProxy::start(ministack.endpoint()).await?;
         Ok(Stack { ministack, world, proxy })
     }
@@ -78,6 +85,27 @@ impl Stack {
             env.retain(|(k, _)| k != name);
             env.push(((*name).to_owned(), (*value).to_owned()));
         }
+        env
+    }
+
+    /// The environment of a SnapStart function: no `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`
+    /// or `AWS_SESSION_TOKEN`, but `container`'s URI and token, as Lambda sets them.
+    pub fn snap_start_env(
+        &self,
+        allowlist: &str,
+        port: u16,
+        container: &crate::container::ContainerCredentials,
+        extra: &[(&str, &str)],
+    ) -> Vec<(String, String)> {
+        let mut env = self.function_env(allowlist, port, extra);
+        env.retain(|(name, _)| {
+            !["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"].contains(&name.as_str())
+        });
+        env.extend([
+            ("AWS_LAMBDA_INITIALIZATION_TYPE".to_owned(), "snap-start".to_owned()),
+            ("AWS_CONTAINER_CREDENTIALS_FULL_URI".to_owned(), container.full_uri()),
+            ("AWS_CONTAINER_AUTHORIZATION_TOKEN".to_owned(), container.token().to_owned()),
+        ]);
         env
     }
 

@@ -23,6 +23,8 @@ mod languages;
 mod layer;
 #[path = "e2e/memory.rs"]
 mod memory;
+#[path = "e2e/modes.rs"]
+mod modes;
 #[path = "e2e/sdk_protocol.rs"]
 mod sdk_protocol;
 #[path = "e2e/template.rs"]
@@ -345,11 +347,6 @@ async fn bad_configuration_fails_init_with_the_reason() -> anyhow::Result<()> {
             vec![("SCOPED_SECRETS_LOG_LEVEL", "loud")],
             "Extension.ConfigInvalid",
             "SCOPED_SECRETS_LOG_LEVEL must be one of",
-        ),
-        (
-            vec![("AWS_LAMBDA_INITIALIZATION_TYPE", "snap-start")],
-            "Extension.ConfigInvalid",
-            "AWS_LAMBDA_INITIALIZATION_TYPE is \"snap-start\"",
         ),
         (vec![("SCOPED_SECRETS_PORT", busy_port.as_str())], "Extension.BindFailed", "could not listen on 127.0.0.1:"),
     ];

@@ -57,7 +57,10 @@ async fn read(
     if let Some(stage) = stage {
         query.push_str(&format!("&versionStage={}", encode(stage)));
     }
-    let token = std::env::var("AWS_SESSION_TOKEN").unwrap_or_default();
+    // SnapStart functions have no AWS_SESSION_TOKEN; the container-credentials token stands in.
+    let token = std::env::var("AWS_SESSION_TOKEN")
+        .or_else(|_| std::env::var("AWS_CONTAINER_AUTHORIZATION_TOKEN"))
+        .unwrap_or_default();
     let request = http::Request::get(format!("http://localhost:{port}/secretsmanager/get?{query}"))
         .header("X-Aws-Parameters-Secrets-Token", token)
         .body(Empty::new())?;

@@ -163,12 +163,21 @@ fn resources_of_type<'a>(template: &'a Value, kind: &str) -> Vec<(&'a String, &'
     template["Resources"].as_object().into_iter().flatten().filter(|(_, r)| r["Type"] == kind).collect()
 }
 
+/// The resources of `kind` but the tenant-isolation example's own (`Tenant*`, checked apart).
+fn shared_resources_of_type<'a>(template: &'a Value, kind: &str) -> Vec<(&'a String, &'a Value)> {
+    resources_of_type(template, kind).into_iter().filter(|(name, _)| !name.starts_with("Tenant")).collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sam_template_grants_least_privilege() -> anyhow::Result<()> {
     let template = template_json().await?;
     let resources = &template["Resources"];
     let roles: Vec<&String> = resources_of_type(&template, "AWS::IAM::Role").into_iter().map(|(n, _)| n).collect();
-    assert_eq!(roles, ["ExecutionRole", "ScopedRole"], "two roles, no role made by SAM");
+    assert_eq!(
+        roles,
+        ["ExecutionRole", "ScopedRole", "TenantExecutionRole", "TenantScopedRole"],
+        "a pair for the examples, a pair for the tenant example, no role made by SAM"
+    );
     assert!(resources_of_type(&template, "AWS::IAM::Policy").is_empty(), "no policy attached elsewhere");
     // Sorted, as `allowed` sorts resources (resources_of_type lists them by name).
     let secrets: Vec<Value> =
@@ -181,7 +190,7 @@ async fn the_sam_template_grants_least_privilege() -> anyhow::Result<()> {
     let mut execution_allows: Vec<(String, Value)> =
         execution["Policies"].as_array().into_iter().flatten().flat_map(|p| allowed(&p["PolicyDocument"])).collect();
     let mut revocation_allows = Vec::new();
-    for (name, policy) in resources_of_type(&template, "AWS::IAM::RolePolicy") {
+    for (name, policy) in shared_resources_of_type(&template, "AWS::IAM::RolePolicy") {
         assert_eq!(policy["Properties"]["RoleName"], reference("ExecutionRole"), "{name}");
         let allows = allowed(&policy["Properties"]["PolicyDocument"]);
         match policy.get("Condition") {
@@ -200,9 +209,9 @@ async fn the_sam_template_grants_least_privilege() -> anyhow::Result<()> {
         "only with Revocation=deny, and only on the scoped role"
     );
     let mut log_groups: Vec<Value> =
-        resources_of_type(&template, "AWS::Logs::LogGroup").into_iter().map(|(n, _)| get_att(n)).collect();
+        shared_resources_of_type(&template, "AWS::Logs::LogGroup").into_iter().map(|(n, _)| get_att(n)).collect();
     log_groups.sort_by_key(Value::to_string);
-    let functions = resources_of_type(&template, "AWS::Serverless::Function").len();
+    let functions = shared_resources_of_type(&template, "AWS::Serverless::Function").len();
     assert_eq!(log_groups.len(), functions, "one per function");
     for (action, resource) in &execution_allows {
         match action.as_str() {
@@ -254,7 +263,7 @@ async fn the_sam_template_grants_least_privilege() -> anyhow::Result<()> {
         globals["Layers"],
         json!([{"Fn::If": ["IsArm64", reference("ScopedSecretsLayerArm64"), reference("ScopedSecretsLayerX86")]}])
     );
-    let functions = resources_of_type(&template, "AWS::Serverless::Function");
+    let functions = shared_resources_of_type(&template, "AWS::Serverless::Function");
     let mut runtimes: Vec<&str> = functions.iter().filter_map(|(_, f)| f["Properties"]["Runtime"].as_str()).collect();
     runtimes.sort_unstable();
     assert_eq!(
@@ -283,5 +292,85 @@ async fn the_sam_template_grants_least_privilege() -> anyhow::Result<()> {
     }
     assert_eq!(template["Outputs"]["LayerArnX86"]["Value"], reference("ScopedSecretsLayerX86"));
     assert_eq!(template["Outputs"]["LayerArnArm64"]["Value"], reference("ScopedSecretsLayerArm64"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tenant_example_has_its_own_roles_and_a_tenant_scoped_allowlist() -> anyhow::Result<()> {
+    let template = template_json().await?;
+    let resources = &template["Resources"];
+    let function = &resources["TenantReaderFunction"]["Properties"];
+    assert_eq!(function["TenancyConfig"], json!({"TenantIsolationMode": "PER_TENANT"}));
+    assert_eq!(function["Role"], get_att("TenantExecutionRole"));
+    let variables = &function["Environment"]["Variables"];
+    assert_eq!(variables["SCOPED_SECRETS_ROLE_ARN"], get_att("TenantScopedRole"));
+    assert_eq!(variables["SCOPED_SECRETS_SECRETS"], json!({"Fn::Sub": "db=${TenantSecretPrefix}/{tenant}/db"}));
+    assert_eq!(template["Outputs"]["TenantReaderFunctionName"]["Value"], reference("TenantReaderFunction"));
+
+    // Its execution role: its own log group and AssumeRole on its own scoped role.
+    let mut allows: Vec<(String, Value)> = resources["TenantExecutionRole"]["Properties"]["Policies"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|p| allowed(&p["PolicyDocument"]))
+        .collect();
+    let mut revocation = Vec::new();
+    for (name, policy) in resources_of_type(&template, "AWS::IAM::RolePolicy") {
+        if policy["Properties"]["RoleName"] != reference("TenantExecutionRole") {
+            continue;
+        }
+        match policy.get("Condition") {
+            None => allows.extend(allowed(&policy["Properties"]["PolicyDocument"])),
+            Some(condition) => {
+                assert_eq!(condition, "UsesDenyRevocation", "{name}");
+                revocation.extend(allowed(&policy["Properties"]["PolicyDocument"]));
+            }
+        }
+    }
+    allows.sort_by_key(|(action, _)| action.clone());
+    assert_eq!(
+        allows,
+        [
+            ("logs:CreateLogStream".to_owned(), json!([get_att("TenantReaderLogs")])),
+            ("logs:PutLogEvents".to_owned(), json!([get_att("TenantReaderLogs")])),
+            ("sts:AssumeRole".to_owned(), get_att("TenantScopedRole")),
+        ]
+    );
+    assert!(
+        revocation
+            .iter()
+            .all(|(action, resource)| action.starts_with("iam:") && *resource == get_att("TenantScopedRole"))
+    );
+
+    // Its scoped role: every tenant's secret under the prefix (the outer bound; each session
+    // narrows to one tenant), the same in its boundary, trusting only its execution role.
+    let scoped = &resources["TenantScopedRole"]["Properties"];
+    let trust = scoped["AssumeRolePolicyDocument"]["Statement"].as_array().context("trust statements")?;
+    assert_eq!(trust.len(), 1);
+    assert_eq!(trust[0]["Principal"], json!({"AWS": get_att("TenantExecutionRole")}));
+    let expected = vec![
+        (
+            "secretsmanager:GetSecretValue".to_owned(),
+            json!({"Fn::Sub": "arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}:secret:${TenantSecretPrefix}/*"}),
+        ),
+        ("secretsmanager:BatchGetSecretValue".to_owned(), json!("*")),
+    ];
+    let policies = scoped["Policies"].as_array().context("scoped role policies")?;
+    assert_eq!(policies.len(), 1);
+    assert_eq!(allowed(&policies[0]["PolicyDocument"]), expected);
+    assert_eq!(scoped["PermissionsBoundary"], reference("TenantScopedRoleBoundary"));
+    assert_eq!(allowed(&resources["TenantScopedRoleBoundary"]["Properties"]["PolicyDocument"]), expected);
+
+    // The allowlist as the extension parses it: one tenant-scoped entry, within AWS's limits
+    // for the longest tenant id.
+    let role = scoped_secrets::config::RoleArn::parse("arn:aws:iam::123456789012:role/TenantScopedRole")
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let list = scoped_secrets::allowlist::Allowlist::parse(
+        "db=scoped-secrets-example/tenants/{tenant}/db",
+        &role,
+        "us-east-1",
+    )?;
+    assert!(list.has_tenant_entries());
+    assert!(scoped_secrets::policy::check_fits(&list).is_ok());
     Ok(())
 }
