@@ -836,7 +836,7 @@ pub fn scan_memory(pid: u32, needles: &[&[u8]]) -> anyhow::Result<Vec<(usize, St
     Ok(found)
 }
 
-/// A free loopback port (bound and released; good enough for one test's extension).
+/// A free loopback port for one test's extension (see [`crate::ministack::free_loopback_port`]).
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    crate::ministack::free_loopback_port()
 }

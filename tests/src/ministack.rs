@@ -495,10 +495,27 @@ fn ministack_bin() -> PathBuf {
     )
 }
 
-fn free_loopback_port() -> anyhow::Result<u16> {
-    let listener =
-        TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).context("binding a free loopback port")?;
-    Ok(listener.local_addr().context("reading the bound port")?.port())
+/// A loopback port that is free now, for a server the test is about to start.
+///
+/// Taken below the kernel's ephemeral range (32768–60999 here), from a counter that starts
+/// at a point drawn from the process id: a port from `bind(0)` is an ephemeral one, which an
+/// outgoing connection (to MiniStack, the Lambda API) may take between our release and the
+/// server's bind; that raced as "Address in use" about once in a few full runs.
+pub fn free_loopback_port() -> anyhow::Result<u16> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_000; // 20000..32000, below the ephemeral range
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let seed = std::process::id().wrapping_mul(7_919) % COUNT;
+    let _ = NEXT.compare_exchange(u32::MAX, seed, Ordering::Relaxed, Ordering::Relaxed);
+    for _ in 0..COUNT {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed) % COUNT;
+        let port = u16::try_from(FIRST + offset).context("port range")?;
+        if TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port))).is_ok() {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no free loopback port in {FIRST}..{}", FIRST + COUNT)
 }
 
 #[cfg(test)]
