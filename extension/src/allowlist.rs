@@ -117,6 +117,19 @@ pub type EntryIndex = usize;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Allowlist {
     entries: Vec<Entry>,
+    /// Customer-managed KMS keys the secrets are encrypted with (`SCOPED_SECRETS_KMS_KEYS`):
+    /// sessions may have Secrets Manager decrypt with them for these secrets only.
+    kms: Option<KmsGrant>,
+}
+
+/// `kms:Decrypt` on these keys, only through Secrets Manager in this region and only for the
+/// allowlisted secrets (their ARNs are the encryption context Secrets Manager sends to KMS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KmsGrant {
+    /// Key ARNs.
+    pub keys: Vec<String>,
+    /// `secretsmanager.REGION.amazonaws.com` (`.com.cn` in China), for `kms:ViaService`.
+    pub via_service: String,
 }
 
 impl Allowlist {
@@ -149,7 +162,19 @@ impl Allowlist {
             }
             entries.push(entry);
         }
-        Ok(Self { entries })
+        Ok(Self { entries, kms: None })
+    }
+
+    /// The allowlist whose sessions may also decrypt with `grant`'s keys (for these secrets).
+    #[must_use]
+    pub fn with_kms(mut self, grant: KmsGrant) -> Self {
+        self.kms = Some(grant);
+        self
+    }
+
+    /// The KMS grant, if any key is configured.
+    pub fn kms(&self) -> Option<&KmsGrant> {
+        self.kms.as_ref()
     }
 
     /// The entry a local request names, if any.
@@ -198,7 +223,7 @@ impl Allowlist {
                 }
             })
             .collect();
-        Self { entries }
+        Self { entries, kms: self.kms.clone() }
     }
 
     /// Never true for a parsed allowlist; here for clippy's `len_without_is_empty`.

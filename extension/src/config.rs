@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use zeroize::Zeroizing;
 
-use crate::allowlist::{Allowlist, AllowlistError};
+use crate::allowlist::{Allowlist, AllowlistError, KmsGrant};
 
 /// The process environment, captured once. Tests build it from a map instead of mutating
 /// the real environment.
@@ -313,6 +313,7 @@ pub mod var {
     pub const REVOCATION_POLICY_BUDGET: &str = "SCOPED_SECRETS_REVOCATION_POLICY_BUDGET";
     pub const METRICS_NAMESPACE: &str = "SCOPED_SECRETS_METRICS_NAMESPACE";
     pub const UPSTREAM_KEEP_ALIVE: &str = "SCOPED_SECRETS_UPSTREAM_KEEP_ALIVE";
+    pub const KMS_KEYS: &str = "SCOPED_SECRETS_KMS_KEYS";
 }
 
 impl Config {
@@ -329,6 +330,12 @@ impl Config {
         }
         let allowlist = Allowlist::parse(required(env, var::SECRETS)?, &role_arn, &region)
             .map_err(|e: AllowlistError| ConfigError::new(var::SECRETS, e.to_string()))?;
+        let allowlist = match env.get(var::KMS_KEYS).map(str::trim).filter(|v| !v.is_empty()) {
+            Some(raw) => allowlist.with_kms(
+                kms_grant(raw, &role_arn, &region).map_err(|reason| ConfigError::new(var::KMS_KEYS, reason))?,
+            ),
+            None => allowlist,
+        };
         let port = number(env, var::PORT, 2773, 1, 65_535)?;
         let port = u16::try_from(port).map_err(|_| ConfigError::new(var::PORT, "is out of range."))?;
         let cache_ttl = Duration::from_secs(number(env, var::CACHE_TTL, 300, 0, 86_400)?);
@@ -443,6 +450,62 @@ impl Config {
             upstream_keep_alive: boolean(env, var::UPSTREAM_KEEP_ALIVE, false)?,
         })
     }
+}
+
+/// Most keys one session policy names (each key ARN is ~75 characters of the 2,048).
+const MAX_KMS_KEYS: usize = 5;
+
+/// `SCOPED_SECRETS_KMS_KEYS`: comma-separated key ARNs, or bare key ids in the role's account.
+/// Only keys (a KMS authorisation names the key, never an alias), in the function's partition
+/// and region (Secrets Manager decrypts with a key of the secret's own region).
+fn kms_grant(raw: &str, role: &RoleArn, region: &str) -> Result<KmsGrant, String> {
+    let is_key_id = |id: &str| {
+        let uuid = id.len() == 36
+            && id
+                .bytes()
+                .enumerate()
+                .all(|(i, b)| if [8, 13, 18, 23].contains(&i) { b == b'-' } else { b.is_ascii_hexdigit() });
+        let multi_region =
+            id.strip_prefix("mrk-").is_some_and(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+        uuid || multi_region
+    };
+    let mut keys = Vec::new();
+    for (index, item) in raw.split(',').map(str::trim).filter(|i| !i.is_empty()).enumerate() {
+        let position = index + 1;
+        let key = if is_key_id(item) {
+            format!("arn:{}:kms:{region}:{}:key/{item}", role.partition(), role.account_id())
+        } else {
+            let parts: Vec<&str> = item.splitn(6, ':').collect();
+            let well_formed = match parts.as_slice() {
+                [arn, partition, service, key_region, account, resource] => {
+                    *arn == "arn"
+                        && *partition == role.partition()
+                        && *service == "kms"
+                        && *key_region == region
+                        && account.len() == 12
+                        && account.bytes().all(|b| b.is_ascii_digit())
+                        && resource.strip_prefix("key/").is_some_and(is_key_id)
+                }
+                _ => false,
+            };
+            if !well_formed {
+                return Err(format!(
+                    "entry {position} must be a KMS key ARN (arn:{}:kms:{region}:ACCOUNT:key/KEY-ID) or a key id; \
+                     aliases are not keys, and the key must be in the function's region.",
+                    role.partition()
+                ));
+            }
+            item.to_owned()
+        };
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    if keys.len() > MAX_KMS_KEYS {
+        return Err(format!("names {} keys; at most {MAX_KMS_KEYS}.", keys.len()));
+    }
+    let domain = if role.partition() == "aws-cn" { "amazonaws.com.cn" } else { "amazonaws.com" };
+    Ok(KmsGrant { keys, via_service: format!("secretsmanager.{region}.{domain}") })
 }
 
 fn required<'a>(env: &'a Env, name: &'static str) -> Result<&'a str, ConfigError> {
@@ -582,6 +645,18 @@ mod tests {
             (&[(var::REVOCATION_POLICY_BUDGET, "10241")], var::REVOCATION_POLICY_BUDGET),
             (&[(var::METRICS_NAMESPACE, "bad namespace")], var::METRICS_NAMESPACE),
             (&[(var::UPSTREAM_KEEP_ALIVE, "sometimes")], var::UPSTREAM_KEEP_ALIVE),
+            (&[(var::KMS_KEYS, "alias/orders")], var::KMS_KEYS),
+            (&[(var::KMS_KEYS, "arn:aws:kms:us-east-1:123456789012:alias/orders")], var::KMS_KEYS),
+            (
+                &[(var::KMS_KEYS, "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab")],
+                var::KMS_KEYS,
+            ),
+            (
+                &[(var::KMS_KEYS, "arn:aws-cn:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab")],
+                var::KMS_KEYS,
+            ),
+            (&[(var::KMS_KEYS, "arn:aws:kms:us-east-1:123456789012:key/*")], var::KMS_KEYS),
+            (&[(var::KMS_KEYS, "1234abcd-12ab-34cd-56ef-1234567890a?")], var::KMS_KEYS),
             (&[("AWS_REGION", "")], "AWS_REGION"),
             (&[("AWS_REGION", "us east")], "AWS_REGION"),
             (&[("AWS_LAMBDA_RUNTIME_API", "")], "AWS_LAMBDA_RUNTIME_API"),
@@ -596,6 +671,28 @@ mod tests {
             let sentence = error.to_string();
             assert!(sentence.starts_with(variable) && sentence.ends_with('.'), "{sentence}");
         }
+    }
+
+    #[test]
+    fn kms_keys_are_key_arns_or_ids_in_the_role_account_and_region() {
+        let id = "1234abcd-12ab-34cd-56ef-1234567890ab";
+        let other = "arn:aws:kms:us-east-1:210987654321:key/mrk-0123456789abcdef0123456789abcdef";
+        let raw = format!("{id}, {other},{id}");
+        let config = Config::from_env(&Env::from_pairs(
+            base().into_iter().chain([(var::KMS_KEYS, raw.as_str())]).map(|(k, v)| (k, v.to_owned())),
+        ))
+        .expect("valid");
+        let grant = config.allowlist.kms().expect("a grant");
+        assert_eq!(grant.keys, [format!("arn:aws:kms:us-east-1:123456789012:key/{id}"), other.to_owned()]);
+        assert_eq!(grant.via_service, "secretsmanager.us-east-1.amazonaws.com");
+        assert!(with(&[]).expect("valid").allowlist.kms().is_none(), "no keys: no grant");
+        let six: Vec<String> = (0..6).map(|i| format!("1234abcd-12ab-34cd-56ef-12345678900{i}")).collect();
+        let six = six.join(",");
+        let error = Config::from_env(&Env::from_pairs(
+            base().into_iter().chain([(var::KMS_KEYS, six.as_str())]).map(|(k, v)| (k, v.to_owned())),
+        ))
+        .expect_err("too many");
+        assert_eq!(error.variable, var::KMS_KEYS);
     }
 
     #[test]

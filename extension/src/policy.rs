@@ -5,6 +5,9 @@
 //! `secretsmanager:BatchGetSecretValue`, which AWS authorises on `*` and then checks
 //! `GetSecretValue` per secret), and only while `aws:CurrentTime` is before the session's end:
 //! after that instant AWS itself refuses the credentials, wherever they have leaked to.
+//! With `SCOPED_SECRETS_KMS_KEYS`, a third statement allows `kms:Decrypt` on those keys only
+//! via Secrets Manager in the function's region and only with an encryption context naming an
+//! allowlisted secret, so a customer-managed key serves these reads and nothing else.
 //! See <https://docs.aws.amazon.com/IAM/latest/UserGuide/access_policies.html#policies_session>.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -20,27 +23,38 @@ pub const MAX_POLICY_CHARS: usize = 2_048;
 /// precision of `aws:CurrentTime` comparisons).
 pub fn session_policy(allowlist: &Allowlist, end: SystemTime) -> String {
     let resources: Vec<&str> = allowlist.iter().map(|(_, entry)| entry.resource()).collect();
-    let until = json!({ "DateLessThan": { "aws:CurrentTime": iso8601_ceil(end) } });
-    json!({
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Sid": "ReadAllowlistedSecrets",
-                "Effect": "Allow",
-                "Action": "secretsmanager:GetSecretValue",
-                "Resource": resources,
-                "Condition": until,
+    let until = iso8601_ceil(end);
+    let before_end = json!({ "DateLessThan": { "aws:CurrentTime": until } });
+    let mut statements = vec![
+        json!({
+            "Sid": "ReadAllowlistedSecrets",
+            "Effect": "Allow",
+            "Action": "secretsmanager:GetSecretValue",
+            "Resource": resources,
+            "Condition": before_end,
+        }),
+        json!({
+            "Sid": "BatchReadChecksEachSecret",
+            "Effect": "Allow",
+            "Action": "secretsmanager:BatchGetSecretValue",
+            "Resource": "*",
+            "Condition": before_end,
+        }),
+    ];
+    if let Some(kms) = allowlist.kms() {
+        statements.push(json!({
+            "Sid": "DecryptOnlyTheseSecrets",
+            "Effect": "Allow",
+            "Action": "kms:Decrypt",
+            "Resource": kms.keys,
+            "Condition": {
+                "DateLessThan": { "aws:CurrentTime": until },
+                "StringEquals": { "kms:ViaService": kms.via_service },
+                "StringLike": { "kms:EncryptionContext:SecretARN": resources },
             },
-            {
-                "Sid": "BatchReadChecksEachSecret",
-                "Effect": "Allow",
-                "Action": "secretsmanager:BatchGetSecretValue",
-                "Resource": "*",
-                "Condition": until,
-            }
-        ]
-    })
-    .to_string()
+        }));
+    }
+    json!({ "Version": "2012-10-17", "Statement": statements }).to_string()
 }
 
 /// Checks at INIT that the allowlist's policy fits AWS's limit, so a long list fails loudly
@@ -112,6 +126,31 @@ mod tests {
     fn allowlist(list: &str) -> Allowlist {
         let role = RoleArn::parse("arn:aws:iam::123456789012:role/r").expect("valid");
         Allowlist::parse(list, &role, "us-east-1").expect("valid")
+    }
+
+    #[test]
+    fn kms_keys_add_decrypt_only_via_secrets_manager_for_the_allowlisted_secrets() {
+        let end = UNIX_EPOCH + Duration::from_secs(1_764_000_000);
+        let key = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+        let grant = crate::allowlist::KmsGrant {
+            keys: vec![key.to_owned()],
+            via_service: "secretsmanager.us-east-1.amazonaws.com".to_owned(),
+        };
+        let list = allowlist("app/db").with_kms(grant);
+        let policy: serde_json::Value = serde_json::from_str(&session_policy(&list, end)).expect("json");
+        let decrypt = &policy["Statement"][2];
+        assert_eq!(decrypt["Action"], "kms:Decrypt");
+        assert_eq!(decrypt["Resource"], json!([key]));
+        assert_eq!(decrypt["Condition"]["StringEquals"]["kms:ViaService"], "secretsmanager.us-east-1.amazonaws.com");
+        assert_eq!(
+            decrypt["Condition"]["StringLike"]["kms:EncryptionContext:SecretARN"],
+            json!(["arn:aws:secretsmanager:us-east-1:123456789012:secret:app/db-??????"])
+        );
+        assert_eq!(decrypt["Condition"]["DateLessThan"]["aws:CurrentTime"], "2025-11-24T16:00:00Z");
+        // Without keys: no KMS statement at all.
+        let plain: serde_json::Value = serde_json::from_str(&session_policy(&allowlist("app/db"), end)).expect("json");
+        assert_eq!(plain["Statement"].as_array().map(Vec::len), Some(2));
+        assert!(!session_policy(&allowlist("app/db"), end).contains("kms"));
     }
 
     #[test]

@@ -106,6 +106,34 @@ async fn each_invocation_reads_through_its_own_narrow_session() -> anyhow::Resul
     Ok(())
 }
 
+/// With `SCOPED_SECRETS_KMS_KEYS`, the session may have Secrets Manager decrypt with those keys
+/// for the allowlisted secrets only, and AWS (the emulator's IAM) accepts that policy. (MiniStack
+/// does not ask KMS when it serves a secret, so the grant's effect cannot be shown here.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kms_keys_add_a_decrypt_grant_bound_to_secrets_manager_and_the_allowlist() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let key_id = "1234abcd-12ab-34cd-56ef-1234567890ab";
+    let (mut environment, _port) = stack.environment("app/db", &[("SCOPED_SECRETS_KMS_KEYS", key_id)]).await?;
+    let invoked = environment.invoke(read("app/db"), TIMEOUT).await?;
+    assert_eq!(invoked.payload["sha256"], sha256_hex(value_of("app/db")), "{}", invoked.payload);
+    let calls = stack.proxy.assume_role_calls();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].status, 200, "the emulator's IAM took the policy");
+    let policy = calls[0].policy_json().expect("a session policy");
+    let decrypt = &policy["Statement"][2];
+    assert_eq!(decrypt["Action"], "kms:Decrypt");
+    assert_eq!(decrypt["Resource"], json!([format!("arn:aws:kms:us-east-1:123456789012:key/{key_id}")]));
+    assert_eq!(decrypt["Condition"]["StringEquals"]["kms:ViaService"], "secretsmanager.us-east-1.amazonaws.com");
+    assert_eq!(
+        decrypt["Condition"]["StringLike"]["kms:EncryptionContext:SecretARN"],
+        json!(["arn:aws:secretsmanager:us-east-1:123456789012:secret:app/db-??????"])
+    );
+    assert_eq!(decrypt["Condition"]["DateLessThan"], policy["Statement"][0]["Condition"]["DateLessThan"]);
+    let (status, _) = environment.shut_down().await?;
+    assert!(status.success());
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_warm_cache_needs_no_session() -> anyhow::Result<()> {
     let stack = Stack::start().await?;
@@ -347,6 +375,11 @@ async fn bad_configuration_fails_init_with_the_reason() -> anyhow::Result<()> {
             vec![("SCOPED_SECRETS_LOG_LEVEL", "loud")],
             "Extension.ConfigInvalid",
             "SCOPED_SECRETS_LOG_LEVEL must be one of",
+        ),
+        (
+            vec![("SCOPED_SECRETS_KMS_KEYS", "alias/orders")],
+            "Extension.ConfigInvalid",
+            "SCOPED_SECRETS_KMS_KEYS entry 1 must be a KMS key ARN",
         ),
         (vec![("SCOPED_SECRETS_PORT", busy_port.as_str())], "Extension.BindFailed", "could not listen on 127.0.0.1:"),
     ];
