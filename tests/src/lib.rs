@@ -16,6 +16,7 @@
 
 pub mod aws_proxy;
 pub mod examples;
+pub mod faults;
 pub mod lambda;
 pub mod ministack;
 
