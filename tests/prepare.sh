@@ -14,6 +14,9 @@ AWSLAMBDARIC_VERSION="4.2.2"
 EXAMPLES_VENV="$ROOT/target/examples-venv"
 NODE_RIC_DIR="$ROOT/target/node-ric"
 
+# The fuzz targets' runner (tests/fuzz.sh); RUSTC_BOOTSTRAP=1 lets it use the stable toolchain.
+CARGO_FUZZ_VERSION="0.13.1"
+
 mkdir -p "$ROOT/target"
 
 apt_updated=""
@@ -71,6 +74,11 @@ if [[ -n "${install_node_ric:-}" ]]; then
   (cd "$NODE_RIC_DIR" && npm ci --no-audit --no-fund >install.log 2>&1 &&
     cp package-lock.json installed.lock) &
   node_ric_pid=$!
+fi
+
+if [[ "$(cargo fuzz --version 2>/dev/null)" != "cargo-fuzz $CARGO_FUZZ_VERSION" ]]; then
+  echo "==> installing cargo-fuzz $CARGO_FUZZ_VERSION"
+  cargo install --locked cargo-fuzz --version "$CARGO_FUZZ_VERSION"
 fi
 
 echo "==> building the layer (x86_64 and arm64; the tests run the x86_64 extension from it)"
