@@ -22,7 +22,7 @@ for target in local_request config; do
   status=0
   cargo fuzz run -O "$target" "corpus/$target" "seeds/$target" -- -max_total_time="$seconds" >"$log" 2>&1 ||
     status=$?
-  grep -E '^#[0-9]+ +(INITED|DONE)|^Done ' "$log" || true
+  grep -E '^#[0-9]+[[:space:]]+(INITED|DONE)|^Done ' "$log" || true
   if ((status != 0)); then
     tail -n 60 "$log" >&2
     echo "fuzz target $target failed (status $status); the input is in fuzz/artifacts/$target/" >&2

@@ -37,6 +37,11 @@ async fn after_a_ttl_zero_invocation_no_canary_or_credential_remains_in_memory()
     // the tests run with CAP_IPC_LOCK (root), so the start-up line says locked and the kernel
     // counts locked pages; without it the line says why not.
     let ready = wiped.extension.output.wait_for_event("ready", TIMEOUT).await?;
+    // No core dumps (the kernel's own view of the limit) and not dumpable.
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits"))?;
+    let core = limits.lines().find(|line| line.starts_with("Max core file size")).unwrap_or_default();
+    assert_eq!(core.split_whitespace().skip(4).take(2).collect::<Vec<_>>(), ["0", "0"], "{core}");
+    assert_eq!((ready["core_dumps_disabled"].as_bool(), ready["not_dumpable"].as_bool()), (Some(true), Some(true)));
     let privileged = std::fs::read_to_string("/proc/self/status")
         .is_ok_and(|status| scoped_secrets::hardening::has_ipc_lock(&status));
     if privileged {
