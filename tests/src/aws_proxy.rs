@@ -52,7 +52,7 @@ pub struct Exchange {
     pub request_headers: Vec<(String, String)>,
     /// Request body as received.
     pub request_body: Bytes,
-    /// Upstream status (502 if the upstream failed).
+    /// Upstream status (502 if the upstream failed, 0 if a fault closed the connection unanswered).
     pub status: u16,
     /// Upstream response body.
     pub response_body: Bytes,
