@@ -17,6 +17,9 @@ EXAMPLES_VENV="$ROOT/target/examples-venv"
 NODE_RIC_DIR="$ROOT/target/node-ric"
 NODE_SDK_DIR="$ROOT/target/node-sdk"
 
+# The fuzz targets' runner (tests/fuzz.sh); RUSTC_BOOTSTRAP=1 lets it use the stable toolchain.
+CARGO_FUZZ_VERSION="0.13.1"
+
 mkdir -p "$ROOT/target"
 
 apt_updated=""
@@ -83,6 +86,11 @@ if ! cmp -s "$ROOT/tests/node-sdk/package-lock.json" "$NODE_SDK_DIR/installed.lo
   mkdir -p "$NODE_SDK_DIR"
   cp "$ROOT/tests/node-sdk/package.json" "$ROOT/tests/node-sdk/package-lock.json" "$NODE_SDK_DIR/"
   (cd "$NODE_SDK_DIR" && npm ci --no-audit --no-fund --silent && cp package-lock.json installed.lock)
+fi
+
+if [[ "$(cargo fuzz --version 2>/dev/null)" != "cargo-fuzz $CARGO_FUZZ_VERSION" ]]; then
+  echo "==> installing cargo-fuzz $CARGO_FUZZ_VERSION"
+  cargo install --locked cargo-fuzz --version "$CARGO_FUZZ_VERSION"
 fi
 
 echo "==> building the layer (x86_64 and arm64; the tests run the x86_64 extension from it)"

@@ -11,3 +11,5 @@ echo "==> cargo clippy"
 cargo clippy --locked --workspace --all-targets -- -D warnings
 echo "==> cargo test"
 cargo test --locked --workspace -- --test-threads=2
+echo "==> fuzzing (tests/fuzz.sh: ${SCOPED_SECRETS_FUZZ_SECONDS:-20} s per target)"
+tests/fuzz.sh "${SCOPED_SECRETS_FUZZ_SECONDS:-20}"

@@ -117,6 +117,8 @@ pub async fn run(env: Env, name: String, hardening: Hardening, log_problem: Opti
         start_to_ready_us = started.elapsed().as_micros() as u64,
         core_dumps_disabled = hardening.core_dumps_disabled,
         not_dumpable = hardening.not_dumpable,
+        memory_locked = hardening.memory.is_locked(),
+        memory_lock_refused = %hardening.memory.reason(),
     );
     extension.run(registered).await
 }
@@ -192,6 +194,7 @@ impl Extension {
 
         let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .region(aws_config::Region::new(config.region.clone()))
+            .retry_config(upstream_retries())
             // hyper 1 + rustls on ring: one TLS stack, no aws-lc build.
             .http_client(
                 aws_smithy_http_client::Builder::new()
@@ -569,6 +572,28 @@ impl Extension {
     }
 }
 
+/// Attempts per AWS call (the first and two retries), as the SDKs' standard mode.
+pub const UPSTREAM_ATTEMPTS: u32 = 3;
+/// Base of the exponential backoff after a throttling error: the n-th retry waits a uniformly
+/// random time in `[0, base × 2^(n-1)]` ("full jitter"), so environments throttled together do
+/// not retry together. Other retryable errors (5xx, resets) start from the SDK's 50 ms.
+pub const THROTTLING_BACKOFF: Duration = Duration::from_millis(200);
+/// Ceiling of any one backoff.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// How every AWS call of the extension retries, set here rather than left to the SDK's
+/// defaults (which wait up to 1 s, then 2 s, after a throttle, and may change with the
+/// behaviour version): the standard mode's retry classes and retry quota, [`UPSTREAM_ATTEMPTS`]
+/// attempts, full jitter from [`THROTTLING_BACKOFF`] capped at [`MAX_BACKOFF`]. All attempts of
+/// one call together stay inside the upstream timeout (the SDK's operation timeout), and a
+/// local request waits for a session no longer than the request wait timeout.
+pub fn upstream_retries() -> aws_config::retry::RetryConfig {
+    aws_config::retry::RetryConfig::standard()
+        .with_max_attempts(UPSTREAM_ATTEMPTS)
+        .with_initial_backoff(THROTTLING_BACKOFF)
+        .with_max_backoff(MAX_BACKOFF)
+}
+
 /// A SnapStart restore (the first `platform.restoreStart`, or the first INVOKE when none came):
 /// draws the environment id, so environments restored from one snapshot never share session
 /// names. Once per process.
@@ -603,6 +628,16 @@ async fn wait_for(signal: &mut Terminate) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn retries_are_few_jittered_and_short() {
+        let retries = super::upstream_retries();
+        assert_eq!(retries.mode(), aws_config::retry::RetryMode::Standard);
+        assert_eq!(retries.max_attempts(), 3);
+        assert_eq!(retries.initial_backoff(), std::time::Duration::from_millis(200));
+        assert_eq!(retries.max_backoff(), std::time::Duration::from_secs(1));
+        assert!(!retries.use_static_exponential_base(), "the SDK draws a random factor per backoff (jitter)");
+    }
+
     #[test]
     fn environment_ids_are_short_random_and_sts_safe() {
         let a = crate::session::new_environment_id();

@@ -320,55 +320,25 @@ impl LocalApi {
         request: &Request<Incoming>,
         caller: Option<&str>,
     ) -> Result<Response<Full<Bytes>>, (Refusal, Option<String>, Api)> {
-        check_envelope(request).map_err(|r| (r, None, Api::Get))?;
-        let path = request.uri().path();
-        let (api, path_secret_id) = match path {
-            "/ping" => {
+        let (api, query) = match route(request, &self.token).map_err(|(refusal, api)| (refusal, None, api))? {
+            Route::Ping => {
                 return Ok(json_response(StatusCode::OK, Bytes::from_static(br#"{"status":"ready"}"#), JSON));
             }
-            "/secretsmanager/get" => (Api::Get, None),
-            _ if path.starts_with("/v1/") => (Api::AgentPath, Some(decode_path_id(&path[4..]))),
-            _ => {
-                let not_found = refusal(StatusCode::NOT_FOUND, "not_found", "No such path; use /secretsmanager/get.");
-                return Err((not_found, None, Api::Get));
-            }
+            Route::Read { api, query } => (api, query),
         };
-        self.check_token(request).map_err(|r| (r, None, api))?;
-        let query = SecretQuery::parse(request.uri().query().unwrap_or_default(), path_secret_id)
-            .map_err(|r| (r, None, api))?;
-        let value =
-            self.read(&query.secret_id, query.version.clone(), query.refresh, api, caller).await.map_err(|error| {
-                let refusal = match &error {
-                    ReadError::NotAllowed => refusal(
-                        StatusCode::FORBIDDEN,
-                        "secret_not_allowed",
-                        "The secret is not in this function's allowlist.",
-                    ),
-                    ReadError::Fetch(error) => error_for(error),
-                };
-                (refusal, Some(query.secret_id.clone()), api)
-            })?;
+        let value = self.read(&query.secret_id, query.version.clone(), query.refresh, api, caller).await.map_err(|error| {
+            let refusal = match &error {
+                ReadError::NotAllowed => refusal(
+                    StatusCode::FORBIDDEN,
+                    "secret_not_allowed",
+                    "The secret is not in this function's allowlist.",
+                ),
+                ReadError::Fetch(error) => error_for(error),
+            };
+            (refusal, Some(query.secret_id.clone()), api)
+        })?;
         // The body is owned by a zeroizing buffer: wiped when hyper drops it.
         Ok(json_response(StatusCode::OK, Bytes::from_owner(value.to_json()), JSON))
-    }
-
-    fn check_token(&self, request: &Request<Incoming>) -> Result<(), Refusal> {
-        let mut values = request.headers().get_all(TOKEN_HEADER).iter();
-        let Some(token) = values.next() else {
-            return Err(refusal(
-                StatusCode::UNAUTHORIZED,
-                "missing_token",
-                "The X-Aws-Parameters-Secrets-Token header is required.",
-            ));
-        };
-        if values.next().is_some() || !self.token.matches(token.as_bytes()) {
-            return Err(refusal(
-                StatusCode::FORBIDDEN,
-                "invalid_token",
-                "The X-Aws-Parameters-Secrets-Token header is not valid.",
-            ));
-        }
-        Ok(())
     }
 
     fn request_id(&self) -> String {
@@ -379,6 +349,62 @@ impl LocalApi {
             Phase::ShuttingDown => "shutdown".into(),
         }
     }
+}
+
+/// Where a local GET request goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// `GET /ping`: no token needed, no secret data.
+    Ping,
+    /// A read that passed every check needing nothing but the request (the allowlist is next).
+    Read {
+        /// Which face of the API.
+        api: Api,
+        /// The parsed query.
+        query: SecretQuery,
+    },
+}
+
+/// The local GET API's decision from the request alone, with no I/O: envelope (method, proxy
+/// headers, body, target form and length, host), path, token (constant-time), query. The
+/// handler's front half, and what the request fuzz target drives.
+///
+/// # Errors
+/// The [`Refusal`] and the face of the API it was refused on.
+pub fn route<B: Body>(request: &Request<B>, token: &LocalToken) -> Result<Route, (Refusal, Api)> {
+    check_envelope(request).map_err(|r| (r, Api::Get))?;
+    let path = request.uri().path();
+    let (api, path_secret_id) = match path {
+        "/ping" => return Ok(Route::Ping),
+        "/secretsmanager/get" => (Api::Get, None),
+        _ if path.starts_with("/v1/") => (Api::AgentPath, Some(decode_path_id(&path[4..]))),
+        _ => {
+            let not_found = refusal(StatusCode::NOT_FOUND, "not_found", "No such path; use /secretsmanager/get.");
+            return Err((not_found, Api::Get));
+        }
+    };
+    check_token(request, token).map_err(|r| (r, api))?;
+    let query = SecretQuery::parse(request.uri().query().unwrap_or_default(), path_secret_id).map_err(|r| (r, api))?;
+    Ok(Route::Read { api, query })
+}
+
+fn check_token<B>(request: &Request<B>, token: &LocalToken) -> Result<(), Refusal> {
+    let mut values = request.headers().get_all(TOKEN_HEADER).iter();
+    let Some(presented) = values.next() else {
+        return Err(refusal(
+            StatusCode::UNAUTHORIZED,
+            "missing_token",
+            "The X-Aws-Parameters-Secrets-Token header is required.",
+        ));
+    };
+    if values.next().is_some() || !token.matches(presented.as_bytes()) {
+        return Err(refusal(
+            StatusCode::FORBIDDEN,
+            "invalid_token",
+            "The X-Aws-Parameters-Secrets-Token header is not valid.",
+        ));
+    }
+    Ok(())
 }
 
 /// Checks that apply to every path: method, proxies, body, target form, host.
@@ -523,6 +549,9 @@ pub fn error_for(error: &FetchError) -> Refusal {
         FetchError::Upstream { .. } => refusal(S::BAD_GATEWAY, "upstream_error", "The call to Secrets Manager failed."),
         FetchError::Session(SessionError::Timeout) => {
             refusal(S::GATEWAY_TIMEOUT, "session_timeout", "STS did not answer in time.")
+        }
+        FetchError::Session(SessionError::Throttled) => {
+            refusal(S::SERVICE_UNAVAILABLE, "session_throttled", "STS throttled AssumeRole through every retry; retry.")
         }
         FetchError::Session(SessionError::Refused { .. }) => {
             refusal(S::BAD_GATEWAY, "session_refused", "STS refused to start a session; check the role's trust policy.")
@@ -672,6 +701,37 @@ mod tests {
     }
 
     #[test]
+    fn routing_needs_only_the_request_and_reads_need_the_token_once() {
+        let env = crate::config::Env::from_pairs([
+            ("SCOPED_SECRETS_ROLE_ARN", "arn:aws:iam::123456789012:role/app-secrets"),
+            ("SCOPED_SECRETS_SECRETS", "app/db"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9001"),
+            ("AWS_SESSION_TOKEN", "token-value"),
+        ]);
+        let config = crate::config::Config::from_env(&env).expect("valid configuration");
+        let request = |uri: &str, tokens: &[&str]| {
+            let mut builder = Request::get(uri);
+            for token in tokens {
+                builder = builder.header(TOKEN_HEADER, *token);
+            }
+            builder.body(http_body_util::Empty::<Bytes>::new()).expect("request")
+        };
+        let routed = |uri: &str, tokens: &[&str]| route(&request(uri, tokens), &config.local_token);
+        assert_eq!(routed("/ping", &[]), Ok(Route::Ping));
+        let code = |uri: &str, tokens: &[&str]| routed(uri, tokens).err().map(|(refusal, api)| (refusal.code, api));
+        assert_eq!(code("/secretsmanager/get?secretId=app/db", &[]), Some(("missing_token", Api::Get)));
+        assert_eq!(code("/v1/app%2Fdb", &["token-value", "token-value"]), Some(("invalid_token", Api::AgentPath)));
+        assert_eq!(code("/secretsmanager/get?secretId=", &["token-value"]), Some(("missing_secret_id", Api::Get)));
+        assert_eq!(code("/elsewhere", &["token-value"]), Some(("not_found", Api::Get)));
+        let Ok(Route::Read { api, query }) = routed("/v1/app%2Fdb?versionStage=AWSPREVIOUS", &["token-value"]) else {
+            panic!("a well-formed read routes");
+        };
+        assert_eq!((api, query.secret_id.as_str()), (Api::AgentPath, "app/db"));
+        assert_eq!(query.version, Version::Stage("AWSPREVIOUS".into()));
+    }
+
+    #[test]
     fn the_envelope_refuses_what_no_local_caller_needs() {
         let request = |method: Method, uri: &str, headers: &[(&str, &str)]| {
             let mut builder = Request::builder().method(method).uri(uri);
@@ -717,6 +777,7 @@ mod tests {
             FetchError::UpstreamTimeout,
             FetchError::Upstream { kind: "x".into() },
             FetchError::Session(SessionError::Timeout),
+            FetchError::Session(SessionError::Throttled),
             FetchError::Session(SessionError::Refused { code: "AccessDenied".into() }),
             FetchError::Session(SessionError::InvalidName),
             FetchError::NoActiveInvocation,

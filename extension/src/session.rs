@@ -29,6 +29,9 @@ pub enum SessionError {
     /// STS did not answer in time.
     #[error("STS did not answer within the upstream timeout")]
     Timeout,
+    /// STS kept throttling `AssumeRole` through every retry.
+    #[error("STS throttled AssumeRole")]
+    Throttled,
     /// STS could not be reached or answered garbage.
     #[error("STS call failed ({kind})")]
     Upstream {
@@ -228,8 +231,8 @@ impl fmt::Debug for Session {
     }
 }
 
-fn classify_sts_error<R: fmt::Debug>(
-    error: &sts::error::SdkError<sts::operation::assume_role::AssumeRoleError, R>,
+fn classify_sts_error(
+    error: &sts::error::SdkError<sts::operation::assume_role::AssumeRoleError, sts::config::http::HttpResponse>,
 ) -> SessionError {
     use sts::error::{ProvideErrorMetadata, SdkError};
     match error {
@@ -239,7 +242,13 @@ fn classify_sts_error<R: fmt::Debug>(
             let code = service.err().code().unwrap_or("Unknown");
             let mut code = code.to_owned();
             code.retain(|c| c.is_ascii_alphanumeric() || c == '.');
-            SessionError::Refused { code }
+            match code.as_str() {
+                "Throttling" | "ThrottlingException" | "RequestLimitExceeded" => SessionError::Throttled,
+                _ if service.raw().status().is_client_error() => SessionError::Refused { code },
+                // A 5xx after every retry, or a 200 that does not parse: STS failed, it did
+                // not refuse.
+                _ => SessionError::Upstream { kind: code },
+            }
         }
         SdkError::DispatchFailure(_) => SessionError::Upstream { kind: "connection failed".into() },
         _ => SessionError::Upstream { kind: "unexpected answer".into() },

@@ -7,9 +7,13 @@
 //! credentials STS really issued (to prove AWS itself refuses them later). The proxy never
 //! invents an AWS answer: if the upstream cannot be reached it answers `502` with a plain
 //! text body and records the failure in [`Exchange::upstream_error`].
+//!
+//! Faults ([`crate::faults`]) perturb chosen exchanges on the way: [`AwsProxy::faults`]
+//! delays, holds, drops, resets, throttles or fails them, or truncates MiniStack's answer; and
+//! [`AwsProxy::stop`] / [`AwsProxy::restart`] take the endpoint away (connections refused,
+//! live ones cut) and bring it back on the same port.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -28,6 +32,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 
+use crate::faults::{Fault, Faults, Service};
 use crate::ministack::StaticCredentials;
 
 /// One request/response pair that went through the proxy.
@@ -47,12 +52,14 @@ pub struct Exchange {
     pub request_headers: Vec<(String, String)>,
     /// Request body as received.
     pub request_body: Bytes,
-    /// Upstream status (502 if the upstream failed).
+    /// Upstream status (502 if the upstream failed, 0 if a fault closed the connection unanswered).
     pub status: u16,
     /// Upstream response body.
     pub response_body: Bytes,
     /// Why the upstream could not answer, if it could not.
     pub upstream_error: Option<String>,
+    /// The fault injected into this exchange ([`Fault::name`]), if any.
+    pub fault: Option<&'static str>,
 }
 
 impl Exchange {
@@ -158,7 +165,9 @@ pub struct AwsProxy {
     addr: SocketAddr,
     upstream: String,
     recorded: Recorded,
-    server: JoinHandle<()>,
+    faults: Arc<Faults>,
+    client: UpstreamClient,
+    server: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl AwsProxy {
@@ -176,8 +185,49 @@ impl AwsProxy {
         connector.set_nodelay(true);
         let client: UpstreamClient =
             Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
-        let server = tokio::spawn(serve(listener, upstream.clone(), client, recorded.clone()));
-        Ok(AwsProxy { addr, upstream, recorded, server })
+        let faults = Arc::new(Faults::default());
+        let server = tokio::spawn(serve(listener, upstream.clone(), client.clone(), recorded.clone(), faults.clone()));
+        Ok(AwsProxy { addr, upstream, recorded, faults, client, server: Mutex::new(Some(server)) })
+    }
+
+    /// The faults injected into the exchanges from now on.
+    pub fn faults(&self) -> &Faults {
+        &self.faults
+    }
+
+    /// Takes the endpoint away, as a stopped emulator: the port refuses connections, and every
+    /// open connection (with whatever request it carries) is closed unanswered.
+    pub fn stop(&self) {
+        if let Some(server) = self.server.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
+            // Aborting the accept loop drops the listener and its JoinSet of connections.
+            server.abort();
+        }
+    }
+
+    /// Serves again on the same port after [`AwsProxy::stop`].
+    pub async fn restart(&self) -> anyhow::Result<()> {
+        self.stop();
+        // The aborted accept loop drops its listener at its next poll; until then the port
+        // may still be bound.
+        let listener = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match TcpListener::bind(self.addr).await {
+                    Ok(listener) => return listener,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                }
+            }
+        })
+        .await
+        .context("binding the proxy's port again")?;
+        let server = tokio::spawn(serve(
+            listener,
+            self.upstream.clone(),
+            self.client.clone(),
+            self.recorded.clone(),
+            self.faults.clone(),
+        ));
+        *self.server.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(server);
+        Ok(())
     }
 
     /// `http://127.0.0.1:PORT` of the proxy.
@@ -251,7 +301,8 @@ impl AwsProxy {
 impl Drop for AwsProxy {
     fn drop(&mut self) {
         // Dropping the accept loop drops its JoinSet, which aborts every connection task.
-        self.server.abort();
+        self.faults.clear();
+        self.stop();
     }
 }
 
@@ -259,7 +310,13 @@ fn lock(recorded: &Recorded) -> MutexGuard<'_, Vec<Exchange>> {
     recorded.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-async fn serve(listener: TcpListener, upstream: String, client: UpstreamClient, recorded: Recorded) {
+async fn serve(
+    listener: TcpListener,
+    upstream: String,
+    client: UpstreamClient,
+    recorded: Recorded,
+    faults: Arc<Faults>,
+) {
     let mut connections = JoinSet::new();
     loop {
         let stream = tokio::select! {
@@ -274,12 +331,16 @@ async fn serve(listener: TcpListener, upstream: String, client: UpstreamClient, 
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
         };
         let _ = stream.set_nodelay(true);
-        let upstream = upstream.clone();
-        let client = client.clone();
-        let recorded = recorded.clone();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+        let context = Context {
+            upstream: upstream.clone(),
+            client: client.clone(),
+            recorded: recorded.clone(),
+            faults: faults.clone(),
+            fd,
+        };
         connections.spawn(async move {
-            let service =
-                service_fn(move |request| forward(request, upstream.clone(), client.clone(), recorded.clone()));
+            let service = service_fn(move |request| forward(request, context.clone()));
             let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
         });
     }
@@ -297,12 +358,31 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, body_len: usize) {
     headers.insert(header::CONTENT_LENGTH, header::HeaderValue::from(body_len));
 }
 
-async fn forward(
-    request: Request<Incoming>,
+/// What each connection's service needs.
+#[derive(Clone)]
+struct Context {
     upstream: String,
     client: UpstreamClient,
     recorded: Recorded,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+    faults: Arc<Faults>,
+    /// The connection's socket, for a reset.
+    fd: std::os::fd::RawFd,
+}
+
+/// A connection closed on purpose, without an answer (a `Drop` or `Reset` fault).
+#[derive(Debug)]
+struct Unanswered;
+
+impl std::fmt::Display for Unanswered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("closed unanswered by an injected fault")
+    }
+}
+
+impl std::error::Error for Unanswered {}
+
+async fn forward(request: Request<Incoming>, context: Context) -> Result<Response<Full<Bytes>>, Unanswered> {
+    let Context { upstream, client, recorded, faults, fd } = context;
     let at = SystemTime::now();
     let started = Instant::now();
     let (parts, body) = request.into_parts();
@@ -316,16 +396,61 @@ async fn forward(
     let target =
         parts.headers.get(HeaderName::from_static("x-amz-target")).and_then(|v| v.to_str().ok()).map(str::to_owned);
 
-    let (request_body, result) = match body.collect().await {
-        Ok(collected) => {
-            let request_body = collected.to_bytes();
-            let result = call_upstream(&client, &upstream, &path, &parts, request_body.clone()).await;
-            (request_body, result)
+    let request_body = match body.collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) => Err(anyhow::Error::new(error).context("reading the request body")),
+    };
+    let service = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(Service::of);
+    let operation = match &target {
+        Some(target) => target.split_once('.').map(|(_, operation)| operation.to_owned()),
+        None => request_body.as_ref().ok().and_then(|body| {
+            let form = std::str::from_utf8(body).ok()?;
+            parse_form(form).into_iter().find(|(name, _)| name == "Action").map(|(_, action)| action)
+        }),
+    };
+    let fault = faults.take(service, operation.as_deref());
+    let record = |status, response_body, upstream_error| Exchange {
+        at,
+        elapsed: started.elapsed(),
+        method: method.clone(),
+        path: path.clone(),
+        target: target.clone(),
+        request_headers: request_headers.clone(),
+        request_body: request_body.as_ref().cloned().unwrap_or_default(),
+        status,
+        response_body,
+        upstream_error,
+        fault: fault.map(Fault::name),
+    };
+    match (fault, service) {
+        (Some(Fault::Delay(delay)), _) => tokio::time::sleep(delay).await,
+        (Some(Fault::Hold), _) => faults.wait_release().await,
+        (Some(fault @ (Fault::Drop | Fault::Reset)), _) => {
+            if fault == Fault::Reset {
+                crate::faults::reset_on_close(fd);
+            }
+            lock(&recorded).push(record(0, Bytes::new(), Some(format!("{} by the proxy", fault.name()))));
+            return Err(Unanswered);
         }
-        Err(error) => (Bytes::new(), Err(anyhow::Error::new(error).context("reading the request body"))),
+        (Some(fault @ (Fault::Throttle | Fault::ServerError)), Some(service)) => {
+            let (status, content_type, body) = crate::faults::error_answer(service, fault);
+            lock(&recorded).push(record(status, body.clone(), None));
+            let mut response = Response::new(Full::new(body));
+            *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+            return Ok(response);
+        }
+        _ => {}
+    }
+    let result = match &request_body {
+        Ok(request_body) => call_upstream(&client, &upstream, &path, &parts, request_body.clone()).await,
+        Err(error) => Err(anyhow::anyhow!("{error:#}")),
     };
     let (status, response_body, upstream_error, response) = match result {
-        Ok((mut response_parts, response_body)) => {
+        Ok((mut response_parts, mut response_body)) => {
+            if fault == Some(Fault::Malformed) {
+                response_body = response_body.slice(..response_body.len() / 2);
+            }
             strip_hop_by_hop(&mut response_parts.headers, response_body.len());
             let status = response_parts.status.as_u16();
             let response = Response::from_parts(response_parts, Full::new(response_body.clone()));
@@ -339,18 +464,7 @@ async fn forward(
             (502, body, Some(message), response)
         }
     };
-    lock(&recorded).push(Exchange {
-        at,
-        elapsed: started.elapsed(),
-        method,
-        path,
-        target,
-        request_headers,
-        request_body,
-        status,
-        response_body,
-        upstream_error,
-    });
+    lock(&recorded).push(record(status, response_body, upstream_error));
     Ok(response)
 }
 

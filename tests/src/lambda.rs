@@ -807,6 +807,12 @@ pub fn scan_memory(pid: u32, needles: &[&[u8]]) -> anyhow::Result<Vec<(usize, St
     let mut memory = std::fs::File::open(format!("/proc/{pid}/mem"))?;
     let mut found = Vec::new();
     let mut regions = 0;
+    let mut starts = [false; 256];
+    for needle in needles {
+        if let Some(first) = needle.first() {
+            starts[usize::from(*first)] = true;
+        }
+    }
     for line in maps.lines() {
         let mut fields = line.split_whitespace();
         let (Some(range), Some(permissions)) = (fields.next(), fields.next()) else { continue };
@@ -821,12 +827,14 @@ pub fn scan_memory(pid: u32, needles: &[&[u8]]) -> anyhow::Result<Vec<(usize, St
             continue;
         }
         regions += 1;
-        for (index, needle) in needles.iter().enumerate() {
-            if needle.is_empty() {
+        // One pass over the bytes, comparing needles only where one could start: fast enough
+        // in a debug build to scan the whole process inside a SHUTDOWN budget.
+        for offset in 0..data.len() {
+            if !starts[usize::from(data[offset])] {
                 continue;
             }
-            for (offset, window) in data.windows(needle.len()).enumerate() {
-                if window == *needle {
+            for (index, needle) in needles.iter().enumerate() {
+                if !needle.is_empty() && data[offset..].starts_with(needle) {
                     found.push((index, format!("{range} {permissions} {path}"), offset));
                 }
             }

@@ -18,6 +18,7 @@
 pub mod aws_proxy;
 pub mod container;
 pub mod examples;
+pub mod faults;
 pub mod lambda;
 pub mod ministack;
 

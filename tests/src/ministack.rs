@@ -164,6 +164,28 @@ impl MiniStack {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// Freezes the emulator (`SIGSTOP` to its process group): connections are still accepted
+    /// by the kernel, but nothing answers until [`MiniStack::resume`]. A hung AWS endpoint.
+    pub fn pause(&self) {
+        self.signal_group("-STOP");
+    }
+
+    /// Lets a paused emulator run again (`SIGCONT`), with all its state.
+    pub fn resume(&self) {
+        self.signal_group("-CONT");
+    }
+
+    fn signal_group(&self, signal: &str) {
+        if let Some(child) = self.child.as_ref() {
+            let _ = Command::new("kill")
+                .args([signal, "--", &format!("-{}", child.id())])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+
     /// Path of this instance's log file (stdout and stderr).
     pub fn log_path(&self) -> &Path {
         &self.log_path

@@ -15,6 +15,8 @@ use serde_json::{Value, json};
 
 #[path = "e2e/credentials_end.rs"]
 mod credentials_end;
+#[path = "e2e/faults.rs"]
+mod faults;
 #[path = "e2e/hostile.rs"]
 mod hostile;
 #[path = "e2e/languages.rs"]
