@@ -326,17 +326,18 @@ impl LocalApi {
             }
             Route::Read { api, query } => (api, query),
         };
-        let value = self.read(&query.secret_id, query.version.clone(), query.refresh, api, caller).await.map_err(|error| {
-            let refusal = match &error {
-                ReadError::NotAllowed => refusal(
-                    StatusCode::FORBIDDEN,
-                    "secret_not_allowed",
-                    "The secret is not in this function's allowlist.",
-                ),
-                ReadError::Fetch(error) => error_for(error),
-            };
-            (refusal, Some(query.secret_id.clone()), api)
-        })?;
+        let value =
+            self.read(&query.secret_id, query.version.clone(), query.refresh, api, caller).await.map_err(|error| {
+                let refusal = match &error {
+                    ReadError::NotAllowed => refusal(
+                        StatusCode::FORBIDDEN,
+                        "secret_not_allowed",
+                        "The secret is not in this function's allowlist.",
+                    ),
+                    ReadError::Fetch(error) => error_for(error),
+                };
+                (refusal, Some(query.secret_id.clone()), api)
+            })?;
         // The body is owned by a zeroizing buffer: wiped when hyper drops it.
         Ok(json_response(StatusCode::OK, Bytes::from_owner(value.to_json()), JSON))
     }
