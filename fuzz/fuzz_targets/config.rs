@@ -77,8 +77,16 @@ fuzz_target!(|data: &[u8]| {
             assert!(config.upstream_timeout >= Duration::from_millis(100));
             assert!((1..=4_096).contains(&config.max_connections));
             assert!(!config.allowlist.is_empty());
+            // Every entry answers to its own id: fixed entries as configured, `{tenant}` entries
+            // once resolved (until then no request can name them), possibly to an equal entry.
             for (index, entry) in config.allowlist.iter() {
-                assert_eq!(config.allowlist.find(entry.secret_id()), Some(index), "{:?}", entry.secret_id());
+                let found = config.allowlist.find(entry.secret_id());
+                assert!(found == Some(index) || (found.is_none() && entry.secret_id().contains("{tenant}")));
+            }
+            let resolved = config.allowlist.for_tenant("t0");
+            for (_, entry) in resolved.iter() {
+                let found = resolved.find(entry.secret_id()).and_then(|i| resolved.entry(i));
+                assert_eq!(found.map(|e| e.resource()), Some(entry.resource()), "{:?}", entry.secret_id());
             }
             assert!(config.local_token.matches(TOKEN.as_bytes()));
         }
