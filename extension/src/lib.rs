@@ -158,21 +158,7 @@ impl Extension {
             )
         })?;
 
-        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new(config.region.clone()))
-            // hyper 1 + rustls on ring: one TLS stack, no aws-lc build.
-            .http_client(
-                aws_smithy_http_client::Builder::new()
-                    // No idle connection keeps a session token or an AssumeRole answer in a
-                    // live buffer between invocations (unless keep-alive is asked for).
-                    .pool_max_idle_per_host(if config.upstream_keep_alive { usize::MAX } else { 0 })
-                    .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-                        aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-                    ))
-                    .build_https(),
-            )
-            .load()
-            .await;
+        let sdk = sdk_loader(&config).load().await;
         let evidence = Arc::new(Evidence::new(config.allowlist.len()));
         let factory = Arc::new(SessionFactory::new(&sdk, Arc::clone(&config), environment_id(), Arc::clone(&evidence)));
         // Only deny mode writes IAM; the client is built only then.
@@ -453,6 +439,25 @@ impl Extension {
         let wiped = self.secrets.wipe_all();
         (ended, wiped)
     }
+}
+
+/// The AWS SDK's shared configuration as the extension loads it: the configured region and one
+/// HTTP stack. The execution role's credentials come from the process environment, unless the
+/// caller sets them (the benchmark times the emulator through this same client path).
+pub fn sdk_loader(config: &Config) -> aws_config::ConfigLoader {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(config.region.clone()))
+        // hyper 1 + rustls on ring: one TLS stack, no aws-lc build.
+        .http_client(
+            aws_smithy_http_client::Builder::new()
+                // No idle connection keeps a session token or an AssumeRole answer in a
+                // live buffer between invocations (unless keep-alive is asked for).
+                .pool_max_idle_per_host(if config.upstream_keep_alive { usize::MAX } else { 0 })
+                .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                    aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+                ))
+                .build_https(),
+        )
 }
 
 /// A random id for this execution environment: 8 characters of `[a-z2-7]` (40 bits), so

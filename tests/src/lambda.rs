@@ -64,6 +64,11 @@ impl Output {
         self.json_lines().into_iter().filter(|l| l["event"] == event).collect()
     }
 
+    /// Removes and returns every line so far (the benchmark drains the audit lines of a load run).
+    pub fn take_lines(&self) -> Vec<String> {
+        self.0.lock().map(|mut l| std::mem::take(&mut *l)).unwrap_or_default()
+    }
+
     /// The whole output as one string (for "never appears" scans).
     pub fn text(&self) -> String {
         self.lines().join("\n")
@@ -488,23 +493,38 @@ impl Environment {
 
     /// SHUTDOWN with `reason` (Lambda's 2,000 ms budget).
     pub async fn shut_down_for(&mut self, reason: ShutdownReason) -> anyhow::Result<(ExitStatus, Duration)> {
+        let (status, elapsed, _) = self.shut_down_timed(reason).await?;
+        Ok((status, elapsed))
+    }
+
+    /// SHUTDOWN with `reason`. Returns the exit status, the time from asking the simulator to
+    /// the extension's exit (which includes the simulator's telemetry flush), and the time from
+    /// the SHUTDOWN event leaving for the extension to its exit, if the event was seen.
+    pub async fn shut_down_timed(
+        &mut self,
+        reason: ShutdownReason,
+    ) -> anyhow::Result<(ExitStatus, Duration, Option<Duration>)> {
         let simulator = self.simulator.take().context("already shut down")?;
         let started = Instant::now();
         let shutdown = tokio::spawn(simulator.graceful_shutdown(reason));
         let status = self.extension.wait(Duration::from_secs(5)).await?;
-        let elapsed = started.elapsed();
+        let exited = Instant::now();
+        let elapsed = exited - started;
+        let sent = self.front.shutdown_sent.lock().ok().and_then(|sent| *sent);
         if let Some(function) = self.function.as_mut() {
             let _ = function.child.start_kill();
         }
         let _ = shutdown.await;
-        Ok((status, elapsed))
+        Ok((status, elapsed, sent.map(|sent| exited.saturating_duration_since(sent))))
     }
 }
 
-/// The front proxy before the simulator: records `init/error` and `exit/error`, forwards the rest.
+/// The front proxy before the simulator: records `init/error` and `exit/error`, and when the
+/// SHUTDOWN event went out, and forwards the rest.
 struct FrontProxy {
     address: String,
     reported: Arc<Mutex<Vec<ReportedError>>>,
+    shutdown_sent: Arc<Mutex<Option<Instant>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -519,8 +539,9 @@ impl FrontProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let address = listener.local_addr()?.to_string();
         let reported: Arc<Mutex<Vec<ReportedError>>> = Arc::default();
+        let shutdown_sent: Arc<Mutex<Option<Instant>>> = Arc::default();
         let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-        let state = (upstream, Arc::clone(&reported), client);
+        let state = (upstream, Arc::clone(&reported), client, Arc::clone(&shutdown_sent));
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -530,7 +551,7 @@ impl FrontProxy {
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |request| {
                         let state = state.clone();
-                        async move { Ok::<_, Infallible>(forward(request, &state.0, &state.1, &state.2).await) }
+                        async move { Ok::<_, Infallible>(forward(request, &state.0, &state.1, &state.2, &state.3).await) }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -538,7 +559,7 @@ impl FrontProxy {
                 });
             }
         });
-        Ok(Self { address, reported, task })
+        Ok(Self { address, reported, shutdown_sent, task })
     }
 
     fn reported(&self) -> Vec<ReportedError> {
@@ -551,6 +572,7 @@ async fn forward(
     upstream: &str,
     reported: &Mutex<Vec<ReportedError>>,
     client: &Client<HttpConnector, Full<Bytes>>,
+    shutdown_sent: &Mutex<Option<Instant>>,
 ) -> hyper::Response<Full<Bytes>> {
     let path = request.uri().path().to_owned();
     let (parts, body) = request.into_parts();
@@ -592,6 +614,12 @@ async fn forward(
                 parts
                     .headers
                     .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+            }
+            if path == "/2020-01-01/extension/event/next"
+                && serde_json::from_slice::<Value>(&body).is_ok_and(|event| event["eventType"] == "SHUTDOWN")
+                && let Ok(mut sent) = shutdown_sent.lock()
+            {
+                *sent = Some(Instant::now());
             }
             hyper::Response::from_parts(parts, Full::new(body))
         }
