@@ -52,11 +52,14 @@ struct Args {
     invocations: usize,
     seconds: u64,
     bare: PathBuf,
+    /// Only these sections (`start`, `invocation`, `trips`, `load`, `size`), e.g. to profile one.
+    only: Vec<String>,
 }
 
 impl Args {
     fn parse() -> anyhow::Result<Self> {
-        let mut args = Args { runs: 5, starts: 20, invocations: 30, seconds: 3, bare: PathBuf::new() };
+        let mut args =
+            Args { runs: 5, starts: 20, invocations: 30, seconds: 3, bare: PathBuf::new(), only: Vec::new() };
         let mut raw = std::env::args().skip(1);
         while let Some(flag) = raw.next() {
             let value = raw.next().with_context(|| format!("{flag} needs a value"))?;
@@ -66,6 +69,7 @@ impl Args {
                 "--invocations" => args.invocations = value.parse()?,
                 "--seconds" => args.seconds = value.parse()?,
                 "--bare" => args.bare = PathBuf::from(value),
+                "--only" => args.only = value.split(',').map(str::to_owned).collect(),
                 _ => bail!("unknown flag {flag}"),
             }
         }
@@ -185,18 +189,29 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse()?;
     let stack = Stack::start().await?;
     let mut table = Table::default();
-    eprintln!("==> start → serving, idle memory, SHUTDOWN → exit: {} environments", args.starts);
-    starts(&stack, &args, &mut table).await?;
-    eprintln!("==> per-invocation overhead: {} invocations each", args.invocations);
-    per_invocation(&stack, &args, &mut table).await?;
-    eprintln!("==> round trips per invocation that fetches");
-    round_trips(&stack, &mut table).await?;
-    eprintln!(
-        "==> cached GET under load: {} runs × {:?} connections × {} s, ours and bare",
-        args.runs, CONNECTIONS, args.seconds
-    );
-    load(&stack, &args, &mut table).await?;
-    sizes(&mut table)?;
+    let wanted = |section: &str| args.only.is_empty() || args.only.iter().any(|s| s == section);
+    if wanted("start") {
+        eprintln!("==> start → serving, idle memory, SHUTDOWN → exit: {} environments", args.starts);
+        starts(&stack, &args, &mut table).await?;
+    }
+    if wanted("invocation") {
+        eprintln!("==> per-invocation overhead: {} invocations each", args.invocations);
+        per_invocation(&stack, &args, &mut table).await?;
+    }
+    if wanted("trips") {
+        eprintln!("==> round trips per invocation that fetches");
+        round_trips(&stack, &mut table).await?;
+    }
+    if wanted("load") {
+        eprintln!(
+            "==> cached GET under load: {} runs × {:?} connections × {} s: ours, ours with stdout to /dev/null, bare",
+            args.runs, CONNECTIONS, args.seconds
+        );
+        load(&stack, &args, &mut table).await?;
+    }
+    if wanted("size") {
+        sizes(&mut table)?;
+    }
     println!();
     table.print();
     Ok(())
@@ -465,98 +480,164 @@ async fn start_bare(bin: &Path, body_size: usize) -> anyhow::Result<(Bare, u16)>
     Ok((Bare(child), port.context("the bare server did not start")?))
 }
 
-/// 2, 3, 5: cached GETs under load during an invocation (as a function would send them), the
-/// bare hyper server in the same run with the same load generator, and memory along the way.
-async fn load(stack: &Stack, args: &Args, table: &mut Table) -> anyhow::Result<()> {
-    let direct = stack.ministack.endpoint();
-    let (mut environment, port) = environment(stack, &[("AWS_ENDPOINT_URL", &direct)], true).await?;
-    let pid = environment.extension.pid().context("running")?;
-    let token = stack.token();
-    environment.invoke(json!({ "secretId": SECRET }), Duration::from_secs(5)).await?;
-    let after_fetch = rss_mb(pid)?;
-    // The load runs inside one long invocation, as a function's reads would: the function
-    // pauses for longer than the runs take (each wrk run lasts its duration plus start-up).
-    let pause = Duration::from_millis(args.runs as u64 * 6 * (args.seconds * 1_000 + 500) + 10_000);
-    let invocation_timeout = pause + Duration::from_secs(10);
-    let (request_id, enqueued_at) = environment
-        .enqueue(json!({ "secretId": SECRET, "pauseMs": pause.as_millis() as u64 }), invocation_timeout)
-        .await?;
-    let output = environment.extension.output.clone();
-    tokio::time::timeout(Duration::from_secs(5), async {
-        while output.events("allow").len() < 2 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
+/// A server under load: the extension (its stdout a pipe read by us, or `/dev/null`) or the
+/// bare hyper server.
+struct Server {
+    port: u16,
+    pid: u32,
+    /// The extension's output, to check one `allow` line per request served.
+    audit: Option<scoped_secrets_tests::lambda::Output>,
+    runs: Vec<Vec<WrkRun>>,
+    rss_after_64: Samples,
+}
+
+impl Server {
+    fn new(port: u16, pid: u32, audit: Option<scoped_secrets_tests::lambda::Output>) -> Self {
+        Self { port, pid, audit, runs: vec![Vec::new(); CONNECTIONS.len()], rss_after_64: Samples::default() }
+    }
+
+    fn pick(&self, index: usize, f: fn(&WrkRun) -> f64) -> Samples {
+        let mut samples = Samples::default();
+        for run in &self.runs[index] {
+            samples.push(f(run));
         }
-    })
-    .await
-    .context("the long invocation never read")?;
+        samples
+    }
+}
+
+/// An extension environment serving from a warm cache inside one long invocation (as a
+/// function's reads would arrive), and that invocation's id, start and timeout.
+async fn serving_environment(
+    stack: &Stack,
+    pause: Duration,
+    discard_stdout: bool,
+) -> anyhow::Result<(Environment, u16, String, Instant, Duration)> {
+    let direct = stack.ministack.endpoint();
+    let port = free_port()?;
+    let mut extension = scoped_secrets_tests::lambda::Program::extension();
+    extension.discard_stdout = discard_stdout;
+    let options = Options {
+        env: stack.function_env(SECRET, port, &[("AWS_ENDPOINT_URL", &direct)]),
+        extension,
+        ..Options::default()
+    };
+    let environment = match Environment::start(options).await? {
+        Ok(environment) => environment,
+        Err(InitFailed { reported, output, .. }) => bail!("INIT failed: {reported:?}\n{}", output.text()),
+    };
+    let invoked = environment.invoke(json!({ "secretId": SECRET }), Duration::from_secs(5)).await?;
+    ensure!(invoked.payload["status"] == 200, "the first read failed: {}", invoked.payload);
+    let timeout = pause + Duration::from_secs(10);
+    let (request_id, enqueued_at) =
+        environment.enqueue(json!({ "secretId": SECRET, "pauseMs": pause.as_millis() as u64 }), timeout).await?;
+    if discard_stdout {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    } else {
+        let output = environment.extension.output.clone();
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while output.events("allow").len() < 2 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .context("the long invocation never read")?;
+    }
+    Ok((environment, port, request_id, enqueued_at, timeout))
+}
+
+/// 2, 3, 5: cached GETs under load during an invocation, the bare hyper server in the same run
+/// with the same load generator, and memory along the way. The extension runs twice: with its
+/// stdout a pipe we read (as in Lambda), and with stdout to `/dev/null`, to show what the
+/// audit line per request costs.
+async fn load(stack: &Stack, args: &Args, table: &mut Table) -> anyhow::Result<()> {
+    let token = stack.token();
+    // Each wrk run lasts its duration plus start-up; three servers, three connection counts.
+    let pause = Duration::from_millis(args.runs as u64 * 9 * (args.seconds * 1_000 + 500) + 15_000);
+    let (mut environment, port, request_id, enqueued_at, timeout) = serving_environment(stack, pause, false).await?;
+    let pid = environment.extension.pid().context("running")?;
+    let after_fetch = rss_mb(pid)?;
     let body_size = cached_gets(port, &token, 1_000).await?;
     let after_1k = rss_mb(pid)?;
-    output.take_lines();
+    environment.extension.output.take_lines();
+    let (mut quiet, quiet_port, quiet_request, quiet_enqueued, _) = serving_environment(stack, pause, true).await?;
+    let quiet_pid = quiet.extension.pid().context("running")?;
 
     let (bare, bare_port) = start_bare(&args.bare, body_size).await?;
     let bare_pid = bare.0.id().context("bare server running")?;
+    let mut servers = [
+        Server::new(port, pid, Some(environment.extension.output.clone())),
+        Server::new(quiet_port, quiet_pid, None),
+        Server::new(bare_port, bare_pid, None),
+    ];
     let script = std::env::temp_dir().join(format!("scoped-secrets-bench-{}.lua", std::process::id()));
     std::fs::write(&script, WRK_SCRIPT)?;
-    let mut ours: Vec<Vec<WrkRun>> = vec![Vec::new(); CONNECTIONS.len()];
-    let mut theirs: Vec<Vec<WrkRun>> = vec![Vec::new(); CONNECTIONS.len()];
-    let (mut after_64, mut bare_after_64) = (Samples::default(), Samples::default());
     for run in 0..args.runs {
         for (index, &connections) in CONNECTIONS.iter().enumerate() {
-            // Alternate which server goes first, so drift on a shared machine hits both.
-            for first_ours in [run % 2 == 0, run % 2 == 1] {
-                if first_ours {
-                    let result = wrk(port, &token, connections, args.seconds, &script).await?;
-                    let lines = output.take_lines();
-                    let allows = lines.iter().filter(|l| l.contains(r#""event":"allow""#)).count() as f64;
+            // Rotate which server goes first, so drift on a shared machine hits all three.
+            for turn in 0..servers.len() {
+                let server = &mut servers[(run + turn) % 3];
+                let result = wrk(server.port, &token, connections, args.seconds, &script).await?;
+                if let Some(audit) = &server.audit {
+                    // The reader may lag the pipe a little: count until every request is there.
+                    let (mut allows, deadline) = (0.0, Instant::now() + Duration::from_secs(5));
+                    loop {
+                        let lines = audit.take_lines();
+                        allows += lines.iter().filter(|l| l.contains(r#""event":"allow""#)).count() as f64;
+                        if allows >= result.requests || Instant::now() > deadline {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    let lines = audit.take_lines();
+                    allows += lines.iter().filter(|l| l.contains(r#""event":"allow""#)).count() as f64;
                     ensure!(
                         allows >= result.requests && allows <= result.requests + f64::from(connections),
                         "{allows} allow lines for {} requests",
                         result.requests
                     );
-                    ours[index].push(result);
-                    if connections == 64 {
-                        after_64.push(rss_mb(pid)?);
-                    }
-                } else {
-                    theirs[index].push(wrk(bare_port, &token, connections, args.seconds, &script).await?);
-                    if connections == 64 {
-                        bare_after_64.push(rss_mb(bare_pid)?);
-                    }
+                }
+                server.runs[index].push(result);
+                if connections == 64 {
+                    let rss = rss_mb(server.pid)?;
+                    server.rss_after_64.push(rss);
                 }
             }
         }
     }
     let _ = std::fs::remove_file(&script);
     drop(bare);
-    let pick = |runs: &[WrkRun], f: fn(&WrkRun) -> f64| {
-        let mut samples = Samples::default();
-        for run in runs {
-            samples.push(f(run));
-        }
-        samples
-    };
+    ensure!(enqueued_at.elapsed() < pause, "the load outlasted the invocation; raise the pause");
+    let [ours, quiet_server, bare_server] = &servers;
     for (index, connections) in CONNECTIONS.iter().enumerate() {
-        let (o, t) = (&ours[index], &theirs[index]);
-        let (o50, t50) = (pick(o, |r| r.p50_ms), pick(t, |r| r.p50_ms));
-        let (orps, trps) = (pick(o, |r| r.per_second), pick(t, |r| r.per_second));
-        let ratio50 = o50.median() / t50.median();
-        let ratio_rps = orps.median() / trps.median();
-        table.add(format!("cached GET c={connections}: p50 latency, ours"), "ms", &o50);
-        table.add(format!("cached GET c={connections}: p50 latency, bare hyper"), "ms", &t50);
-        let mut ratio = Samples::default();
-        ratio.push(ratio50);
+        let c = format!("cached GET c={connections}");
+        let ratio = |a: &Samples, b: &Samples| {
+            let mut ratio = Samples::default();
+            ratio.push(a.median() / b.median());
+            ratio
+        };
+        let (o50, q50, t50) = (
+            ours.pick(index, |r| r.p50_ms),
+            quiet_server.pick(index, |r| r.p50_ms),
+            bare_server.pick(index, |r| r.p50_ms),
+        );
+        let (orps, qrps, trps) = (
+            ours.pick(index, |r| r.per_second),
+            quiet_server.pick(index, |r| r.per_second),
+            bare_server.pick(index, |r| r.per_second),
+        );
+        table.add(format!("{c}: p50 latency, ours"), "ms", &o50);
+        table.add(format!("{c}: p50 latency, ours, stdout to /dev/null"), "ms", &q50);
+        table.add(format!("{c}: p50 latency, bare hyper"), "ms", &t50);
         table
-            .add(format!("cached GET c={connections}: p50 ours / bare (ratio of medians)"), "×", &ratio)
+            .add(format!("{c}: p50 ours / bare (ratio of medians)"), "×", &ratio(&o50, &t50))
             .target("≤ 1.2×", |r| r <= 1.2);
-        table.add(format!("cached GET c={connections}: p99 latency, ours"), "ms", &pick(o, |r| r.p99_ms));
-        table.add(format!("cached GET c={connections}: p99 latency, bare hyper"), "ms", &pick(t, |r| r.p99_ms));
-        table.add(format!("cached GET c={connections}: throughput, ours"), "req/s", &orps);
-        table.add(format!("cached GET c={connections}: throughput, bare hyper"), "req/s", &trps);
-        let mut ratio = Samples::default();
-        ratio.push(ratio_rps);
-        table
-            .add(format!("cached GET c={connections}: throughput ours / bare"), "×", &ratio)
-            .target("≥ 0.8×", |r| r >= 0.8);
+        table.add(format!("{c}: p99 latency, ours"), "ms", &ours.pick(index, |r| r.p99_ms));
+        table.add(format!("{c}: p99 latency, bare hyper"), "ms", &bare_server.pick(index, |r| r.p99_ms));
+        table.add(format!("{c}: throughput, ours"), "req/s", &orps);
+        table.add(format!("{c}: throughput, ours, stdout to /dev/null"), "req/s", &qrps);
+        table.add(format!("{c}: throughput, bare hyper"), "req/s", &trps);
+        table.add(format!("{c}: throughput ours / bare"), "×", &ratio(&orps, &trps)).target("≥ 0.8×", |r| r >= 0.8);
     }
     let one = |value: f64| {
         let mut samples = Samples::default();
@@ -565,14 +646,17 @@ async fn load(stack: &Stack, args: &Args, table: &mut Table) -> anyhow::Result<(
     };
     table.add("RSS after the first invocation (session + fetch)", "MiB", &one(after_fetch));
     table.add("RSS after 1,000 cached requests (one connection)", "MiB", &one(after_1k));
-    table.add("RSS after each 64-connection run", "MiB", &after_64).target("< 16 MB", |m| m < 16.0 * 1e6 / 1048576.0);
-    table.add("… bare hyper's RSS after each 64-connection run", "MiB", &bare_after_64);
-    ensure!(enqueued_at.elapsed() < pause, "the load outlasted the invocation; raise the pause");
-    environment.complete(&request_id, enqueued_at, invocation_timeout).await?;
+    table
+        .add("RSS after each 64-connection run", "MiB", &ours.rss_after_64)
+        .target("< 16 MB", |m| m < 16.0 * 1e6 / 1048576.0);
+    table.add("… bare hyper's RSS after each 64-connection run", "MiB", &bare_server.rss_after_64);
+    environment.complete(&request_id, enqueued_at, timeout).await?;
+    quiet.complete(&quiet_request, quiet_enqueued, timeout).await?;
     // SHUTDOWN with the cache full (the invocation's session already ended at runtimeDone).
     let (status, _, sent) = environment.shut_down_timed(ShutdownReason::Spindown).await?;
     ensure!(status.success(), "the extension exited with {status}");
     table.add("SHUTDOWN → exit after the load (cache full)", "ms", &one(ms(sent.context("no SHUTDOWN seen")?)));
+    quiet.shut_down().await?;
     Ok(())
 }
 
