@@ -44,6 +44,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use aws_smithy_runtime_api::client::http::{HttpClient, HttpConnectorSettings, SharedHttpClient, SharedHttpConnector};
+use aws_smithy_runtime_api::client::runtime_components::{RuntimeComponents, RuntimeComponentsBuilder};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -192,22 +194,8 @@ impl Extension {
             )
         })?;
 
-        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new(config.region.clone()))
-            .retry_config(upstream_retries())
-            // hyper 1 + rustls on ring: one TLS stack, no aws-lc build.
-            .http_client(
-                aws_smithy_http_client::Builder::new()
-                    // No idle connection keeps a session token or an AssumeRole answer in a
-                    // live buffer between invocations (unless keep-alive is asked for).
-                    .pool_max_idle_per_host(if config.upstream_keep_alive { usize::MAX } else { 0 })
-                    .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-                        aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-                    ))
-                    .build_https(),
-            )
-            .load()
-            .await;
+        load_roots_in_background(&config);
+        let sdk = sdk_loader(&config).load().await;
         let evidence = Arc::new(Evidence::new(config.allowlist.len()));
         // SnapStart: nothing random before restore (the snapshot would share it).
         let environment_id = (mode != InitializationType::SnapStart).then(session::new_environment_id);
@@ -592,6 +580,60 @@ pub fn upstream_retries() -> aws_config::retry::RetryConfig {
         .with_max_attempts(UPSTREAM_ATTEMPTS)
         .with_initial_backoff(THROTTLING_BACKOFF)
         .with_max_backoff(MAX_BACKOFF)
+}
+
+/// The AWS SDK's shared configuration as the extension loads it: the configured region and one
+/// HTTP stack. The execution role's credentials come from the process environment, unless the
+/// caller sets them (the benchmark times the emulator through this same client path).
+pub fn sdk_loader(config: &Config) -> aws_config::ConfigLoader {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(config.region.clone()))
+        .retry_config(upstream_retries())
+        .http_client(SharedHttpClient::new(DeferredRoots(https_client(config))))
+}
+
+/// hyper 1 + rustls on ring: one TLS stack, no aws-lc build.
+fn https_client(config: &Config) -> SharedHttpClient {
+    aws_smithy_http_client::Builder::new()
+        // No idle connection keeps a session token or an AssumeRole answer in a live buffer
+        // between invocations (unless keep-alive is asked for).
+        .pool_max_idle_per_host(if config.upstream_keep_alive { usize::MAX } else { 0 })
+        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+            aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https()
+}
+
+/// The SDK's HTTP client without its eager check. That check builds a connector, so the first
+/// client made at INIT loads and parses the system's root certificates there: 20 M of INIT's
+/// 22 M instructions under callgrind, on the path to `ready`. [`load_roots_in_background`]
+/// does it on a thread of its own instead; a request that comes first waits for it (the roots
+/// are one process-wide lazy value).
+#[derive(Debug)]
+struct DeferredRoots(SharedHttpClient);
+
+impl HttpClient for DeferredRoots {
+    fn http_connector(&self, settings: &HttpConnectorSettings, components: &RuntimeComponents) -> SharedHttpConnector {
+        self.0.http_connector(settings, components)
+    }
+
+    fn connector_metadata(&self) -> Option<aws_smithy_runtime_api::client::connector_metadata::ConnectorMetadata> {
+        self.0.connector_metadata()
+    }
+}
+
+/// Loads the root certificates on a short-lived thread, while INIT goes on and then while the
+/// function initialises (no AWS call is made before a request or an INVOKE needs one).
+fn load_roots_in_background(config: &Config) {
+    let client = https_client(config);
+    let spawned = std::thread::Builder::new().name("tls-roots".into()).spawn(move || {
+        let components = RuntimeComponentsBuilder::new("scoped-secrets-tls-roots");
+        let _ = client.validate_base_client_config(&components, &aws_smithy_types::config_bag::ConfigBag::base());
+    });
+    if let Err(error) = spawned {
+        // The first AWS call loads them instead.
+        tracing::warn!(event = "tls_roots_thread_failed", cause = %error);
+    }
 }
 
 /// A SnapStart restore (the first `platform.restoreStart`, or the first INVOKE when none came):

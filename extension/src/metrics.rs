@@ -172,7 +172,7 @@ pub fn audit_line(event: &str, fields: Value) {
 }
 
 /// RFC 3339 with microseconds, as the tracing lines have it.
-fn timestamp(time: SystemTime) -> String {
+pub(crate) fn timestamp(time: SystemTime) -> String {
     let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
     let seconds = crate::policy::iso8601_ceil(UNIX_EPOCH + Duration::from_secs(since.as_secs()));
     format!("{}.{:06}Z", seconds.trim_end_matches('Z'), since.subsec_micros())

@@ -190,7 +190,7 @@ async fn get_secret_value(api: &LocalApi, body: &[u8]) -> Result<Response<Full<B
         .read(&input.secret_id, version, false, Api::Sdk, None)
         .await
         .map_err(|e| (read_error(&e), Some(input.secret_id.clone())))?;
-    Ok(json_response(StatusCode::OK, Bytes::from_owner(value.to_json())))
+    Ok(json_response(StatusCode::OK, value.json_body()))
 }
 
 async fn batch_get_secret_value(

@@ -48,6 +48,9 @@ pub struct SecretValue {
     version_stages: Vec<String>,
     created_date: Option<f64>,
     payload: Payload,
+    /// [`SecretValue::to_json`], made once on first use and wiped with the value: every cached
+    /// read answers with these bytes instead of serialising again.
+    json: std::sync::OnceLock<Zeroizing<Vec<u8>>>,
 }
 
 impl fmt::Debug for SecretValue {
@@ -108,6 +111,19 @@ impl SecretValue {
         buffer
     }
 
+    /// The `GetSecretValue` JSON as a response body that shares the value's own (zeroizing)
+    /// copy, made once per value: the body keeps the value alive until hyper has sent it.
+    pub fn json_body(self: &Arc<Self>) -> bytes::Bytes {
+        struct Shared(Arc<SecretValue>);
+        impl AsRef<[u8]> for Shared {
+            fn as_ref(&self) -> &[u8] {
+                self.0.json.get().map_or(&[], |json| json.as_slice())
+            }
+        }
+        self.json.get_or_init(|| self.to_json());
+        bytes::Bytes::from_owner(Shared(Arc::clone(self)))
+    }
+
     /// The version id, for audit lines.
     pub fn version_id(&self) -> &str {
         &self.version_id
@@ -141,6 +157,7 @@ impl SecretValue {
             version_stages: version_stages.unwrap_or_default(),
             created_date: created_date.map(|d| d.as_secs_f64()),
             payload,
+            json: std::sync::OnceLock::new(),
         }
     }
 }

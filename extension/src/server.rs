@@ -338,8 +338,8 @@ impl LocalApi {
                 };
                 (refusal, Some(query.secret_id.clone()), api)
             })?;
-        // The body is owned by a zeroizing buffer: wiped when hyper drops it.
-        Ok(json_response(StatusCode::OK, Bytes::from_owner(value.to_json()), JSON))
+        // The body is the value's own zeroizing JSON: wiped with the value.
+        Ok(json_response(StatusCode::OK, value.json_body(), JSON))
     }
 
     fn request_id(&self) -> String {

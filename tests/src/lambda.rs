@@ -77,6 +77,11 @@ impl Output {
         self.json_lines().into_iter().filter(|l| l["event"] == event).collect()
     }
 
+    /// Removes and returns every line so far (the benchmark drains the audit lines of a load run).
+    pub fn take_lines(&self) -> Vec<String> {
+        self.0.lock().map(|mut l| std::mem::take(&mut *l)).unwrap_or_default()
+    }
+
     /// The whole output as one string (for "never appears" scans).
     pub fn text(&self) -> String {
         self.lines().join("\n")
@@ -120,6 +125,7 @@ impl Process {
         args: &[String],
         dir: Option<&Path>,
         env: &HashMap<String, String>,
+        discard_stdout: bool,
     ) -> anyhow::Result<Self> {
         let mut command = Command::new(program);
         command.args(args);
@@ -130,7 +136,7 @@ impl Process {
             .env_clear()
             .envs(env)
             .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
+            .stdout(if discard_stdout { std::process::Stdio::null() } else { std::process::Stdio::piped() })
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true);
         let mut child = command.spawn().with_context(|| format!("spawning {}", program.display()))?;
@@ -204,12 +210,15 @@ pub struct Program {
     pub env: Vec<(String, String)>,
     /// What to do when the executable is missing.
     pub hint: &'static str,
+    /// Send its stdout to `/dev/null` instead of keeping it (the benchmark's measure of what
+    /// writing the log costs); [`Output`] then holds only stderr.
+    pub discard_stdout: bool,
 }
 
 impl Program {
     /// `program` with no arguments, working directory or variables of its own.
     pub fn new(program: impl Into<PathBuf>) -> Self {
-        Self { program: program.into(), args: Vec::new(), dir: None, env: Vec::new(), hint: "" }
+        Self { program: program.into(), args: Vec::new(), dir: None, env: Vec::new(), hint: "", discard_stdout: false }
     }
 
     /// The extension: `$SCOPED_SECRETS_EXTENSION_BIN`, else the x86_64 musl build that
@@ -267,7 +276,7 @@ impl Program {
         }
         let mut env = env.clone();
         env.extend(self.env.iter().cloned());
-        Process::spawn(&self.program, &self.args, self.dir.as_deref(), &env)
+        Process::spawn(&self.program, &self.args, self.dir.as_deref(), &env, self.discard_stdout)
     }
 }
 
@@ -346,6 +355,8 @@ pub struct Environment {
     pub function: Option<Process>,
     env: HashMap<String, String>,
     runtime: Program,
+    /// The extension's stdout goes to `/dev/null`: its lines cannot be waited for.
+    extension_quiet: bool,
     /// When the extension process was spawned.
     pub spawned_at: Instant,
 }
@@ -428,6 +439,7 @@ impl Environment {
             function: None,
             env,
             runtime: options.runtime,
+            extension_quiet: options.extension.discard_stdout,
             spawned_at,
         };
         if options.start_function {
@@ -447,8 +459,13 @@ impl Environment {
             .await
             .map_err(|e| anyhow::anyhow!("the function did not initialise: {e}"))?;
         // The extension ends its init session when telemetry reports the runtime's INIT done;
-        // wait for that, so a test's first INVOKE does not race it.
-        self.extension.output.wait_for_event("init_ended", Duration::from_secs(3)).await?;
+        // wait for that, so a test's first INVOKE does not race it (or, with no output to read,
+        // give it a moment).
+        if self.extension_quiet {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        } else {
+            self.extension.output.wait_for_event("init_ended", Duration::from_secs(3)).await?;
+        }
         Ok(())
     }
 
@@ -546,21 +563,35 @@ impl Environment {
 
     /// SHUTDOWN with `reason` (Lambda's 2,000 ms budget).
     pub async fn shut_down_for(&mut self, reason: ShutdownReason) -> anyhow::Result<(ExitStatus, Duration)> {
+        let (status, elapsed, _) = self.shut_down_timed(reason).await?;
+        Ok((status, elapsed))
+    }
+
+    /// SHUTDOWN with `reason`. Returns the exit status, the time from asking the simulator to
+    /// the extension's exit (which includes the simulator's telemetry flush), and the time from
+    /// the SHUTDOWN event leaving for the extension to its exit, if the event was seen.
+    pub async fn shut_down_timed(
+        &mut self,
+        reason: ShutdownReason,
+    ) -> anyhow::Result<(ExitStatus, Duration, Option<Duration>)> {
         let simulator = self.simulator.take().context("already shut down")?;
         let started = Instant::now();
         let shutdown = tokio::spawn(simulator.graceful_shutdown(reason));
         let status = self.extension.wait(Duration::from_secs(5)).await?;
-        let elapsed = started.elapsed();
+        let exited = Instant::now();
+        let elapsed = exited - started;
+        let sent = self.front.state.shutdown_sent.lock().ok().and_then(|sent| *sent);
         if let Some(function) = self.function.as_mut() {
             let _ = function.child.start_kill();
         }
         let _ = shutdown.await;
-        Ok((status, elapsed))
+        Ok((status, elapsed, sent.map(|sent| exited.saturating_duration_since(sent))))
     }
 }
 
 /// The front proxy before the simulator: records `init/error` and `exit/error`, registrations
-/// and telemetry subscriptions, applies the platform's mode, relays telemetry, forwards the rest.
+/// and telemetry subscriptions, and when the SHUTDOWN event went out; applies the platform's
+/// mode, relays telemetry, forwards the rest.
 struct FrontProxy {
     address: String,
     state: Arc<FrontState>,
@@ -574,6 +605,8 @@ struct FrontState {
     registrations: Mutex<Vec<Value>>,
     subscriptions: Mutex<Vec<Value>>,
     tenant_id: Mutex<Option<String>>,
+    /// When the SHUTDOWN event went out to the extension.
+    shutdown_sent: Mutex<Option<Instant>>,
     /// The extension's own telemetry listener.
     extension_destination: Mutex<Option<String>>,
     /// The relay the simulator delivers to instead.
@@ -609,6 +642,7 @@ impl FrontProxy {
             registrations: Mutex::default(),
             subscriptions: Mutex::default(),
             tenant_id,
+            shutdown_sent: Mutex::default(),
             extension_destination: Mutex::default(),
             relay,
             client: Client::builder(TokioExecutor::new()).build_http(),
@@ -740,6 +774,12 @@ async fn forward(request: hyper::Request<Incoming>, state: &FrontState) -> hyper
                 parts
                     .headers
                     .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+            }
+            if path == "/2020-01-01/extension/event/next"
+                && serde_json::from_slice::<Value>(&body).is_ok_and(|event| event["eventType"] == "SHUTDOWN")
+                && let Ok(mut sent) = state.shutdown_sent.lock()
+            {
+                *sent = Some(Instant::now());
             }
             hyper::Response::from_parts(parts, Full::new(body))
         }

@@ -7,7 +7,9 @@
 //! environment. Optional `pauseMs` then `thenSecretId`: after the first read, wait and read a
 //! second secret (the answer gains `"then": {…}`), to show credentials renewing within one
 //! invocation. Port: `SCOPED_SECRETS_PORT`, else `PARAMETERS_SECRETS_EXTENSION_HTTP_PORT`,
-//! else 2773.
+//! else 2773. Optional `"timed": true`: each answer gains `readUs`, the read's latency as the
+//! function saw it (request sent to body received), which the benchmark (`bench/run.sh`)
+//! reports as the extension's per-invocation cost.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -34,7 +36,12 @@ async fn handle(client: &Client<HttpConnector, Empty<Bytes>>, event: LambdaEvent
         .or_else(|| std::env::var("SECRET_ID").ok())
         .ok_or("no secretId in the event and no SECRET_ID in the environment")?;
     let stage = payload.get("versionStage").and_then(Value::as_str);
+    let timed = payload.get("timed").and_then(Value::as_bool).unwrap_or(false);
+    let started = std::time::Instant::now();
     let mut answer = read(client, &secret_id, stage).await?;
+    if timed {
+        answer["readUs"] = json!(started.elapsed().as_micros() as u64);
+    }
     if let Some(pause) = payload.get("pauseMs").and_then(Value::as_u64) {
         tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
     }
