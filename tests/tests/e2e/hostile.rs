@@ -613,6 +613,10 @@ async fn every_hostile_request_gets_its_exact_refusal_and_nothing_is_fetched_or_
     assert!(answered.closed, "closed after the request that asked for it");
     expected_audit.extend(["missing_token", "method_not_allowed", "secret_not_allowed", "not_found"]);
     let distinct = cases.len() + 2;
+    eprintln!(
+        "hostile: {distinct} distinct cases ({} single requests, a pipelined and an HTTP/1.0 exchange)",
+        cases.len()
+    );
     assert!(distinct >= 40, "{distinct} cases");
 
     assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
