@@ -597,8 +597,8 @@ mod tests {
         ]
     }
 
-    fn with(extra: &[(&'static str, &'static str)]) -> Result<Config, ConfigError> {
-        let mut pairs = base();
+    fn with<'a>(extra: &[(&'a str, &'a str)]) -> Result<Config, ConfigError> {
+        let mut pairs: Vec<(&str, &str)> = base();
         for (k, v) in extra {
             pairs.retain(|(name, _)| name != k);
             pairs.push((k, v));
@@ -692,20 +692,14 @@ mod tests {
         let id = "1234abcd-12ab-34cd-56ef-1234567890ab";
         let other = "arn:aws:kms:us-east-1:210987654321:key/mrk-0123456789abcdef0123456789abcdef";
         let raw = format!("{id}, {other},{id}");
-        let config = Config::from_env(&Env::from_pairs(
-            base().into_iter().chain([(var::KMS_KEYS, raw.as_str())]).map(|(k, v)| (k, v.to_owned())),
-        ))
-        .expect("valid");
+        let config = with(&[(var::KMS_KEYS, raw.as_str())]).expect("valid");
         let grant = config.allowlist.kms().expect("a grant");
         assert_eq!(grant.keys, [format!("arn:aws:kms:us-east-1:123456789012:key/{id}"), other.to_owned()]);
         assert_eq!(grant.via_service, "secretsmanager.us-east-1.amazonaws.com");
         assert!(with(&[]).expect("valid").allowlist.kms().is_none(), "no keys: no grant");
         let six: Vec<String> = (0..6).map(|i| format!("1234abcd-12ab-34cd-56ef-12345678900{i}")).collect();
         let six = six.join(",");
-        let error = Config::from_env(&Env::from_pairs(
-            base().into_iter().chain([(var::KMS_KEYS, six.as_str())]).map(|(k, v)| (k, v.to_owned())),
-        ))
-        .expect_err("too many");
+        let error = with(&[(var::KMS_KEYS, six.as_str())]).expect_err("too many");
         assert_eq!(error.variable, var::KMS_KEYS);
     }
 
