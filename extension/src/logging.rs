@@ -22,6 +22,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::{Env, var};
+use crate::domain::time::push_rfc3339_micros;
 
 /// Installs the JSON subscriber. Returns a sentence when the level variable is invalid (the
 /// caller reports it with `init/error`; logging then runs at `info`).
@@ -100,7 +101,7 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for JsonLines {
 fn format_line(line: &mut String, event: &tracing::Event<'_>) {
     let metadata = event.metadata();
     line.push_str(r#"{"timestamp":""#);
-    line.push_str(&crate::metrics::timestamp(std::time::SystemTime::now()));
+    push_rfc3339_micros(line, std::time::SystemTime::now());
     line.push_str(r#"","level":""#);
     line.push_str(metadata.level().as_str());
     line.push('"');
@@ -176,6 +177,38 @@ impl Visit for Fields<'_> {
     }
 }
 
+/// Writes an audit record with nested fields (the SHUTDOWN reports) as one JSON line, in the
+/// shape of the tracing lines: `timestamp`, `level`, `target`, `event`, then `fields`' members
+/// (a struct that serialises to a JSON object).
+pub fn audit_line<T: serde::Serialize>(event: &str, fields: &T) {
+    write_line(&report_line(event, fields, std::time::SystemTime::now()));
+}
+
+fn report_line<T: serde::Serialize>(event: &str, fields: &T, now: std::time::SystemTime) -> String {
+    let mut line = String::with_capacity(512);
+    line.push_str(r#"{"timestamp":""#);
+    push_rfc3339_micros(&mut line, now);
+    line.push_str(r#"","level":"INFO","target":"audit","event":"#);
+    push_string(&mut line, event);
+    match serde_json::to_string(fields) {
+        Ok(object) if object.len() > 2 && object.starts_with('{') => {
+            line.push(',');
+            line.push_str(&object[1..]);
+        }
+        _ => line.push('}'),
+    }
+    line
+}
+
+/// Writes one JSON document as a line on stdout, beside the tracing lines (EMF documents,
+/// the reports).
+pub fn write_line(line: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(line.as_bytes());
+    let _ = stdout.write_all(b"\n");
+    let _ = stdout.flush();
+}
+
 /// `text` as a JSON string, escaped as `serde_json` escapes it.
 fn push_string(line: &mut String, text: &str) {
     line.push('"');
@@ -229,6 +262,25 @@ mod tests {
         let mut line = String::new();
         let _ = write!(Escaping(&mut line), "{:?}", "a\"b");
         assert_eq!(line, r#"\"a\\\"b\""#);
+    }
+
+    #[test]
+    fn a_report_line_is_one_json_object_in_the_shape_of_the_tracing_lines() {
+        #[derive(serde::Serialize)]
+        struct Report {
+            count: u64,
+            names: Vec<&'static str>,
+        }
+        let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_764_000_000);
+        let line = report_line("report", &Report { count: 2, names: vec!["a\"b"] }, now);
+        let parsed: serde_json::Value = serde_json::from_str(&line).expect("one JSON object");
+        assert_eq!(parsed["timestamp"], "2025-11-24T16:00:00.000000Z");
+        assert_eq!((parsed["level"].as_str(), parsed["target"].as_str()), (Some("INFO"), Some("audit")));
+        assert_eq!((parsed["event"].as_str(), parsed["count"].as_u64()), (Some("report"), Some(2)));
+        assert_eq!(parsed["names"][0], "a\"b");
+        let empty: serde_json::Value =
+            serde_json::from_str(&report_line("e", &serde_json::json!({}), now)).expect("json");
+        assert_eq!(empty["event"], "e");
     }
 
     #[test]

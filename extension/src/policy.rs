@@ -14,7 +14,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
 
-use crate::allowlist::Allowlist;
+use crate::config::allowlist::Allowlist;
+use crate::domain::tenant::MAX_TENANT_ID_CHARS;
+use crate::domain::time::iso8601_ceil;
 
 /// AWS rejects session policies longer than this (plain text, before packing).
 pub const MAX_POLICY_CHARS: usize = 2_048;
@@ -65,7 +67,7 @@ pub fn session_policy(allowlist: &Allowlist, end: SystemTime) -> String {
 pub fn check_fits(allowlist: &Allowlist) -> Result<(), String> {
     let far_future = UNIX_EPOCH + Duration::from_secs(4_102_444_800); // 2100-01-01: widest date
     // Tenant entries are measured with the longest tenant id.
-    let longest = allowlist.for_tenant(&"t".repeat(crate::tenant::MAX_TENANT_ID_CHARS));
+    let longest = allowlist.for_tenant(&"t".repeat(MAX_TENANT_ID_CHARS));
     let size = session_policy(&longest, far_future).len();
     if size > MAX_POLICY_CHARS {
         return Err(format!(
@@ -76,52 +78,10 @@ pub fn check_fits(allowlist: &Allowlist) -> Result<(), String> {
     Ok(())
 }
 
-/// `RoleSessionName` for a session: `ss-{env}-{request}` cut to STS's 64 characters, using
-/// only the characters STS accepts (`[\w+=,.@-]`); the emulator does not check this, so we do.
-pub fn session_name(environment_id: &str, request_id: &str, sequence: u32) -> String {
-    let clean = |text: &str| -> String {
-        text.chars().filter(|c| c.is_ascii_alphanumeric() || "+=,.@_-".contains(*c)).collect()
-    };
-    let suffix = if sequence == 0 { String::new() } else { format!("-{sequence}") };
-    let mut name = format!("ss-{}-{}", clean(environment_id), clean(request_id));
-    name.truncate(64 - suffix.len());
-    name.push_str(&suffix);
-    name
-}
-
-/// Whether `name` is a valid `RoleSessionName` (2 to 64 of `[\w+=,.@-]`).
-pub fn is_valid_session_name(name: &str) -> bool {
-    (2..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b))
-}
-
-/// `YYYY-MM-DDThh:mm:ssZ` for `time`, rounded up to the whole second.
-pub fn iso8601_ceil(time: SystemTime) -> String {
-    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let seconds = since.as_secs() + u64::from(since.subsec_nanos() > 0);
-    let days = seconds / 86_400;
-    let rest = seconds % 86_400;
-    let (year, month, day) = civil_from_days(days);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rest / 3_600, rest % 3_600 / 60, rest % 60)
-}
-
-/// Howard Hinnant's days-to-civil algorithm (public domain), for dates after 1970.
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let day_of_era = z % 146_097;
-    let year_of_era = (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let mp = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = year_of_era + era * 400 + u64::from(month <= 2);
-    (year, month, day)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::RoleArn;
+    use crate::domain::arn::RoleArn;
 
     fn allowlist(list: &str) -> Allowlist {
         let role = RoleArn::parse("arn:aws:iam::123456789012:role/r").expect("valid");
@@ -132,7 +92,7 @@ mod tests {
     fn kms_keys_add_decrypt_only_via_secrets_manager_for_the_allowlisted_secrets() {
         let end = UNIX_EPOCH + Duration::from_secs(1_764_000_000);
         let key = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab";
-        let grant = crate::allowlist::KmsGrant {
+        let grant = crate::config::allowlist::KmsGrant {
             keys: vec![key.to_owned()],
             via_service: "secretsmanager.us-east-1.amazonaws.com".to_owned(),
         };
@@ -173,41 +133,6 @@ mod tests {
             assert_eq!(statement["Effect"], "Allow");
             // 1_764_000_000.001 s rounds up to ...001 s: never earlier than the true end.
             assert_eq!(statement["Condition"]["DateLessThan"]["aws:CurrentTime"], "2025-11-24T16:00:01Z");
-        }
-    }
-
-    #[test]
-    fn dates_are_exact_across_leap_years_and_month_ends() {
-        let cases = [
-            (0, "1970-01-01T00:00:00Z"),
-            (951_782_400, "2000-02-29T00:00:00Z"),
-            (1_709_251_199, "2024-02-29T23:59:59Z"),
-            (1_735_689_600, "2025-01-01T00:00:00Z"),
-            (4_102_444_799, "2099-12-31T23:59:59Z"),
-        ];
-        for (seconds, expected) in cases {
-            assert_eq!(iso8601_ceil(UNIX_EPOCH + Duration::from_secs(seconds)), expected);
-        }
-    }
-
-    #[test]
-    fn session_names_are_valid_for_sts_whatever_the_request_id() {
-        let cases = [
-            ("a1b2c3", "8f0e7c1a-1b2c-4d5e-9f00-112233445566", 0),
-            ("a1b2c3", "weird id/with:chars and spaces", 0),
-            ("a1b2c3", &"x".repeat(200), 0),
-            ("a1b2c3", &"x".repeat(200), 12),
-            ("", "", 0),
-        ];
-        for (environment, request, sequence) in cases {
-            let name = session_name(environment, request, sequence);
-            assert!(is_valid_session_name(&name), "{name}");
-            assert!(name.starts_with("ss-"));
-        }
-        assert_eq!(session_name("env1", "req-1", 0), "ss-env1-req-1");
-        assert_eq!(session_name("env1", "req-1", 2), "ss-env1-req-1-2");
-        for invalid in ["a", &"a".repeat(65), "has space", "a/b", "a:b", "a*b"] {
-            assert!(!is_valid_session_name(invalid), "{invalid}");
         }
     }
 

@@ -20,8 +20,10 @@ use std::time::{Duration, Instant, SystemTime};
 use aws_sdk_iam as iam;
 use serde_json::{Value, json};
 
-use crate::invocation::IssuedSession;
-use crate::policy::iso8601_ceil;
+use crate::domain::arn::RoleArn;
+use crate::domain::text::percent_decode_lossy;
+use crate::domain::time::iso8601_ceil;
+use crate::invocation::ledger::IssuedSession;
 
 /// The inline policy scoped-secrets owns on the scoped role.
 pub const POLICY_NAME: &str = "scoped-secrets-revocations";
@@ -174,18 +176,13 @@ async fn read(client: &iam::Client, role_name: &str) -> Result<Vec<Value>, DenyE
 /// The statements of a policy document as `GetRolePolicy` returns it (URL-encoded, or plain
 /// JSON as some emulators answer); `None` if it is not JSON.
 pub fn statements_of(text: &str) -> Option<Vec<Value>> {
-    let decoded = if text.trim_start().starts_with('{') { text.to_owned() } else { percent_decode(text) };
+    let decoded = if text.trim_start().starts_with('{') { text.to_owned() } else { percent_decode_lossy(text) };
     let document: Value = serde_json::from_str(&decoded).ok()?;
     Some(match &document["Statement"] {
         Value::Array(statements) => statements.clone(),
         Value::Object(_) => vec![document["Statement"].clone()],
         _ => Vec::new(),
     })
-}
-
-/// IAM's URL-encoding undone (the local API's path decoder; invalid UTF-8 becomes U+FFFD).
-fn percent_decode(text: &str) -> String {
-    String::from_utf8_lossy(&crate::server::percent_decode(text.as_bytes())).into_owned()
 }
 
 fn iam_error<E: iam::error::ProvideErrorMetadata, R>(
@@ -202,16 +199,11 @@ fn iam_error<E: iam::error::ProvideErrorMetadata, R>(
     DenyError::Iam { operation, code: code.chars().filter(char::is_ascii_alphanumeric).collect() }
 }
 
-/// The role name from its ARN (`…:role/path/NAME` → `NAME`).
-pub fn role_name(role_arn: &str) -> &str {
-    role_arn.rsplit('/').next().unwrap_or(role_arn)
-}
-
 /// Runs the deny write bounded by `budget`, never holding SHUTDOWN past it.
 pub async fn deny_within(
     budget: Duration,
     client: &iam::Client,
-    role_arn: &str,
+    role: &RoleArn,
     role_id: Option<&str>,
     environment: &str,
     live: &[IssuedSession],
@@ -219,7 +211,7 @@ pub async fn deny_within(
 ) -> (Result<DenyOutcome, DenyError>, Duration) {
     let started = Instant::now();
     let Some(role_id) = role_id else { return (Err(DenyError::NoRoleId), started.elapsed()) };
-    let work = deny(client, role_name(role_arn), role_id, environment, live, policy_budget);
+    let work = deny(client, role.name(), role_id, environment, live, policy_budget);
     let result = match tokio::time::timeout(budget, work).await {
         Ok(result) => result,
         Err(_elapsed) => Err(DenyError::Iam { operation: "deny", code: "Timeout".into() }),
@@ -275,8 +267,7 @@ mod tests {
     #[test]
     fn policy_documents_decode_from_iams_url_encoding() {
         let encoded = "%7B%22Version%22%3A%222012-10-17%22%2C%22Statement%22%3A%5B%5D%7D";
-        assert_eq!(percent_decode(encoded), r#"{"Version":"2012-10-17","Statement":[]}"#);
-        assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(role_name("arn:aws:iam::123456789012:role/path/to/scoped"), "scoped");
+        assert_eq!(percent_decode_lossy(encoded), r#"{"Version":"2012-10-17","Statement":[]}"#);
+        assert_eq!(percent_decode_lossy("100%"), "100%");
     }
 }

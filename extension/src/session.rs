@@ -15,36 +15,11 @@ use aws_sdk_secretsmanager as secretsmanager;
 use aws_sdk_sts as sts;
 
 use crate::config::Config;
+use crate::domain::error::SessionError;
+use crate::domain::session_name;
+use crate::evidence::Evidence;
 use crate::policy;
-
-/// Why a session could not be had.
-#[derive(Debug, thiserror::Error)]
-pub enum SessionError {
-    /// STS refused (trust policy, role policy, or our request).
-    #[error("STS refused AssumeRole ({code})")]
-    Refused {
-        /// The AWS error code.
-        code: String,
-    },
-    /// STS did not answer in time.
-    #[error("STS did not answer within the upstream timeout")]
-    Timeout,
-    /// STS kept throttling `AssumeRole` through every retry.
-    #[error("STS throttled AssumeRole")]
-    Throttled,
-    /// STS could not be reached or answered garbage.
-    #[error("STS call failed ({kind})")]
-    Upstream {
-        /// A short, credential-free description.
-        kind: String,
-    },
-    /// The session name would be invalid for STS (checked here: the emulator does not).
-    #[error("generated session name is not valid for STS")]
-    InvalidName,
-    /// A tenant-scoped allowlist has no tenant yet: there is no policy to ask for.
-    #[error("the allowlist waits for its tenant")]
-    TenantUnknown,
-}
+use crate::tenant::Tenancy;
 
 /// Builds sessions: holds the STS client (execution-role credentials) and the template for
 /// per-session Secrets Manager clients.
@@ -52,10 +27,10 @@ pub struct SessionFactory {
     sts: sts::Client,
     secrets_manager: secretsmanager::config::Builder,
     config: Arc<Config>,
-    tenancy: Arc<crate::tenant::Tenancy>,
+    tenancy: Arc<Tenancy>,
     /// `None` until drawn: a SnapStart INIT draws nothing random before restore.
     environment_id: Mutex<Option<String>>,
-    evidence: Arc<crate::metrics::Evidence>,
+    evidence: Arc<Evidence>,
 }
 
 impl fmt::Debug for SessionFactory {
@@ -69,9 +44,9 @@ impl SessionFactory {
     pub fn new(
         sdk: &aws_config::SdkConfig,
         config: Arc<Config>,
-        tenancy: Arc<crate::tenant::Tenancy>,
+        tenancy: Arc<Tenancy>,
         environment_id: Option<String>,
-        evidence: Arc<crate::metrics::Evidence>,
+        evidence: Arc<Evidence>,
     ) -> Self {
         let timeouts = aws_smithy_types::timeout::TimeoutConfig::builder()
             .operation_timeout(config.upstream_timeout)
@@ -115,8 +90,8 @@ impl SessionFactory {
     pub async fn start(&self, label: &str, sequence: u32, end: SystemTime) -> Result<Session, SessionError> {
         // Drawn at INIT, or at restore; a session can only be asked for after either.
         let environment_id = self.environment_id().unwrap_or_else(|| self.draw_environment_id());
-        let name = policy::session_name(&environment_id, label, sequence);
-        if !policy::is_valid_session_name(&name) {
+        let name = session_name::session_name(&environment_id, label, sequence);
+        if !session_name::is_valid(&name) {
             return Err(SessionError::InvalidName);
         }
         let allowlist = self.tenancy.current().ok_or(SessionError::TenantUnknown)?;
@@ -163,7 +138,7 @@ impl SessionFactory {
             event = "session_started",
             request_id = %label,
             session = %name,
-            policy_end = %policy::iso8601_ceil(end),
+            policy_end = %crate::domain::time::iso8601_ceil(end),
             assume_role_ms = started.elapsed().as_millis() as u64,
         );
         Ok(Session { name, end, client, role_id, succeeded: std::sync::atomic::AtomicBool::new(false) })
@@ -252,5 +227,38 @@ fn classify_sts_error(
         }
         SdkError::DispatchFailure(_) => SessionError::Upstream { kind: "connection failed".into() },
         _ => SessionError::Upstream { kind: "unexpected answer".into() },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing;
+
+    #[test]
+    fn environment_ids_are_short_random_and_sts_safe() {
+        let (a, b) = (new_environment_id(), new_environment_id());
+        assert_eq!(a.len(), 8);
+        assert_ne!(a, b);
+        let name = session_name::session_name(&a, &"f".repeat(36), 0);
+        assert!(session_name::is_valid(&name));
+        assert_eq!(name.len(), 48, "ss-{{env}}-{{uuid}} leaves room for a renewal suffix");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tenant_scoped_allowlist_asks_sts_for_nothing_before_its_tenant_is_known() {
+        let (factory, _, evidence) = testing::factory(testing::config("tenants/{tenant}/db", &[])).await;
+        let refused = factory.start("r1", 0, SystemTime::now() + Duration::from_secs(60)).await;
+        assert!(matches!(refused, Err(SessionError::TenantUnknown)), "{refused:?}");
+        assert!(evidence.take_document("NS", "f", &[]).is_none(), "no AssumeRole was timed: none was made");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restore_draws_a_new_environment_id() {
+        let (factory, _, _) = testing::factory(testing::config("app/db", &[])).await;
+        assert_eq!(factory.environment_id().as_deref(), Some("testenv1"));
+        let drawn = factory.draw_environment_id();
+        assert_ne!(drawn, "testenv1");
+        assert_eq!(factory.environment_id(), Some(drawn));
     }
 }

@@ -10,7 +10,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 
@@ -19,6 +19,8 @@ use aws_sigv4::http_request::{
 };
 use http::HeaderMap;
 use zeroize::Zeroizing;
+
+use crate::domain::time::parse_amz_date;
 
 /// How far `X-Amz-Date` may be from now.
 pub const MAX_SKEW: Duration = Duration::from_secs(300);
@@ -307,53 +309,9 @@ impl<'a> Authorization<'a> {
     }
 }
 
-/// `YYYYMMDDTHHMMSSZ` → time.
-fn parse_amz_date(text: &str) -> Option<SystemTime> {
-    let bytes = text.as_bytes();
-    if bytes.len() != 16 || bytes[8] != b'T' || bytes[15] != b'Z' {
-        return None;
-    }
-    let number = |range: std::ops::Range<usize>| text.get(range)?.parse::<u64>().ok();
-    let (year, month, day) = (number(0..4)?, number(4..6)?, number(6..8)?);
-    let (hour, minute, second) = (number(9..11)?, number(11..13)?, number(13..15)?);
-    if !(1970..=9999).contains(&year)
-        || !(1..=12).contains(&month)
-        || !(1..=31).contains(&day)
-        || hour > 23
-        || minute > 59
-        || second > 60
-    {
-        return None;
-    }
-    // Howard Hinnant's days-from-civil (public domain).
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y / 400;
-    let year_of_era = y - era * 400;
-    let month_index = if month > 2 { month - 3 } else { month + 9 };
-    let day_of_year = (153 * month_index + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    let days = (era * 146_097 + day_of_era).checked_sub(719_468)?;
-    Some(UNIX_EPOCH + Duration::from_secs(days * 86_400 + hour * 3_600 + minute * 60 + second))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn amz_dates_round_trip_with_the_policy_formatter() {
-        for seconds in [0_u64, 951_782_400, 1_709_251_199, 1_764_000_000] {
-            let time = UNIX_EPOCH + Duration::from_secs(seconds);
-            let iso = crate::policy::iso8601_ceil(time);
-            let amz: String = iso.chars().filter(|c| *c != '-' && *c != ':').collect();
-            assert_eq!(parse_amz_date(&amz), Some(time), "{amz}");
-        }
-        for bad in
-            ["", "20261125T100000", "2026-11-25T10:00:00Z", "20261325T100000Z", "20261125T250000Z", "2026112XT100000Z"]
-        {
-            assert_eq!(parse_amz_date(bad), None, "{bad}");
-        }
-    }
 
     #[test]
     fn authorization_headers_parse_strictly() {

@@ -22,6 +22,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::http::{ConnectionLimits, accept_loop, status_response as status};
 use crate::tenant::{Observed, Tenancy};
 
 /// How many finished request ids are remembered (runtimeDone may arrive before the INVOKE
@@ -29,6 +30,8 @@ use crate::tenant::{Observed, Tenancy};
 const REMEMBERED: usize = 64;
 /// Largest telemetry batch accepted (Lambda's own cap is 256 KiB as subscribed).
 const MAX_BATCH_BYTES: usize = 1 << 20;
+/// Connections served at once: Lambda delivers one batch at a time.
+const MAX_CONNECTIONS: usize = 4;
 
 /// Request ids whose runtime has finished.
 #[derive(Debug)]
@@ -141,8 +144,8 @@ pub struct Sinks {
 
 /// Serves telemetry batches until `shutdown`.
 pub async fn serve(listener: TcpListener, sinks: Arc<Sinks>, shutdown: CancellationToken) {
-    let limits = crate::server::ConnectionLimits { max_connections: 4, ..Default::default() };
-    crate::server::accept_loop(listener, limits, shutdown, move |request| {
+    let limits = ConnectionLimits { max_connections: MAX_CONNECTIONS, ..Default::default() };
+    accept_loop(listener, limits, shutdown, move |request| {
         let sinks = Arc::clone(&sinks);
         async move { handle(request, &sinks).await }
     })
@@ -203,12 +206,6 @@ fn observe_tenant(sinks: &Sinks, raw: &str, request_id: Option<&str>) {
             sinks.broken.cancel();
         }
     }
-}
-
-fn status(code: StatusCode) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::new()));
-    *response.status_mut() = code;
-    response
 }
 
 #[cfg(test)]

@@ -41,7 +41,7 @@ impl ContainerCredentials {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let address = listener.local_addr()?.to_string();
         let (served, refused) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let expiration = scoped_secrets::policy::iso8601_ceil(SystemTime::now() + Duration::from_secs(3_600));
+        let expiration = scoped_secrets::domain::time::iso8601_ceil(SystemTime::now() + Duration::from_secs(3_600));
         let answer = Bytes::from(
             serde_json::json!({
                 "AccessKeyId": credentials.access_key_id,

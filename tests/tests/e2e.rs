@@ -425,8 +425,8 @@ async fn requests_during_init_use_an_init_session_that_ends_at_the_first_invoke(
         .as_str()
         .expect("end")
         .to_owned();
-    let now = scoped_secrets::policy::iso8601_ceil(SystemTime::now());
-    let in_15s = scoped_secrets::policy::iso8601_ceil(SystemTime::now() + Duration::from_secs(15));
+    let now = scoped_secrets::domain::time::iso8601_ceil(SystemTime::now());
+    let in_15s = scoped_secrets::domain::time::iso8601_ceil(SystemTime::now() + Duration::from_secs(15));
     assert!(end > now && end <= in_15s, "the init session ends with the init budget ({end})");
 
     environment.start_function().await?;

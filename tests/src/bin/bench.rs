@@ -382,8 +382,8 @@ async fn direct_factory(stack: &Stack, endpoint: &str) -> anyhow::Result<scoped_
         None,
         "bench",
     );
-    let sdk = scoped_secrets::sdk_loader(&config).credentials_provider(credentials).load().await;
-    let evidence = Arc::new(scoped_secrets::metrics::Evidence::new(config.allowlist.len()));
+    let sdk = scoped_secrets::aws::sdk_loader(&config).credentials_provider(credentials).load().await;
+    let evidence = Arc::new(scoped_secrets::evidence::Evidence::new(config.allowlist.len()));
     let tenancy = Arc::new(scoped_secrets::tenant::Tenancy::new(config.allowlist.clone()));
     Ok(scoped_secrets::session::SessionFactory::new(&sdk, Arc::new(config), tenancy, Some("benchenv".into()), evidence))
 }

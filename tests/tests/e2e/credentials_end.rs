@@ -56,7 +56,7 @@ async fn a_credential_window_ends_access_mid_invocation_and_a_later_read_renews(
     let (request_id, enqueued_at) = environment.enqueue(payload, timeout).await?;
     stack.wait_until("the first session", |proxy| !proxy.assume_role_calls().is_empty()).await?;
     let first = stack.proxy.assume_role_calls().remove(0);
-    let in_three_seconds = scoped_secrets::policy::iso8601_ceil(first.at + Duration::from_secs(3));
+    let in_three_seconds = scoped_secrets::domain::time::iso8601_ceil(first.at + Duration::from_secs(3));
     assert!(policy_end(&first) <= in_three_seconds, "bounded by the 2 s window, not the 10 s deadline");
 
     // After the window, while the invocation still runs, AWS refuses the captured credentials.

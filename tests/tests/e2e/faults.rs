@@ -86,7 +86,7 @@ async fn sts_throttling_is_retried_with_jittered_backoff_then_reported_and_recov
         for (retry, pair) in calls.windows(2).enumerate() {
             let gap = pair[1].at.duration_since(pair[0].at)?;
             // Full jitter: the n-th backoff is uniform in [0, 200 ms × 2^(n-1)], plus the call.
-            let ceiling = scoped_secrets::THROTTLING_BACKOFF * 2u32.pow(retry as u32);
+            let ceiling = scoped_secrets::aws::THROTTLING_BACKOFF * 2u32.pow(retry as u32);
             assert!(gap <= ceiling + Duration::from_millis(250), "backoff {gap:?} over {ceiling:?}");
             gaps.push((gap, ceiling));
         }
@@ -105,7 +105,7 @@ async fn sts_throttling_is_retried_with_jittered_backoff_then_reported_and_recov
     let invoked = environment.invoke(read("app/db"), TIMEOUT).await?;
     assert_eq!(outcome(&invoked.payload), (503, Some("session_throttled")), "{}", invoked.payload);
     assert!(started.elapsed() < wait, "bounded by the wait timeout: {:?}", started.elapsed());
-    assert_eq!(stack.proxy.assume_role_calls().len(), scoped_secrets::UPSTREAM_ATTEMPTS as usize);
+    assert_eq!(stack.proxy.assume_role_calls().len(), scoped_secrets::aws::UPSTREAM_ATTEMPTS as usize);
     assert!(stack.proxy.secrets_manager_calls().is_empty(), "no session, no read");
 
     // STS recovers: so does the extension.
@@ -186,7 +186,7 @@ async fn the_emulator_going_away_mid_invocation_fails_reads_clearly_until_it_ret
 async fn garbled_failing_and_cut_answers_are_502s_or_are_retried_away() -> anyhow::Result<()> {
     let stack = Stack::start().await?;
     let (mut environment, _port) = stack.environment("app/db", &settings(&[])).await?;
-    let attempts = scoped_secrets::UPSTREAM_ATTEMPTS as usize;
+    let attempts = scoped_secrets::aws::UPSTREAM_ATTEMPTS as usize;
     // (service, operation, fault, times, expected status and code, calls of that operation)
     let cases: Vec<(Service, &str, Fault, Option<usize>, (u64, Option<&str>), usize)> = vec![
         (Service::SecretsManager, "GetSecretValue", Fault::Malformed, Some(1), (502, Some("upstream_error")), 1),

@@ -295,7 +295,7 @@ async fn managed_instances_registers_shutdown_only_and_serves_per_fetch_sessions
             .as_str()
             .expect("bound")
             .to_owned();
-        let window_end = scoped_secrets::policy::iso8601_ceil(call.at + Duration::from_secs(61));
+        let window_end = scoped_secrets::domain::time::iso8601_ceil(call.at + Duration::from_secs(61));
         assert!(end <= window_end, "bounded by the 60 s window: {end}");
     }
     let (status, _) = environment.shut_down().await?;

@@ -363,9 +363,9 @@ async fn the_tenant_example_has_its_own_roles_and_a_tenant_scoped_allowlist() ->
 
     // The allowlist as the extension parses it: one tenant-scoped entry, within AWS's limits
     // for the longest tenant id.
-    let role = scoped_secrets::config::RoleArn::parse("arn:aws:iam::123456789012:role/TenantScopedRole")
+    let role = scoped_secrets::domain::arn::RoleArn::parse("arn:aws:iam::123456789012:role/TenantScopedRole")
         .map_err(|e| anyhow::anyhow!(e))?;
-    let list = scoped_secrets::allowlist::Allowlist::parse(
+    let list = scoped_secrets::config::allowlist::Allowlist::parse(
         "db=scoped-secrets-example/tenants/{tenant}/db",
         &role,
         "us-east-1",

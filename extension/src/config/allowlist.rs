@@ -13,7 +13,8 @@
 
 use std::fmt;
 
-use crate::config::RoleArn;
+use crate::domain::arn::{RoleArn, is_account_id, is_region};
+use crate::domain::tenant::{MAX_TENANT_ID_CHARS, PLACEHOLDER};
 
 /// A rejected allowlist, as the end of a sentence starting with the variable's name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -203,7 +204,7 @@ impl Allowlist {
     }
 
     /// The allowlist with `{tenant}` replaced by `tenant` (already validated by
-    /// [`crate::tenant::TenantId::parse`], whose characters are a subset of a name's), entry
+    /// [`crate::domain::tenant::TenantId::parse`], whose characters are a subset of a name's), entry
     /// for entry, so indices stay the same.
     pub fn for_tenant(&self, tenant: &str) -> Self {
         let entries = self
@@ -213,7 +214,7 @@ impl Allowlist {
                 if !entry.tenant_scoped {
                     return entry.clone();
                 }
-                let fill = |text: &str| text.replace(crate::tenant::PLACEHOLDER, tenant);
+                let fill = |text: &str| text.replace(PLACEHOLDER, tenant);
                 Entry {
                     alias: entry.alias.clone(),
                     secret_id: fill(&entry.secret_id),
@@ -248,25 +249,23 @@ fn parse_entry(text: &str, role: &RoleArn, region: &str) -> Result<Entry, &'stat
         if !matches!(*partition, "aws" | "aws-cn" | "aws-us-gov") || *service != "secretsmanager" || *kind != "secret" {
             return Err("an ARN must look like arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME");
         }
-        if arn_region.is_empty()
-            || !arn_region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        {
+        if !is_region(arn_region) {
             return Err("the ARN's region is not a region name");
         }
-        if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
+        if !is_account_id(account) {
             return Err("the ARN's account must be 12 digits");
         }
         check_name(name)?;
         let complete = has_random_suffix(name);
         let bare = if complete { &name[..name.len() - 7] } else { name };
         let resource = if complete { secret.to_owned() } else { format!("{secret}-??????") };
-        let tenant_scoped = name.contains(crate::tenant::PLACEHOLDER);
+        let tenant_scoped = name.contains(PLACEHOLDER);
         Ok(Entry { alias, secret_id: secret.to_owned(), name: bare.to_owned(), resource, tenant_scoped })
     } else {
         check_name(secret)?;
         let resource =
             format!("arn:{}:secretsmanager:{region}:{}:secret:{secret}-??????", role.partition(), role.account_id());
-        let tenant_scoped = secret.contains(crate::tenant::PLACEHOLDER);
+        let tenant_scoped = secret.contains(PLACEHOLDER);
         Ok(Entry { alias, secret_id: secret.to_owned(), name: secret.to_owned(), resource, tenant_scoped })
     }
 }
@@ -279,9 +278,9 @@ fn is_alias(text: &str) -> bool {
 /// placeholder (counted at the longest tenant id). Wildcards never pass, so an entry can never
 /// widen into a pattern.
 fn check_name(name: &str) -> Result<(), &'static str> {
-    let placeholders = name.matches(crate::tenant::PLACEHOLDER).count();
-    let plain = name.replace(crate::tenant::PLACEHOLDER, "");
-    let longest = plain.len() + placeholders * crate::tenant::MAX_TENANT_ID_CHARS;
+    let placeholders = name.matches(PLACEHOLDER).count();
+    let plain = name.replace(PLACEHOLDER, "");
+    let longest = plain.len() + placeholders * MAX_TENANT_ID_CHARS;
     if name.is_empty() || longest > 512 {
         return Err("a secret name is 1 to 512 characters (a {tenant} counts as 64)");
     }

@@ -1,4 +1,4 @@
-//! Evidence: per-secret read counts and denies by reason for the least-privilege report, and
+//! Evidence: per-secret read counts and denies by code for the reports, and
 //! CloudWatch Embedded Metric Format documents on stdout (Lambda turns them into metrics).
 //!
 //! At most one EMF document per invocation, written when the invocation ends (off the request
@@ -6,10 +6,12 @@
 //! See <https://docs.aws.amazon.com/AmazonCloudWatch/latest/monitoring/CloudWatch_Embedded_Metric_Format_Specification.html>.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::domain::api::Api;
+use crate::domain::code::Code;
 
 use serde_json::{Map, Value, json};
 
@@ -25,14 +27,14 @@ struct Window {
     assume_role_ms: Vec<f64>,
     fetch_ms: Vec<f64>,
     wait_ms: Vec<f64>,
-    denies: BTreeMap<&'static str, u64>,
+    denies: BTreeMap<Code, u64>,
 }
 
 /// Counters for the reports and the metrics.
 #[derive(Debug)]
 pub struct Evidence {
-    reads: Vec<[AtomicU64; 3]>,
-    denies: Mutex<BTreeMap<&'static str, u64>>,
+    reads: Vec<[AtomicU64; Api::ALL.len()]>,
+    denies: Mutex<BTreeMap<Code, u64>>,
     window: Mutex<Window>,
 }
 
@@ -51,31 +53,36 @@ impl Evidence {
     }
 
     /// A secret served through `api`.
-    pub fn read(&self, entry: usize, api: crate::server::Api) {
-        let face = match api {
-            crate::server::Api::Get => 0,
-            crate::server::Api::AgentPath => 1,
-            crate::server::Api::Sdk => 2,
-        };
+    pub fn read(&self, entry: usize, api: Api) {
         if let Some(counters) = self.reads.get(entry) {
-            counters[face].fetch_add(1, Relaxed);
+            counters[api.index()].fetch_add(1, Relaxed);
         }
     }
 
-    /// Reads served per allowlist entry, by API: `[get, v1, sdk]`.
-    pub fn reads(&self) -> Vec<[u64; 3]> {
-        self.reads.iter().map(|c| [c[0].load(Relaxed), c[1].load(Relaxed), c[2].load(Relaxed)]).collect()
+    /// Reads served per allowlist entry, by face of the API ([`Api::index`]).
+    pub fn reads(&self) -> Vec<[u64; Api::ALL.len()]> {
+        self.reads.iter().map(|counters| counters.each_ref().map(|c| c.load(Relaxed))).collect()
+    }
+
+    /// Reads served over the environment's life.
+    pub fn served(&self) -> u64 {
+        self.reads().iter().flatten().sum()
     }
 
     /// A local request refused with `code`.
-    pub fn deny(&self, code: &'static str) {
+    pub fn deny(&self, code: Code) {
         *self.denies.lock().unwrap_or_else(PoisonError::into_inner).entry(code).or_default() += 1;
         *self.window().denies.entry(code).or_default() += 1;
     }
 
     /// Denies by code over the environment's life.
-    pub fn denies(&self) -> BTreeMap<&'static str, u64> {
+    pub fn denies(&self) -> BTreeMap<Code, u64> {
         self.denies.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Requests refused over the environment's life.
+    pub fn denied(&self) -> u64 {
+        self.denies().values().sum()
     }
 
     /// A cache lookup.
@@ -130,7 +137,7 @@ fn emf(namespace: &str, function_name: &str, window: &Window, extra: &[(&str, u6
     count("SessionsStarted".into(), window.sessions_started, &mut root);
     count("Denies".into(), window.denies.values().sum(), &mut root);
     for (code, n) in &window.denies {
-        count(format!("Denied.{code}"), *n, &mut root);
+        count(format!("Denied.{}", code.as_str()), *n, &mut root);
     }
     for (name, n) in extra {
         count((*name).to_owned(), *n, &mut root);
@@ -157,34 +164,6 @@ fn emf(namespace: &str, function_name: &str, window: &Window, extra: &[(&str, u6
     Value::Object(root).to_string()
 }
 
-/// Writes an audit record with nested fields (the reports) as one JSON line, in the shape of
-/// the tracing lines: `timestamp`, `level`, `target`, `event`, then `fields`' members.
-pub fn audit_line(event: &str, fields: Value) {
-    let mut line = Map::new();
-    line.insert("timestamp".into(), json!(timestamp(SystemTime::now())));
-    line.insert("level".into(), json!("INFO"));
-    line.insert("target".into(), json!("audit"));
-    line.insert("event".into(), json!(event));
-    if let Value::Object(fields) = fields {
-        line.extend(fields);
-    }
-    write_line(&Value::Object(line).to_string());
-}
-
-/// RFC 3339 with microseconds, as the tracing lines have it.
-pub(crate) fn timestamp(time: SystemTime) -> String {
-    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let seconds = crate::policy::iso8601_ceil(UNIX_EPOCH + Duration::from_secs(since.as_secs()));
-    format!("{}.{:06}Z", seconds.trim_end_matches('Z'), since.subsec_micros())
-}
-
-/// Writes one JSON document as a line on stdout (beside the tracing lines).
-pub fn write_line(line: &str) {
-    let mut stdout = std::io::stdout().lock();
-    let _ = writeln!(stdout, "{line}");
-    let _ = stdout.flush();
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,7 +175,7 @@ mod tests {
         evidence.cache(true);
         evidence.cache(false);
         evidence.session(Duration::from_micros(2_500));
-        evidence.deny("secret_not_allowed");
+        evidence.deny(Code::SecretNotAllowed);
         let document: Value =
             serde_json::from_str(&evidence.take_document("NS", "f", &[]).expect("document")).expect("json");
         let metrics = &document["_aws"]["CloudWatchMetrics"][0];
@@ -213,6 +192,6 @@ mod tests {
         assert!(document.get("FetchLatency").is_none(), "no samples: not declared");
         assert!(document["_aws"]["Timestamp"].as_u64().is_some());
         assert_eq!(evidence.take_document("NS", "f", &[]), None, "the window was reset");
-        assert_eq!(evidence.denies().get("secret_not_allowed"), Some(&1), "life-long counts stay");
+        assert_eq!(evidence.denies().get(&Code::SecretNotAllowed), Some(&1), "life-long counts stay");
     }
 }

@@ -1,0 +1,407 @@
+//! Invocations and the init phase as *scopes* ([`scope::Scope`]): each owns at most one live
+//! session at a time, which dies with it. [`Invocations`] holds the phase every request reads
+//! and only the lifecycle loop ([`crate::lifecycle`]) moves.
+//!
+//! The phase moves `Init(scope) → Idle → Active(scope) → Idle → … → ShuttingDown` (SnapStart:
+//! `Snapshotting → AwaitingRestore → Idle → …`, nothing served or loaded before restore;
+//! Managed Instances: one `Active` environment scope for the environment's whole life). Requests
+//! made while `Idle` (a function thread racing its INVOKE) wait, bounded, for the next scope.
+//! Ending a scope takes its session out, so the credentials are dropped (wiped) as soon as the
+//! last in-flight call using them returns; a scope never hands out a session after it ended,
+//! so no credential serves two invocations.
+//!
+//! The [`ledger::SessionLedger`] remembers every session's name and policy bound (never a
+//! credential), for the revocation report at SHUTDOWN.
+
+pub mod ledger;
+pub mod scope;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+
+use self::ledger::SessionLedger;
+use self::scope::Scope;
+use crate::domain::error::ReadError;
+use crate::session::SessionFactory;
+
+/// Where the environment is in its life.
+#[derive(Debug, Clone)]
+pub enum Phase {
+    /// A SnapStart INIT: the memory is about to be snapshotted, so nothing is fetched.
+    Snapshotting,
+    /// A SnapStart INIT has ended and the snapshot is not restored yet: requests wait (bounded)
+    /// for the restore, as they wait for an INVOKE while `Idle`, and nothing is loaded.
+    AwaitingRestore,
+    /// The function's INIT: requests use the init scope.
+    Init(Arc<Scope>),
+    /// An invocation is running.
+    Active(Arc<Scope>),
+    /// Between invocations: requests wait for the next one.
+    Idle,
+    /// SHUTDOWN: nothing more is served from AWS.
+    ShuttingDown,
+}
+
+/// The phase, shared by the lifecycle loop (the only writer) and the request handlers. A
+/// `watch` channel: readers see the newest phase without a lock and can wait for a change.
+#[derive(Debug)]
+pub struct Invocations {
+    phase: watch::Sender<Phase>,
+    factory: Arc<SessionFactory>,
+    generation: AtomicU64,
+    wait_timeout: Duration,
+    window: Option<Duration>,
+    ledger: Arc<SessionLedger>,
+}
+
+/// How the invocations start, by Lambda's initialisation type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// `Init` with an init scope ending at the given instant (on-demand).
+    Init(SystemTime),
+    /// `Init` with an init scope whose sessions last one fetch each (provisioned concurrency:
+    /// INIT may be followed by hours of idle, possibly frozen before telemetry ends the scope).
+    InitPerFetch(SystemTime),
+    /// `Snapshotting` (SnapStart): nothing is served until the first INVOKE after restore.
+    Snapshotting,
+    /// One `Active` scope for the environment's life whose sessions last one fetch each, each
+    /// bounded by `window` (Managed Instances: no INVOKE events, concurrent invocations).
+    Environment(Duration),
+}
+
+/// The instant used as "no scope end" for the Managed Instances environment scope: session
+/// policies are bounded by the window, never by this.
+const FAR_FUTURE: Duration = Duration::from_secs(4_102_444_800); // 2100-01-01
+
+impl Invocations {
+    /// Starts as `start` says. Sessions last at most `window` after issue (`None`: until
+    /// their scope's end).
+    pub fn new(factory: Arc<SessionFactory>, start: Start, wait_timeout: Duration, window: Option<Duration>) -> Self {
+        let ledger = Arc::new(SessionLedger::default());
+        let invocations = Self {
+            phase: watch::Sender::new(Phase::Idle),
+            factory,
+            generation: AtomicU64::new(0),
+            wait_timeout,
+            window,
+            ledger,
+        };
+        let phase = match start {
+            Start::Init(end) => Phase::Init(invocations.scope("init", 0, end, false, window)),
+            Start::InitPerFetch(end) => Phase::Init(invocations.scope("init", 0, end, true, window)),
+            Start::Snapshotting => Phase::Snapshotting,
+            Start::Environment(bound) => {
+                Phase::Active(invocations.scope("environment", 0, UNIX_EPOCH + FAR_FUTURE, true, Some(bound)))
+            }
+        };
+        invocations.phase.send_replace(phase);
+        invocations
+    }
+
+    fn scope(
+        &self,
+        label: &str,
+        generation: u64,
+        end: SystemTime,
+        per_fetch: bool,
+        window: Option<Duration>,
+    ) -> Arc<Scope> {
+        Arc::new(Scope::new(
+            label,
+            generation,
+            end,
+            window,
+            per_fetch,
+            Arc::clone(&self.factory),
+            Arc::clone(&self.ledger),
+        ))
+    }
+
+    /// Every session issued in this environment.
+    pub fn ledger(&self) -> &SessionLedger {
+        &self.ledger
+    }
+
+    /// Whether `generation` is the scope running now (for TTL-0 cache entries).
+    pub fn is_current_generation(&self, generation: u64) -> bool {
+        match &*self.phase.borrow() {
+            Phase::Init(scope) | Phase::Active(scope) => scope.generation() == generation && !scope.has_ended(),
+            Phase::Snapshotting | Phase::AwaitingRestore | Phase::Idle | Phase::ShuttingDown => false,
+        }
+    }
+
+    /// Begins an invocation: ends whatever scope is open (the init scope, or one whose
+    /// runtimeDone never came) and opens a new one that ends at `end`.
+    pub async fn begin(&self, request_id: &str, end: SystemTime) -> Arc<Scope> {
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        let scope = self.scope(request_id, generation, end, false, self.window);
+        let previous = self.phase.send_replace(Phase::Active(Arc::clone(&scope)));
+        if let Phase::Init(old) | Phase::Active(old) = previous {
+            let reason = if old.generation() == 0 { "first_invocation" } else { "next_invocation" };
+            old.end(reason).await;
+        }
+        scope
+    }
+
+    /// Ends the init scope when the runtime's INIT is done (`platform.initRuntimeDone`): the
+    /// init session does not wait for the first INVOKE, which with provisioned concurrency may
+    /// come hours later. Requests then wait for that INVOKE.
+    /// Returns whether INIT was still open (a SnapStart INIT has no scope to end).
+    pub async fn end_init(&self) -> bool {
+        let mut init = None;
+        let mut was_open = false;
+        self.phase.send_if_modified(|phase| match phase {
+            Phase::Init(scope) => {
+                init = Some(Arc::clone(scope));
+                was_open = true;
+                *phase = Phase::Idle;
+                true
+            }
+            Phase::Snapshotting => {
+                was_open = true;
+                *phase = Phase::AwaitingRestore;
+                true
+            }
+            _ => false,
+        });
+        if let Some(scope) = init {
+            scope.end("init_done").await;
+        }
+        was_open
+    }
+
+    /// A SnapStart restore: from `Snapshotting` or `AwaitingRestore` to `Idle` (requests then
+    /// wait for the first INVOKE as usual).
+    pub fn restored(&self) {
+        self.phase.send_if_modified(|phase| match phase {
+            Phase::Snapshotting | Phase::AwaitingRestore => {
+                *phase = Phase::Idle;
+                true
+            }
+            _ => false,
+        });
+    }
+
+    /// Waits (bounded) until the environment is past its SnapStart snapshot, so that
+    /// credentials may be loaded; at once outside SnapStart.
+    ///
+    /// # Errors
+    /// [`ReadError::SnapStartInit`] during the INIT itself, [`ReadError::NoActiveInvocation`]
+    /// when no restore comes within the wait timeout.
+    pub async fn wait_past_snapshot(&self) -> Result<(), ReadError> {
+        let mut receiver = self.phase.subscribe();
+        let wait = receiver.wait_for(|phase| !matches!(phase, Phase::AwaitingRestore));
+        match tokio::time::timeout(self.wait_timeout, wait).await {
+            Ok(Ok(phase)) if matches!(*phase, Phase::Snapshotting) => Err(ReadError::SnapStartInit),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_closed)) => Err(ReadError::ShuttingDown),
+            Err(_elapsed) => Err(ReadError::NoActiveInvocation),
+        }
+    }
+
+    /// Ends the invocation `scope` (runtimeDone or its deadline) and goes `Idle`.
+    pub async fn finish(&self, scope: &Arc<Scope>, reason: &'static str) {
+        self.phase.send_if_modified(|phase| match phase {
+            Phase::Active(current) if Arc::ptr_eq(current, scope) => {
+                *phase = Phase::Idle;
+                true
+            }
+            _ => false,
+        });
+        scope.end(reason).await;
+    }
+
+    /// Enters `ShuttingDown`, ending any open scope. Returns the session it ended, if any.
+    pub async fn shut_down(&self) -> Option<String> {
+        let previous = self.phase.send_replace(Phase::ShuttingDown);
+        match previous {
+            Phase::Init(scope) | Phase::Active(scope) => scope.end("shutdown").await,
+            Phase::Snapshotting | Phase::AwaitingRestore | Phase::Idle | Phase::ShuttingDown => None,
+        }
+    }
+
+    /// The scope a request should use, waiting (bounded) while `Idle`.
+    ///
+    /// # Errors
+    /// [`ReadError::NoActiveInvocation`] when none begins within the wait timeout,
+    /// [`ReadError::SnapStartInit`] during a SnapStart INIT, [`ReadError::ShuttingDown`]
+    /// during SHUTDOWN.
+    pub async fn current_scope(&self) -> Result<Arc<Scope>, ReadError> {
+        let mut receiver = self.phase.subscribe();
+        let wait = receiver.wait_for(|phase| !matches!(phase, Phase::Idle | Phase::AwaitingRestore));
+        let phase = match tokio::time::timeout(self.wait_timeout, wait).await {
+            Ok(Ok(phase)) => phase.clone(),
+            Ok(Err(_closed)) => return Err(ReadError::ShuttingDown),
+            Err(_elapsed) => return Err(ReadError::NoActiveInvocation),
+        };
+        match phase {
+            Phase::Init(scope) | Phase::Active(scope) => Ok(scope),
+            Phase::Snapshotting => Err(ReadError::SnapStartInit),
+            Phase::AwaitingRestore | Phase::Idle | Phase::ShuttingDown => Err(ReadError::ShuttingDown),
+        }
+    }
+
+    /// The label (request id, `init`, `idle`, `shutdown`) to attribute a request to. While
+    /// `Idle`, waits up to `settle` for the next INVOKE: function code runs only inside an
+    /// invocation, so a request seen while idle almost always means its INVOKE event is on
+    /// its way to us.
+    pub async fn label_settled(&self, settle: Duration) -> String {
+        let mut receiver = self.phase.subscribe();
+        let settled = receiver.wait_for(|phase| !matches!(phase, Phase::Idle | Phase::AwaitingRestore));
+        let _ = tokio::time::timeout(settle, settled).await;
+        self.label()
+    }
+
+    /// The label (request id, `init`, `idle`, `shutdown`) of the phase now.
+    pub fn label(&self) -> String {
+        match &*self.phase.borrow() {
+            Phase::Init(scope) | Phase::Active(scope) => scope.label().to_owned(),
+            Phase::Snapshotting => "init".to_owned(),
+            Phase::AwaitingRestore | Phase::Idle => "idle".to_owned(),
+            Phase::ShuttingDown => "shutdown".to_owned(),
+        }
+    }
+
+    /// The phase now.
+    pub fn phase(&self) -> Phase {
+        self.phase.borrow().clone()
+    }
+
+    /// The wait bound for requests.
+    pub fn wait_timeout(&self) -> Duration {
+        self.wait_timeout
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing;
+
+    const WAIT: Duration = Duration::from_secs(5);
+
+    fn soon() -> SystemTime {
+        SystemTime::now() + Duration::from_secs(60)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_init_scope_serves_until_init_ends_then_requests_wait_for_the_next_invoke() {
+        let invocations = testing::invocations(Start::Init(soon()), WAIT).await;
+        let init = invocations.current_scope().await.expect("the init scope");
+        assert_eq!((init.label(), init.generation(), init.is_per_fetch()), ("init", 0, false));
+        assert!(invocations.is_current_generation(0));
+
+        assert!(invocations.end_init().await, "INIT was open");
+        assert!(init.has_ended() && !invocations.is_current_generation(0));
+        assert!(!invocations.end_init().await, "a second end of INIT changes nothing");
+        let started = tokio::time::Instant::now();
+        assert!(matches!(invocations.current_scope().await, Err(ReadError::NoActiveInvocation)));
+        assert_eq!(started.elapsed(), WAIT, "a request between invocations waits, bounded, for one");
+
+        let waiting = {
+            let invocations = Arc::clone(&invocations);
+            tokio::spawn(async move { invocations.current_scope().await.map(|s| s.label().to_owned()) })
+        };
+        tokio::task::yield_now().await;
+        invocations.begin("r1", soon()).await;
+        assert_eq!(waiting.await.expect("joined").expect("served by r1"), "r1");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_invocation_is_a_new_generation_and_ends_the_scope_before_it() {
+        let invocations = testing::invocations(Start::Init(soon()), WAIT).await;
+        let init = invocations.current_scope().await.expect("init");
+        let first = invocations.begin("r1", soon()).await;
+        assert!(init.has_ended(), "the first INVOKE ends the init scope");
+        assert_eq!(first.generation(), 1);
+        assert!(invocations.is_current_generation(1) && !invocations.is_current_generation(0));
+        let second = invocations.begin("r2", soon()).await;
+        assert!(first.has_ended(), "an invocation whose end never came ends with the next");
+        assert_eq!(second.generation(), 2);
+        invocations.finish(&second, "runtime_done").await;
+        assert!(second.has_ended() && !invocations.is_current_generation(2));
+        assert!(matches!(invocations.phase(), Phase::Idle));
+        // Finishing a scope that is no longer the current one does not touch the phase.
+        let third = invocations.begin("r3", soon()).await;
+        invocations.finish(&second, "late").await;
+        assert!(matches!(invocations.phase(), Phase::Active(ref scope) if Arc::ptr_eq(scope, &third)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_scope_that_ended_hands_out_no_session() {
+        let invocations = testing::invocations(Start::Init(soon()), WAIT).await;
+        let scope = invocations.begin("r1", soon()).await;
+        assert_eq!(scope.end("test").await, None, "no session was started");
+        assert!(matches!(scope.session().await, Err(ReadError::InvocationEnded)));
+        assert_eq!(invocations.ledger().started.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_session_sts_cannot_start_is_an_error_and_never_enters_the_ledger() {
+        let invocations = testing::invocations(Start::Init(soon()), WAIT).await;
+        let scope = invocations.begin("r1", soon()).await;
+        let refused = scope.session().await.expect_err("nothing listens at the STS endpoint");
+        assert!(matches!(refused, ReadError::Session(_)), "{refused:?}");
+        assert_eq!(refused.code(), crate::domain::code::Code::SessionFailed);
+        let (live, _) = invocations.ledger().at(SystemTime::now());
+        assert!(live.is_empty());
+        assert_eq!(invocations.ledger().started.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn snapstart_serves_nothing_before_the_restore() {
+        let invocations = testing::invocations(Start::Snapshotting, WAIT).await;
+        assert!(matches!(invocations.current_scope().await, Err(ReadError::SnapStartInit)));
+        assert!(matches!(invocations.wait_past_snapshot().await, Err(ReadError::SnapStartInit)));
+        assert_eq!(invocations.label(), "init");
+        assert!(invocations.end_init().await, "the SnapStart INIT ends");
+        assert!(matches!(invocations.phase(), Phase::AwaitingRestore));
+        assert!(matches!(invocations.wait_past_snapshot().await, Err(ReadError::NoActiveInvocation)));
+        let waiting = {
+            let invocations = Arc::clone(&invocations);
+            tokio::spawn(async move { invocations.wait_past_snapshot().await.is_ok() })
+        };
+        tokio::task::yield_now().await;
+        invocations.restored();
+        assert!(waiting.await.expect("joined"), "the restore lets the waiting request on");
+        assert!(matches!(invocations.phase(), Phase::Idle));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutting_down_ends_the_open_scope_and_refuses_at_once() {
+        let invocations = testing::invocations(Start::Init(soon()), WAIT).await;
+        let scope = invocations.begin("r1", soon()).await;
+        assert_eq!(invocations.shut_down().await, None, "no session was open");
+        assert!(scope.has_ended());
+        let started = tokio::time::Instant::now();
+        assert!(matches!(invocations.current_scope().await, Err(ReadError::ShuttingDown)));
+        assert_eq!(started.elapsed(), Duration::ZERO, "no wait once shutting down");
+        assert_eq!(invocations.label(), "shutdown");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_between_invocations_is_attributed_to_the_invoke_on_its_way() {
+        let invocations = testing::invocations(Start::Init(soon()), WAIT).await;
+        invocations.end_init().await;
+        assert_eq!(invocations.label_settled(Duration::from_millis(100)).await, "idle");
+        let settling = {
+            let invocations = Arc::clone(&invocations);
+            tokio::spawn(async move { invocations.label_settled(Duration::from_millis(100)).await })
+        };
+        tokio::task::yield_now().await;
+        invocations.begin("r9", soon()).await;
+        assert_eq!(settling.await.expect("joined"), "r9");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn managed_instances_run_one_per_fetch_scope_for_the_environments_life() {
+        let invocations = testing::invocations(Start::Environment(Duration::from_secs(60)), WAIT).await;
+        let scope = invocations.current_scope().await.expect("the environment scope");
+        assert_eq!((scope.label(), scope.is_per_fetch()), ("environment", true));
+        assert!(!invocations.end_init().await, "no INIT scope to end");
+        assert!(Arc::ptr_eq(&invocations.current_scope().await.expect("still"), &scope));
+    }
+}

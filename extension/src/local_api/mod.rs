@@ -1,0 +1,80 @@
+//! The local API on 127.0.0.1: a router, the one read path, and its two protocols.
+//!
+//! - [`get`]: AWS's Parameters and Secrets extension's GET API (token-checked) and `/ping`;
+//! - [`sdk`]: the Secrets Manager JSON protocol on `POST /` (SigV4-verified), for unchanged
+//!   SDK code;
+//! - [`read`]: the one read path both call once they have parsed a request, which writes the
+//!   audit line of every allow and deny;
+//! - [`envelope`]: the checks both protocols share, and [`envelope::Refusal`].
+//!
+//! Each protocol maps the stable [`crate::domain::code::Code`] of a refusal to its own wire
+//! form; neither calls into the other.
+
+pub mod envelope;
+pub mod get;
+pub mod read;
+pub mod sdk;
+
+use bytes::Bytes;
+use http::{Method, Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+
+use self::envelope::Refusal;
+use self::read::ReadPath;
+use self::sdk::Signatures;
+use crate::config::LocalToken;
+use crate::domain::api::Api;
+use crate::domain::code::Code;
+
+/// The header a function may send on Managed Instances to name its invocation in audit lines
+/// (asserted by the caller, not verified: concurrent invocations share one environment).
+pub const REQUEST_ID_HEADER: &str = "x-scoped-secrets-request-id";
+
+/// What the local API serves with.
+#[derive(Debug)]
+pub struct LocalApi {
+    /// The one read path.
+    pub reader: ReadPath,
+    /// The token GET callers present.
+    pub token: LocalToken,
+    /// What SDK-protocol signatures are verified against.
+    pub signatures: Signatures,
+    /// Take the caller's [`REQUEST_ID_HEADER`] for audit lines (Managed Instances, where no
+    /// INVOKE event names the invocation).
+    pub caller_request_ids: bool,
+}
+
+impl LocalApi {
+    /// Answers one request: `POST /` is the SDK protocol, everything else the GET API.
+    pub async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        if request.method() == Method::POST && request.uri().path() == "/" {
+            return sdk::handle(&self.reader, &self.signatures, request).await;
+        }
+        match self.caller_request_id(&request) {
+            Ok(caller) => get::handle(&self.reader, &self.token, caller.as_deref(), &request).await,
+            Err(refusal) => {
+                let status = get::status_of(refusal.code).as_u16();
+                self.reader.audit_deny(Api::Get, None, None, refusal.code, status).await;
+                get::error_response(refusal)
+            }
+        }
+    }
+
+    /// The caller's own request id, where it is taken (Managed Instances): 1 to 64 of
+    /// `A-Z a-z 0-9 - _`, else the request is refused.
+    fn caller_request_id<B>(&self, request: &Request<B>) -> Result<Option<String>, Refusal> {
+        if !self.caller_request_ids {
+            return Ok(None);
+        }
+        let mut values = request.headers().get_all(REQUEST_ID_HEADER).iter();
+        let Some(value) = values.next() else { return Ok(None) };
+        let valid = values.next().is_none()
+            && (1..=64).contains(&value.len())
+            && value.as_bytes().iter().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(b));
+        if !valid {
+            return Err(Refusal::of(Code::InvalidRequestId));
+        }
+        Ok(value.to_str().ok().map(str::to_owned))
+    }
+}

@@ -1,0 +1,361 @@
+//! The Secrets Manager protocol on the local endpoint, for unchanged SDK code.
+//!
+//! Every current AWS SDK honours `AWS_ENDPOINT_URL_SECRETS_MANAGER`; pointed here, it sends
+//! `POST /` with `X-Amz-Target: secretsmanager.<Operation>` and an `application/x-amz-json-1.1`
+//! body, SigV4-signed with the function's own credentials. This module verifies the signature
+//! ([`crate::sigv4`]), serves `GetSecretValue` and `BatchGetSecretValue` through the same
+//! [`ReadPath`] as the GET API, and answers errors the way the SDKs understand them: HTTP 400
+//! with `{"__type": TYPE, "message": …}` (the type must be in the body), or a 5xx where an SDK
+//! retry is the right outcome; [`sdk_form`] gives each code its status and type.
+//! See <https://docs.aws.amazon.com/secretsmanager/latest/apireference/API_GetSecretValue.html>.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Body;
+use serde::Deserialize;
+use serde_json::Value;
+use zeroize::Zeroizing;
+
+use super::envelope::{Refusal, refuse_absolute_target, refuse_forwarded};
+use super::read::{Read, ReadPath};
+use crate::domain::api::Api;
+use crate::domain::code::Code;
+use crate::domain::version::{self, Version};
+use crate::http::json_response;
+use crate::secrets::value::SecretValue;
+use crate::sigv4::{self, CredentialSource};
+
+/// Largest request body accepted (a batch of 20 ARNs is about 2 KiB).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Time allowed for the whole request body to arrive once the head has (the local API's header
+/// timeout): a client that declares a body and never sends it must not hold a connection slot.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(5);
+/// `BatchGetSecretValue` takes at most this many ids, as in AWS.
+const MAX_BATCH: usize = 20;
+/// The content type of the Secrets Manager JSON protocol.
+const AMZ_JSON: &str = "application/x-amz-json-1.1";
+
+/// What signatures are verified against: the function's own credentials and region.
+#[derive(Debug)]
+pub struct Signatures {
+    /// The function's credentials (Lambda gives the extension the same ones).
+    pub credentials: CredentialSource,
+    /// The function's region (the signature's credential scope).
+    pub region: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+struct GetSecretValueInput {
+    secret_id: String,
+    version_id: Option<String>,
+    version_stage: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+struct BatchGetSecretValueInput {
+    secret_id_list: Option<Vec<String>>,
+    filters: Option<Value>,
+    max_results: Option<u32>,
+    next_token: Option<String>,
+}
+
+/// A refusal and the id it concerned, if the request got far enough to name one.
+type Refused = (Refusal, Option<String>);
+
+/// Answers one `POST /`.
+pub async fn handle<B>(reader: &ReadPath, signatures: &Signatures, request: Request<B>) -> Response<Full<Bytes>>
+where
+    B: Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match answer(reader, signatures, request).await {
+        Ok(response) => response,
+        Err((refusal, secret_id)) => {
+            let (status, _) = sdk_form(refusal.code);
+            reader.audit_deny(Api::Sdk, None, secret_id.as_deref(), refusal.code, status.as_u16()).await;
+            error_response(refusal)
+        }
+    }
+}
+
+async fn answer<B>(
+    reader: &ReadPath,
+    signatures: &Signatures,
+    request: Request<B>,
+) -> Result<Response<Full<Bytes>>, Refused>
+where
+    B: Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let refused = |refusal: Refusal| (refusal, None);
+    let (parts, body) = request.into_parts();
+    refuse_forwarded(&parts.headers).map_err(refused)?;
+    refuse_absolute_target(&parts.uri).map_err(refused)?;
+    let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
+        return Err(refused(Refusal::with(Code::BodyTooLarge, "The request body is too large.")));
+    }
+    let body = read_body(body).await.map_err(|code| refused(Refusal::of(code)))?;
+    // SnapStart: before restore nothing credential-bearing is loaded, not even the function's
+    // credentials to check the signature with.
+    reader.invocations.wait_past_snapshot().await.map_err(|error| refused(Refusal::of(error.code())))?;
+    let access_key = sigv4::access_key_of(&parts.headers).map(str::to_owned);
+    let Some(credentials) = signatures.credentials.current(access_key.as_deref()).await else {
+        return Err(refused(Refusal::of(Code::NoFunctionCredentials)));
+    };
+    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let verified = sigv4::verify(
+        parts.method.as_str(),
+        path_and_query,
+        &parts.headers,
+        &body,
+        &credentials,
+        &signatures.region,
+        SystemTime::now(),
+    );
+    if let Err(why) = verified {
+        tracing::debug!(event = "signature_refused", cause = %why);
+        let code = match why {
+            sigv4::Refused::StaleDate => Code::SignatureStale,
+            sigv4::Refused::WrongAccessKey | sigv4::Refused::WrongScope => Code::SignatureWrongCredentials,
+            sigv4::Refused::MalformedAuthorization | sigv4::Refused::UnsignedRequiredHeader => Code::SignatureMalformed,
+            sigv4::Refused::BadSignature => Code::SignatureMismatch,
+        };
+        return Err(refused(Refusal::of(code)));
+    }
+    let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if !content_type.starts_with("application/x-amz-json-1.") {
+        return Err(refused(Refusal::of(Code::UnsupportedContentType)));
+    }
+    let target = parts.headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    match target {
+        "secretsmanager.GetSecretValue" => get_secret_value(reader, &body).await,
+        "secretsmanager.BatchGetSecretValue" => batch_get_secret_value(reader, &body).await,
+        _ => Err(refused(Refusal::of(Code::UnsupportedOperation))),
+    }
+}
+
+/// The whole body, at most [`MAX_BODY_BYTES`], within [`BODY_TIMEOUT`]; else the code.
+async fn read_body<B>(body: B) -> Result<Zeroizing<Vec<u8>>, Code>
+where
+    B: Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let Ok(collected) = tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY_BYTES).collect()).await else {
+        return Err(Code::BodyTimeout);
+    };
+    let Ok(body) = collected else { return Err(Code::BodyTooLarge) };
+    // Request bodies name secrets, not values, but are wiped anyway.
+    Ok(Zeroizing::new(body.to_bytes().to_vec()))
+}
+
+async fn get_secret_value(reader: &ReadPath, body: &[u8]) -> Result<Response<Full<Bytes>>, Refused> {
+    let Ok(input) = serde_json::from_slice::<GetSecretValueInput>(body) else {
+        let refusal = Refusal::with(Code::InvalidParameter, "The request body is not a valid GetSecretValue input.");
+        return Err((refusal, None));
+    };
+    let version = version_of(input.version_id, input.version_stage).map_err(|e| (e, Some(input.secret_id.clone())))?;
+    let read = Read { secret_id: &input.secret_id, api: Api::Sdk, refresh: false, caller: None };
+    let value = reader.read(read, version).await.map_err(|e| (Refusal::of(e.code()), Some(input.secret_id.clone())))?;
+    Ok(json_response(StatusCode::OK, value.json_body(), AMZ_JSON))
+}
+
+async fn batch_get_secret_value(reader: &ReadPath, body: &[u8]) -> Result<Response<Full<Bytes>>, Refused> {
+    let invalid = |message| (Refusal::with(Code::InvalidParameter, message), None);
+    let Ok(input) = serde_json::from_slice::<BatchGetSecretValueInput>(body) else {
+        return Err(invalid("The request body is not a valid BatchGetSecretValue input."));
+    };
+    if input.filters.is_some() || input.next_token.is_some() || input.max_results.is_some() {
+        return Err(invalid("The local endpoint takes SecretIdList only (no Filters, MaxResults or NextToken)."));
+    }
+    let ids = input.secret_id_list.unwrap_or_default();
+    if ids.is_empty() || ids.len() > MAX_BATCH {
+        return Err(invalid("SecretIdList must hold 1 to 20 ids."));
+    }
+    // Each id through the shared read path, concurrently; refusals become Errors[] entries,
+    // as AWS reports them inside a 200.
+    let reads = ids.iter().map(|id| {
+        let read = Read { secret_id: id, api: Api::Sdk, refresh: false, caller: None };
+        reader.read(read, Version::Current)
+    });
+    let results = futures_util::future::join_all(reads).await;
+    let mut values: Vec<Arc<SecretValue>> = Vec::new();
+    let mut errors = Vec::new();
+    for (id, result) in ids.iter().zip(results) {
+        match result {
+            Ok(value) => values.push(value),
+            Err(error) => {
+                let code = error.code();
+                let (status, kind) = sdk_form(code);
+                reader.audit_deny(Api::Sdk, None, Some(id), code, status.as_u16()).await;
+                errors.push(serde_json::json!({ "SecretId": id, "ErrorCode": kind, "Message": code.message() }));
+            }
+        }
+    }
+    // {"SecretValues":[…],"Errors":[…]} assembled in a zeroizing buffer from each value's own.
+    let errors = serde_json::to_vec(&errors).unwrap_or_else(|_| b"[]".to_vec());
+    let parts: Vec<Zeroizing<Vec<u8>>> = values.iter().map(|v| v.to_json()).collect();
+    let size = parts.iter().map(|p| p.len() + 1).sum::<usize>() + errors.len() + 40;
+    let mut buffer = Zeroizing::new(Vec::with_capacity(size));
+    buffer.extend_from_slice(b"{\"SecretValues\":[");
+    for (index, part) in parts.iter().enumerate() {
+        if index > 0 {
+            buffer.push(b',');
+        }
+        buffer.extend_from_slice(part);
+    }
+    buffer.extend_from_slice(b"],\"Errors\":");
+    buffer.extend_from_slice(&errors);
+    buffer.push(b'}');
+    Ok(json_response(StatusCode::OK, Bytes::from_owner(buffer), AMZ_JSON))
+}
+
+fn version_of(id: Option<String>, stage: Option<String>) -> Result<Version, Refusal> {
+    match (id, stage) {
+        (Some(id), _) if !version::is_version_id(&id) => {
+            Err(Refusal::with(Code::InvalidParameter, "VersionId is not a valid version id."))
+        }
+        (_, Some(stage)) if !version::is_stage(&stage) => {
+            Err(Refusal::with(Code::InvalidParameter, "VersionStage is not a valid staging label."))
+        }
+        // AWS accepts both when they name the same version; we fetch by id and let AWS check.
+        (Some(id), _) => Ok(Version::Id(id)),
+        (None, Some(stage)) => Ok(Version::stage(stage)),
+        (None, None) => Ok(Version::Current),
+    }
+}
+
+/// Each code's status and AWS error type on the SDK protocol (one `match`: every code has
+/// one). Refusals an SDK must not retry are 400s with the type AWS itself would send; failures
+/// a retry may cure are 5xx (the SDKs retry them three times).
+pub fn sdk_form(code: Code) -> (StatusCode, &'static str) {
+    use StatusCode as S;
+    match code {
+        Code::ForwardedRequest
+        | Code::InvalidHost
+        | Code::MissingToken
+        | Code::InvalidToken
+        | Code::NoFunctionCredentials
+        | Code::SignatureStale
+        | Code::SignatureWrongCredentials
+        | Code::SignatureMalformed
+        | Code::SignatureMismatch
+        | Code::SecretNotAllowed
+        | Code::UpstreamAccessDenied => (S::BAD_REQUEST, "AccessDeniedException"),
+        Code::SecretNotFound => (S::BAD_REQUEST, "ResourceNotFoundException"),
+        Code::UpstreamThrottled => (S::BAD_REQUEST, "ThrottlingException"),
+        Code::InvalidParameter
+        | Code::InvalidQuery
+        | Code::UnknownParameter
+        | Code::DuplicateParameter
+        | Code::InvalidRefreshNow
+        | Code::MissingSecretId
+        | Code::InvalidSecretId
+        | Code::ConflictingVersion
+        | Code::InvalidVersionStage
+        | Code::InvalidVersionId
+        | Code::InvalidRequestId => (S::BAD_REQUEST, "InvalidParameterException"),
+        Code::MethodNotAllowed
+        | Code::BodyNotAllowed
+        | Code::AbsoluteTarget
+        | Code::TargetTooLong
+        | Code::NotFound
+        | Code::BodyTooLarge
+        | Code::BodyTimeout
+        | Code::UnsupportedContentType
+        | Code::UnsupportedOperation
+        | Code::InvalidRequest => (S::BAD_REQUEST, "InvalidRequestException"),
+        Code::SnapstartInit => (S::SERVICE_UNAVAILABLE, "ServiceUnavailableException"),
+        Code::UpstreamTimeout
+        | Code::UpstreamError
+        | Code::SessionTimeout
+        | Code::SessionThrottled
+        | Code::SessionRefused
+        | Code::SessionFailed
+        | Code::NoActiveInvocation
+        | Code::SessionWaitTimeout
+        | Code::InvocationEnded
+        | Code::ShuttingDown
+        | Code::TenantUnknown
+        | Code::TenantRefused
+        | Code::TenantChanged => (S::INTERNAL_SERVER_ERROR, "InternalServiceError"),
+    }
+}
+
+fn error_response(refusal: Refusal) -> Response<Full<Bytes>> {
+    let (status, kind) = sdk_form(refusal.code);
+    let body = serde_json::json!({ "__type": kind, "message": refusal.message }).to_string();
+    let mut response = json_response(status, Bytes::from(body), AMZ_JSON);
+    response.headers_mut().insert("x-amzn-errortype", HeaderValue::from_static(kind));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A body whose bytes never come.
+    struct Never;
+
+    impl Body for Never {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+            std::task::Poll::Pending
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_is_bounded_in_size_and_in_time() {
+        let small = read_body(Full::new(Bytes::from_static(b"{}"))).await.map(|b| b.to_vec());
+        assert_eq!(small, Ok(b"{}".to_vec()));
+        let large = read_body(Full::new(Bytes::from(vec![b' '; MAX_BODY_BYTES + 1]))).await.map(|b| b.to_vec());
+        assert_eq!(large, Err(Code::BodyTooLarge));
+        let started = tokio::time::Instant::now();
+        assert_eq!(read_body(Never).await.map(|b| b.to_vec()), Err(Code::BodyTimeout));
+        assert_eq!(started.elapsed(), BODY_TIMEOUT);
+    }
+
+    #[test]
+    fn versions_map_like_aws_and_malformed_ones_are_refused() {
+        assert_eq!(version_of(None, None).ok(), Some(Version::Current));
+        assert_eq!(version_of(None, Some("AWSCURRENT".into())).ok(), Some(Version::Current));
+        assert_eq!(version_of(None, Some("AWSPREVIOUS".into())).ok(), Some(Version::Stage("AWSPREVIOUS".into())));
+        assert_eq!(version_of(Some("a-1".into()), None).ok(), Some(Version::Id("a-1".into())));
+        assert!(version_of(Some("a/b".into()), None).is_err());
+        assert!(version_of(None, Some(String::new())).is_err());
+    }
+
+    #[test]
+    fn every_read_failure_has_an_sdk_error_type() {
+        use crate::domain::error::ReadError;
+        let cases = [
+            (ReadError::NotAllowed, "AccessDeniedException", 400),
+            (ReadError::NotFound, "ResourceNotFoundException", 400),
+            (ReadError::AccessDenied { code: "x".into() }, "AccessDeniedException", 400),
+            (ReadError::Throttled, "ThrottlingException", 400),
+            (ReadError::UpstreamTimeout, "InternalServiceError", 500),
+            (ReadError::NoActiveInvocation, "InternalServiceError", 500),
+            (ReadError::SnapStartInit, "ServiceUnavailableException", 503),
+        ];
+        for (error, kind, status) in cases {
+            let (actual_status, actual_kind) = sdk_form(error.code());
+            assert_eq!((actual_kind, actual_status.as_u16()), (kind, status), "{error:?}");
+        }
+        for &code in Code::ALL {
+            let (status, kind) = sdk_form(code);
+            assert!(status.is_client_error() || status.is_server_error(), "{code:?}");
+            assert!(kind.ends_with("Exception") || kind == "InternalServiceError", "{code:?}: {kind}");
+        }
+    }
+}

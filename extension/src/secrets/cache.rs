@@ -1,0 +1,361 @@
+//! The zeroizing cache and its single flight.
+//!
+//! A value is fresh for its TTL, or, with TTL 0, for as long as the scope that fetched it is
+//! the one running (its generation). A value fetched for a scope that has since ended is never
+//! stored. Concurrent requests for one key make one upstream call: the second waits on the
+//! key's lock and then finds the first one's value. Dropping a value (expiry, wipe, eviction)
+//! wipes it: [`SecretValue`] holds its bytes in zeroizing memory.
+//!
+//! Locks: the map is behind a std `Mutex` (held for a lookup or an insert, never across an
+//! `.await`); each key's single-flight lock is a tokio `Mutex` (held across the fetch).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::value::{SecretValue, Served, Source};
+use crate::config::allowlist::EntryIndex;
+use crate::domain::error::ReadError;
+use crate::domain::version::Version;
+use crate::invocation::Invocations;
+use crate::invocation::scope::Scope;
+
+/// What is cached: one version of one allowlisted secret.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Key {
+    /// The allowlist entry.
+    pub entry: EntryIndex,
+    /// The version asked for.
+    pub version: Version,
+}
+
+struct Cached {
+    value: Arc<SecretValue>,
+    fetched_at: Instant,
+    generation: u64,
+}
+
+/// Values by key, each with when and by which scope it was fetched.
+pub struct Cache {
+    ttl: Duration,
+    invocations: Arc<Invocations>,
+    entries: Mutex<HashMap<Key, Cached>>,
+    in_flight: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
+    /// Woken when a value is stored, so the expiry sweeper learns of a new deadline.
+    stored: tokio::sync::Notify,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache").field("ttl", &self.ttl).finish_non_exhaustive()
+    }
+}
+
+impl Cache {
+    /// An empty cache whose values live `ttl` (zero: as long as their invocation).
+    pub fn new(ttl: Duration, invocations: Arc<Invocations>) -> Self {
+        Self {
+            ttl,
+            invocations,
+            entries: Mutex::default(),
+            in_flight: Mutex::default(),
+            stored: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// The fresh value for `key`, else the one `fetch` gets (and, fresh enough to keep, stores).
+    /// Concurrent callers for one key share one `fetch`; `refresh` skips the cache for this
+    /// call (a failure leaves the cache as it was).
+    ///
+    /// # Errors
+    /// `fetch`'s error.
+    pub async fn get_or_fetch<F, Fut>(&self, key: Key, refresh: bool, fetch: F) -> Result<Served, ReadError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<(Arc<SecretValue>, Arc<Scope>), ReadError>>,
+    {
+        if let Some(value) = self.fresh(&key).filter(|_| !refresh) {
+            return Ok(Served { value, source: Source::Cache, scope: None });
+        }
+        let lock = self.key_lock(&key);
+        let _guard = lock.lock().await;
+        if let Some(value) = self.fresh(&key).filter(|_| !refresh) {
+            // Another request fetched it while this one waited: one upstream call for both.
+            return Ok(Served { value, source: Source::Cache, scope: None });
+        }
+        let (value, scope) = fetch().await?;
+        self.store(&scope, key, Arc::clone(&value));
+        Ok(Served { value, source: Source::Aws, scope: Some(scope.label().to_owned()) })
+    }
+
+    /// Takes the single-flight locks of `keys` that hold no fresh value, in order, and returns
+    /// those keys with their guards (the prefetch fetches them in one batch while holding them).
+    pub async fn lock_missing(&self, keys: Vec<Key>) -> Vec<(Key, tokio::sync::OwnedMutexGuard<()>)> {
+        let mut locked = Vec::new();
+        for key in keys {
+            if self.fresh(&key).is_some() {
+                continue;
+            }
+            let guard = self.key_lock(&key).lock_owned().await;
+            if self.fresh(&key).is_none() {
+                locked.push((key, guard));
+            }
+        }
+        locked
+    }
+
+    /// Keeps `value` for `key`, unless `scope` has ended (then it is dropped and wiped, never
+    /// cached past its end). A per-fetch scope is no invocation: with TTL 0 its values serve
+    /// their own request only.
+    pub fn store(&self, scope: &Scope, key: Key, value: Arc<SecretValue>) {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        // Checked under the map's lock, so an end that races this store is seen by one of them.
+        if scope.has_ended() || (self.ttl.is_zero() && scope.is_per_fetch()) {
+            return;
+        }
+        entries.insert(key, Cached { value, fetched_at: Instant::now(), generation: scope.generation() });
+        drop(entries);
+        self.stored.notify_one();
+    }
+
+    /// Drops values that may not outlive their invocation (TTL 0) or are stale. Returns how many.
+    pub fn expire(&self) -> usize {
+        let now = Instant::now();
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let before = entries.len();
+        entries.retain(|_, cached| !self.ttl.is_zero() && now.duration_since(cached.fetched_at) < self.ttl);
+        before - entries.len()
+    }
+
+    /// Wipes every value. Returns how many there were.
+    pub fn wipe_all(&self) -> usize {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = entries.len();
+        entries.clear();
+        entries.shrink_to_fit();
+        count
+    }
+
+    /// How many values are cached.
+    pub fn len(&self) -> usize {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// When the oldest value goes stale (`None`: nothing cached, or TTL 0, whose values end
+    /// with their invocation instead).
+    pub fn earliest_expiry(&self) -> Option<Instant> {
+        if self.ttl.is_zero() {
+            return None;
+        }
+        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        entries.values().map(|cached| cached.fetched_at + self.ttl).min()
+    }
+
+    /// Wipes each value as its TTL runs out, even when no invocation comes (provisioned
+    /// concurrency's idle after INIT, Managed Instances' long-lived environment), until
+    /// `shutdown`.
+    pub async fn expire_on_time(&self, shutdown: tokio_util::sync::CancellationToken) {
+        loop {
+            let next = self.earliest_expiry();
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = self.stored.notified(), if next.is_none() => continue,
+                () = tokio::time::sleep_until(next.unwrap_or_else(Instant::now)), if next.is_some() => {}
+            }
+            let wiped = self.expire();
+            if wiped > 0 {
+                tracing::info!(target: "audit", event = "secrets_expired", secrets_wiped = wiped as u64);
+            }
+        }
+    }
+
+    fn fresh(&self, key: &Key) -> Option<Arc<SecretValue>> {
+        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let cached = entries.get(key)?;
+        let fresh = if self.ttl.is_zero() {
+            self.invocations.is_current_generation(cached.generation)
+        } else {
+            cached.fetched_at.elapsed() < self.ttl
+        };
+        fresh.then(|| Arc::clone(&cached.value))
+    }
+
+    fn key_lock(&self, key: &Key) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+        // Entries whose lock nobody holds are dropped, so the map stays as small as the
+        // number of keys being fetched right now.
+        locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+        Arc::clone(locks.entry(key.clone()).or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::invocation::Start;
+    use crate::testing;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::SystemTime;
+
+    fn value(version: &str) -> Arc<SecretValue> {
+        Arc::new(SecretValue::from_parts(
+            Some("arn:aws:secretsmanager:us-east-1:123456789012:secret:app/db-AbC123".into()),
+            Some("app/db".into()),
+            Some(version.into()),
+            Some("canary-value".into()),
+            None,
+            None,
+            None,
+        ))
+    }
+
+    fn key() -> Key {
+        Key { entry: 0, version: Version::Current }
+    }
+
+    async fn setup(ttl: Duration) -> (Arc<Cache>, Arc<Invocations>, Arc<Scope>) {
+        let invocations = testing::invocations(Start::Init(SystemTime::now()), Duration::from_secs(5)).await;
+        let scope = invocations.begin("r1", SystemTime::now() + Duration::from_secs(60)).await;
+        (Arc::new(Cache::new(ttl, Arc::clone(&invocations))), invocations, scope)
+    }
+
+    /// A fetch that counts its calls and takes `delay`.
+    fn fetch(
+        calls: &AtomicUsize,
+        scope: &Arc<Scope>,
+        version: &'static str,
+        delay: Duration,
+    ) -> impl Future<Output = Result<(Arc<SecretValue>, Arc<Scope>), ReadError>> {
+        calls.fetch_add(1, Ordering::SeqCst);
+        let scope = Arc::clone(scope);
+        async move {
+            tokio::time::sleep(delay).await;
+            Ok((value(version), scope))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_value_is_served_from_the_cache_for_its_ttl_and_then_fetched_again() {
+        let (cache, _, scope) = setup(Duration::from_secs(10)).await;
+        let calls = AtomicUsize::new(0);
+        let first = cache.get_or_fetch(key(), false, || fetch(&calls, &scope, "v1", Duration::ZERO)).await;
+        assert_eq!(first.expect("fetched").source, Source::Aws);
+        tokio::time::advance(Duration::from_secs(9)).await;
+        let hit = cache.get_or_fetch(key(), false, || fetch(&calls, &scope, "v2", Duration::ZERO)).await;
+        assert_eq!(hit.expect("cached").source, Source::Cache);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(cache.earliest_expiry().map(|at| at - Instant::now()), Some(Duration::from_secs(1)));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let stale = cache.get_or_fetch(key(), false, || fetch(&calls, &scope, "v2", Duration::ZERO)).await;
+        assert_eq!(stale.expect("fetched again").value.version_id(), "v2");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(cache.expire(), 1, "the stale value is wiped");
+        assert!(cache.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_reads_of_one_secret_make_one_fetch() {
+        let (cache, _, scope) = setup(Duration::from_secs(300)).await;
+        let calls = AtomicUsize::new(0);
+        let slow = || fetch(&calls, &scope, "v1", Duration::from_secs(1));
+        let (a, b) = tokio::join!(cache.get_or_fetch(key(), false, slow), cache.get_or_fetch(key(), false, slow));
+        let (a, b) = (a.expect("a"), b.expect("b"));
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "one upstream call for both");
+        assert!(Arc::ptr_eq(&a.value, &b.value));
+        assert_eq!([a.source, b.source].iter().filter(|s| **s == Source::Cache).count(), 1);
+        let other = Key { entry: 0, version: Version::Stage("AWSPREVIOUS".into()) };
+        cache.get_or_fetch(other, false, || fetch(&calls, &scope, "v0", Duration::ZERO)).await.expect("other");
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "another version is another key");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refresh_skips_the_cache_and_a_failed_refresh_keeps_the_value() {
+        let (cache, _, scope) = setup(Duration::from_secs(300)).await;
+        let calls = AtomicUsize::new(0);
+        cache.get_or_fetch(key(), false, || fetch(&calls, &scope, "v1", Duration::ZERO)).await.expect("v1");
+        let refreshed = cache.get_or_fetch(key(), true, || fetch(&calls, &scope, "v2", Duration::ZERO)).await;
+        assert_eq!(refreshed.expect("refreshed").value.version_id(), "v2");
+        let failed = cache.get_or_fetch(key(), true, || async { Err(ReadError::Throttled) }).await;
+        assert!(matches!(failed, Err(ReadError::Throttled)));
+        let kept = cache.get_or_fetch(key(), false, || async { Err(ReadError::Throttled) }).await;
+        assert_eq!(kept.expect("still cached").value.version_id(), "v2");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_ttl_zero_a_value_lives_only_as_long_as_its_invocation() {
+        let (cache, invocations, scope) = setup(Duration::ZERO).await;
+        let calls = AtomicUsize::new(0);
+        cache.get_or_fetch(key(), false, || fetch(&calls, &scope, "v1", Duration::ZERO)).await.expect("v1");
+        tokio::time::advance(Duration::from_secs(3_600)).await;
+        let hit = cache.get_or_fetch(key(), false, || fetch(&calls, &scope, "v1", Duration::ZERO)).await;
+        assert_eq!(hit.expect("same invocation").source, Source::Cache, "no clock: the invocation bounds it");
+        assert_eq!(cache.earliest_expiry(), None);
+        invocations.finish(&scope, "runtime_done").await;
+        let next = invocations.begin("r2", SystemTime::now() + Duration::from_secs(60)).await;
+        let miss = cache.get_or_fetch(key(), false, || fetch(&calls, &next, "v1", Duration::ZERO)).await;
+        assert_eq!(miss.expect("fetched for r2").source, Source::Aws, "r2 never sees r1's value");
+        invocations.finish(&next, "runtime_done").await;
+        assert_eq!(cache.expire(), 1, "the end of the invocation wipes its values");
+        assert!(cache.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_value_fetched_for_an_ended_scope_is_served_once_and_never_kept() {
+        let (cache, _, scope) = setup(Duration::from_secs(300)).await;
+        let calls = AtomicUsize::new(0);
+        let ended = Arc::clone(&scope);
+        let racing = cache.get_or_fetch(key(), false, || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                ended.end("runtime_done").await;
+                Ok((value("v1"), ended))
+            }
+        });
+        assert_eq!(racing.await.expect("served to its request").source, Source::Aws);
+        assert!(cache.is_empty(), "not cached past its invocation's end");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn values_are_wiped_when_their_ttl_runs_out_even_with_no_invocation() {
+        let (cache, _, scope) = setup(Duration::from_secs(10)).await;
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let sweeper = {
+            let (cache, shutdown) = (Arc::clone(&cache), shutdown.clone());
+            tokio::spawn(async move { cache.expire_on_time(shutdown).await })
+        };
+        tokio::task::yield_now().await;
+        cache.store(&scope, key(), value("v1"));
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        assert_eq!(cache.len(), 1);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(cache.is_empty(), "the sweeper wiped it at its TTL");
+        shutdown.cancel();
+        sweeper.await.expect("the sweeper stops at shutdown");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_prefetch_locks_only_what_is_missing() {
+        let (cache, _, scope) = setup(Duration::from_secs(300)).await;
+        cache.store(&scope, key(), value("v1"));
+        let other = Key { entry: 1, version: Version::Current };
+        let locked = cache.lock_missing(vec![key(), other.clone()]).await;
+        assert_eq!(locked.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(), vec![other.clone()]);
+        let calls = AtomicUsize::new(0);
+        let waiting = cache.get_or_fetch(other.clone(), false, || fetch(&calls, &scope, "v1", Duration::ZERO));
+        tokio::pin!(waiting);
+        assert!(futures_util::poll!(waiting.as_mut()).is_pending(), "a read waits for the batch holding its lock");
+        cache.store(&scope, other, value("batch"));
+        drop(locked);
+        assert_eq!(waiting.await.expect("served").value.version_id(), "batch");
+        assert_eq!(calls.load(Ordering::SeqCst), 0, "no second fetch");
+    }
+}

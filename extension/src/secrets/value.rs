@@ -1,0 +1,225 @@
+//! A secret's value as `GetSecretValue` returns it, held in zeroizing memory: the bytes leave
+//! the SDK's output by move into [`Payload`] (`Zeroizing`), the SDK strings that are not moved
+//! are wiped, and the JSON answer is serialised once, straight into a zeroizing buffer.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::Serialize;
+use zeroize::{Zeroize, Zeroizing};
+
+/// The secret's bytes, wiped on drop.
+pub enum Payload {
+    /// `SecretString`.
+    Text(Zeroizing<String>),
+    /// `SecretBinary`.
+    Binary(Zeroizing<Vec<u8>>),
+}
+
+impl fmt::Debug for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Payload::Text(_) => "Text(<redacted>)",
+            Payload::Binary(_) => "Binary(<redacted>)",
+        })
+    }
+}
+
+/// One version of a secret, as `GetSecretValue` returns it.
+pub struct SecretValue {
+    arn: String,
+    name: String,
+    version_id: String,
+    version_stages: Vec<String>,
+    created_date: Option<f64>,
+    payload: Payload,
+    /// [`SecretValue::to_json`], made once on first use and wiped with the value: every cached
+    /// read answers with these bytes instead of serialising again.
+    json: std::sync::OnceLock<Zeroizing<Vec<u8>>>,
+}
+
+impl fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecretValue")
+            .field("name", &self.name)
+            .field("version_id", &self.version_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The wire shape of `GetSecretValue`, borrowed so the secret is serialised straight from
+/// zeroizing memory into a zeroizing buffer.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct Wire<'a> {
+    #[serde(rename = "ARN")]
+    arn: &'a str,
+    name: &'a str,
+    version_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret_string: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret_binary: Option<&'a str>,
+    version_stages: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    created_date: Option<f64>,
+}
+
+impl SecretValue {
+    /// The `GetSecretValue` JSON, in a buffer that is wiped when dropped.
+    pub fn to_json(&self) -> Zeroizing<Vec<u8>> {
+        let binary = match &self.payload {
+            Payload::Binary(bytes) => Some(Zeroizing::new(aws_smithy_types::base64::encode(bytes.as_slice()))),
+            Payload::Text(_) => None,
+        };
+        let wire = Wire {
+            arn: &self.arn,
+            name: &self.name,
+            version_id: &self.version_id,
+            secret_string: match &self.payload {
+                Payload::Text(text) => Some(text.as_str()),
+                Payload::Binary(_) => None,
+            },
+            secret_binary: binary.as_ref().map(|b| b.as_str()),
+            version_stages: &self.version_stages,
+            created_date: self.created_date,
+        };
+        // Sized so that serialisation never reallocates (a reallocation would leave a copy
+        // behind in freed memory); escaping can at most sextuple a control character.
+        let payload_len = match &self.payload {
+            Payload::Text(text) => text.len() * 6,
+            Payload::Binary(_) => binary.as_ref().map_or(0, |b| b.len()),
+        };
+        let mut buffer = Zeroizing::new(Vec::with_capacity(payload_len + self.arn.len() + self.name.len() + 256));
+        // Serialising borrowed strings into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *buffer, &wire);
+        buffer
+    }
+
+    /// The `GetSecretValue` JSON as a response body that shares the value's own (zeroizing)
+    /// copy, made once per value: the body keeps the value alive until hyper has sent it.
+    pub fn json_body(self: &Arc<Self>) -> bytes::Bytes {
+        struct Shared(Arc<SecretValue>);
+        impl AsRef<[u8]> for Shared {
+            fn as_ref(&self) -> &[u8] {
+                self.0.json.get().map_or(&[], |json| json.as_slice())
+            }
+        }
+        self.json.get_or_init(|| self.to_json());
+        bytes::Bytes::from_owner(Shared(Arc::clone(self)))
+    }
+
+    /// The secret's ARN.
+    pub fn arn(&self) -> &str {
+        &self.arn
+    }
+
+    /// The secret's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The version id, for audit lines.
+    pub fn version_id(&self) -> &str {
+        &self.version_id
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn from_parts(
+        arn: Option<String>,
+        name: Option<String>,
+        version_id: Option<String>,
+        secret_string: Option<String>,
+        secret_binary: Option<aws_smithy_types::Blob>,
+        version_stages: Option<Vec<String>>,
+        created_date: Option<aws_smithy_types::DateTime>,
+    ) -> Self {
+        let payload = match (secret_string, secret_binary) {
+            // Moved into zeroizing memory: no copy is made.
+            (Some(text), binary) => {
+                if let Some(blob) = binary {
+                    blob.into_inner().zeroize();
+                }
+                Payload::Text(Zeroizing::new(text))
+            }
+            (None, Some(blob)) => Payload::Binary(Zeroizing::new(blob.into_inner())),
+            (None, None) => Payload::Text(Zeroizing::new(String::new())),
+        };
+        Self {
+            arn: arn.unwrap_or_default(),
+            name: name.unwrap_or_default(),
+            version_id: version_id.unwrap_or_default(),
+            version_stages: version_stages.unwrap_or_default(),
+            created_date: created_date.map(|d| d.as_secs_f64()),
+            payload,
+            json: std::sync::OnceLock::new(),
+        }
+    }
+}
+
+/// Where an answer came from, for the audit line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The zeroizing cache.
+    Cache,
+    /// A fetch made for this request (or one it waited on).
+    Aws,
+}
+
+impl Source {
+    /// Lower-case name for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Cache => "cache",
+            Source::Aws => "aws",
+        }
+    }
+}
+
+/// A secret served, with where it came from.
+#[derive(Debug)]
+pub struct Served {
+    /// The value.
+    pub value: Arc<SecretValue>,
+    /// Cache or AWS.
+    pub source: Source,
+    /// The scope (request id or `init`) whose session fetched it, when it came from AWS.
+    pub scope: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(text: Option<&str>, binary: Option<&[u8]>) -> Arc<SecretValue> {
+        Arc::new(SecretValue::from_parts(
+            Some("arn:aws:secretsmanager:us-east-1:123456789012:secret:app/db-AbC123".into()),
+            Some("app/db".into()),
+            Some("v1".into()),
+            text.map(str::to_owned),
+            binary.map(|b| aws_smithy_types::Blob::new(b.to_vec())),
+            Some(vec!["AWSCURRENT".into()]),
+            Some(aws_smithy_types::DateTime::from_secs(1_764_000_000)),
+        ))
+    }
+
+    #[test]
+    fn the_answer_is_aws_shape_and_shared_not_copied() {
+        let text = value(Some("s3cr\"et\n"), None);
+        let json: serde_json::Value = serde_json::from_slice(&text.json_body()).expect("json");
+        assert_eq!(json["SecretString"], "s3cr\"et\n");
+        assert_eq!(json["Name"], "app/db");
+        assert_eq!(json["VersionStages"], serde_json::json!(["AWSCURRENT"]));
+        assert!(json.get("SecretBinary").is_none());
+        let (first, second) = (text.json_body(), text.json_body());
+        assert_eq!(first.as_ptr(), second.as_ptr(), "one serialisation per value, shared by every answer");
+        let binary = value(None, Some(b"\x00\x01bin"));
+        let json: serde_json::Value = serde_json::from_slice(&binary.json_body()).expect("json");
+        assert_eq!(json["SecretBinary"], "AAFiaW4=");
+        assert!(json.get("SecretString").is_none());
+        assert_eq!(
+            format!("{:?} {:?}", text, text.payload),
+            "SecretValue { name: \"app/db\", version_id: \"v1\", .. } Text(<redacted>)"
+        );
+    }
+}
