@@ -56,7 +56,7 @@ def literals(text):
                     j += 1
             found.append((i, "".join(value)))
             i = j + 1
-        elif c == "'" and (m := re.compile(r"'(\\.|[^\\'])'").match(text, i)):
+        elif c == "'" and (m := re.compile(r"'(\\u\{[0-9a-fA-F]+\}|\\.|[^\\'])'").match(text, i)):
             i = m.end()  # a char literal such as '"'
         else:
             i += 1
