@@ -1,10 +1,10 @@
-# Sourced by tests/run.sh and tests/demo.sh: installs what the local stack and the packaging
+# Sourced by tests/run.sh (and bench/run.sh): installs what the local stack and the packaging
 # checks need (idempotent; each step is skipped when its pinned version is already there) and
-# builds the release binaries the tests and the demo run.
+# builds the release binaries the tests run. MiniStack and the shared helpers come from
+# tests/prepare-demo.sh, which the demo sources on its own.
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-MINISTACK_VERSION="1.5.33"
-VENV="$ROOT/target/ministack-venv"
+source "$(dirname "${BASH_SOURCE[0]}")/prepare-demo.sh"
+
 # The SAM template's checkers (tests/tests/e2e/template.rs).
 AWS_SAM_CLI_VERSION="1.170.0"
 CFN_LINT_VERSION="1.58.0"
@@ -20,35 +20,6 @@ NODE_SDK_DIR="$ROOT/target/node-sdk"
 # The fuzz targets' runner (tests/fuzz.sh); RUSTC_BOOTSTRAP=1 lets it use the stable toolchain.
 CARGO_FUZZ_VERSION="0.13.1"
 
-mkdir -p "$ROOT/target"
-
-apt_updated=""
-apt_install() {
-  [[ -n "$apt_updated" ]] || { apt-get update -qq; apt_updated=1; }
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
-}
-
-# Debian's python3 ships venv separately.
-python3 -c "import ensurepip, venv" 2>/dev/null || apt_install python3-venv
-
-# pinned_venv DIR PACKAGE==VERSION...: a venv holding exactly those versions.
-pinned_venv() {
-  local dir="$1"
-  shift
-  if ! "$dir/bin/python" - "$@" 2>/dev/null <<'PY'; then
-import importlib.metadata as m, sys
-for pin in sys.argv[1:]:
-    name, version = pin.split("==")
-    assert m.version(name) == version, pin
-PY
-    echo "==> installing $* into $dir"
-    python3 -m venv "$dir"
-    "$dir/bin/pip" install --quiet --disable-pip-version-check "$@"
-  fi
-}
-
-pinned_venv "$VENV" "ministack==$MINISTACK_VERSION"
-export SCOPED_SECRETS_MINISTACK_BIN="$VENV/bin/ministack"
 pinned_venv "$SAM_VENV" "aws-sam-cli==$AWS_SAM_CLI_VERSION" "cfn-lint==$CFN_LINT_VERSION"
 pinned_venv "$EXAMPLES_VENV" "awslambdaric==$AWSLAMBDARIC_VERSION" "boto3==$BOTO3_VERSION"
 

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# The whole test suite: lints, unit tests, and the end-to-end tests (the real release extension
-# and example function in the local Lambda environment against MiniStack). CI runs exactly this.
+# The whole test suite: lints, the docs check, unit tests, and the end-to-end tests (the real
+# release extension and example function in the local Lambda environment against MiniStack).
+# CI runs exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source tests/prepare.sh
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
+echo "==> docs against the code (tests/check-docs.sh)"
+tests/check-docs.sh
 echo "==> cargo clippy"
 cargo clippy --locked --workspace --all-targets -- -D warnings
 echo "==> cargo test"

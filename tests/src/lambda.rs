@@ -195,6 +195,9 @@ pub fn target_dir() -> PathBuf {
 
 /// Overrides the extension binary the environments run (see [`Program::extension`]).
 pub const EXTENSION_BIN_ENV: &str = "SCOPED_SECRETS_EXTENSION_BIN";
+/// Overrides the Rust example function's binary (see [`Program::rust_reader`]): the demo runs
+/// the one it builds in its own fast-compiling profile.
+pub const RUST_READER_BIN_ENV: &str = "SCOPED_SECRETS_RUST_READER_BIN";
 
 /// A process the environment starts: the extension, or the function's runtime (the `bootstrap`
 /// of a custom runtime, or a managed runtime's interface client with the handler).
@@ -235,11 +238,15 @@ impl Program {
         }
     }
 
-    /// The Rust example (`examples/rust-reader`, `lambda_runtime`), its release build.
+    /// The Rust example (`examples/rust-reader`, `lambda_runtime`): `$SCOPED_SECRETS_RUST_READER_BIN`,
+    /// else its release build.
     pub fn rust_reader() -> Self {
+        let program = std::env::var_os(RUST_READER_BIN_ENV)
+            .map_or_else(|| target_dir().join("release").join("rust-reader"), PathBuf::from);
         Self {
-            hint: "build it with `cargo build --release -p example-rust-reader` (./tests/run.sh does)",
-            ..Self::new(target_dir().join("release").join("rust-reader"))
+            hint: "build it with `cargo build --release -p example-rust-reader` (./tests/run.sh does), \
+                   or point SCOPED_SECRETS_RUST_READER_BIN at another build",
+            ..Self::new(program)
         }
     }
 

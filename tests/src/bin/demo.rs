@@ -2,7 +2,8 @@
 //! in the local Lambda environment, a few invocations, the audit log, and proof that each
 //! session's credentials are narrow and die with their invocation.
 //!
-//! Run it with `./tests/demo.sh` (which installs MiniStack and builds the release binaries).
+//! Run it with `./tests/demo.sh`, which installs MiniStack and builds what it runs: this driver,
+//! the extension and the Rust example, in the fast-compiling `demo` profile (Cargo.toml).
 
 #![allow(clippy::print_stdout)] // the demo prints its story
 
