@@ -18,10 +18,8 @@ import sys
 SRC = pathlib.Path("extension/src")
 README = pathlib.Path("README.md")
 API = pathlib.Path("docs/api.md")
-# Where the stable codes live: one match in domain/code.rs once it exists; until then, the
-# refusals written in the two protocols' files.
+# Where the stable codes live: one list in domain/code.rs.
 CODE_FILE = SRC / "domain" / "code.rs"
-PROTOCOL_FILES = [SRC / "server.rs", SRC / "sdk_api.rs"]
 
 
 def literals(text):
@@ -90,32 +88,10 @@ for name in sorted(in_table - in_code):
 
 # (b) stable error codes: the code against docs/api.md.
 CODE = r"[a-z][a-z0-9_]+"
-codes = set()
-if CODE_FILE.exists():
-    # Every stable code is a string literal of the one match in domain/code.rs
-    # (`Code::X => "x_code"`): take every such literal of the file.
-    source = "extension/src/domain/code.rs"
-    for _, value in literals(without_tests(CODE_FILE.read_text())):
-        if re.fullmatch(CODE, value):
-            codes.add(value)
-else:
-    # Until domain/code.rs exists: the codes of the refusals in server.rs and sdk_api.rs, i.e.
-    # refusal(STATUS, "code", …), sdk_error(STATUS, TYPE, "code", …), and the closures over
-    # them, bad("code", …) and denied("code", …) (invalid(…) passes its code inside its own
-    # sdk_error call); plus the codes those files pass through a variable: a match arm that
-    # yields one (`Refused::StaleDate => "signature_stale"`) and read_body's Err("body_timeout").
-    source = "server.rs and sdk_api.rs"
-    calls = [
-        r"\brefusal\(\s*[^,()]+,\s*\"(" + CODE + r")\"",
-        r"\bsdk_error\(\s*[^,()]+,\s*\"[A-Za-z]+\",\s*\"(" + CODE + r")\"",
-        r"\b(?:bad|denied)\(\s*\"(" + CODE + r")\"",
-        r"=>\s*\{?\s*\"([a-z][a-z0-9]*_[a-z0-9_]+)\"",
-        r"\bErr\(\s*\"(" + CODE + r")\"\s*\)",
-    ]
-    for path in PROTOCOL_FILES:
-        text = without_tests(path.read_text())
-        for pattern in calls:
-            codes.update(re.findall(pattern, text))
+# Every stable code is a string literal of the one list in domain/code.rs (`Variant => "x_code",`
+# in the `codes!` macro's call): take every such literal of the file before its tests.
+source = "extension/src/domain/code.rs"
+codes = {value for _, value in literals(without_tests(CODE_FILE.read_text())) if re.fullmatch(CODE, value)}
 if not codes:
     failures.append(f"no stable error code found in {source}: the check itself is out of date")
 api = API.read_text() if API.exists() else ""
