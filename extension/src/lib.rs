@@ -14,6 +14,8 @@
 //! - [`local_api`]: the local API on 127.0.0.1: a router, one read path, the GET protocol and
 //!   the SDK protocol ([`sigv4`] verifies its signatures), over the shared [`http`] plumbing.
 //! - [`extensions_api`], [`telemetry`]: Lambda's Extensions API and the Telemetry listener.
+//! - [`runtime_proxy`]: Lambda's Runtime API, forwarded for the runtime (started through
+//!   `/opt/scoped-secrets-wrapper`), so invocations are seen to begin and end as they do.
 //! - [`lifecycle`]: the one loop that drives every transition, SHUTDOWN and its reports;
 //!   [`revocation`]: the opt-in deny at SHUTDOWN.
 //! - [`evidence`], [`logging`]: read counts, denies, EMF metrics; JSON lines, never a secret.
@@ -21,7 +23,8 @@
 //! - [`hardening`], [`allocator`]: no core dumps, not dumpable, memory lock, every freed heap
 //!   block wiped.
 //!
-//! [`run`] wires them: register → configure (or `init/error`) → `ready` → the lifecycle loop.
+//! [`run`] wires them: bind the Runtime API proxy → register → configure (or `init/error`) →
+//! `ready` → the lifecycle loop.
 
 pub mod allocator;
 pub mod aws;
@@ -37,6 +40,7 @@ pub mod local_api;
 pub mod logging;
 pub mod policy;
 pub mod revocation;
+pub mod runtime_proxy;
 pub mod secrets;
 pub mod session;
 pub mod sigv4;
@@ -70,6 +74,26 @@ pub async fn run(env: Env, name: String, hardening: Hardening, log_problem: Opti
         Some("lambda-managed-instances") => Events::ShutdownOnly,
         _ => Events::InvokeAndShutdown,
     };
+    // The Runtime API proxy is bound before registering: the runtime (and its wrapper) may
+    // start as soon as every extension has registered. A failure here is reported through
+    // init/error once registered, so it fails INIT loudly.
+    let proxy = match config::runtime_proxy_port(&env) {
+        Ok(Some(port)) if runtime_proxy::is_own_address(runtime_api, port) => {
+            // Started through the wrapper: AWS_LAMBDA_RUNTIME_API is our own proxy, so there
+            // is no Lambda to register with or forward to.
+            tracing::error!(
+                event = "init_failed",
+                reason = "AWS_LAMBDA_RUNTIME_API is the Runtime API proxy's own address: the extension was \
+                          started through /opt/scoped-secrets-wrapper; only the function's runtime may be."
+            );
+            return ExitCode::FAILURE;
+        }
+        Ok(Some(port)) => runtime_proxy::bind(port).await.map(Some),
+        Ok(None) => Ok(None),
+        Err(error) => {
+            Err(runtime_proxy::BindFailure { error_type: "Extension.ConfigInvalid", message: error.to_string() })
+        }
+    };
     let registered = match ExtensionsApi::new(runtime_api).register(&name, events).await {
         Ok(registered) => registered,
         Err(error) => {
@@ -77,7 +101,22 @@ pub async fn run(env: Env, name: String, hardening: Hardening, log_problem: Opti
             return ExitCode::FAILURE;
         }
     };
-    let extension = match Extension::init(&env, &registered, log_problem).await {
+    // Removed when the process exits normally; the wrapper then finds no proxy.
+    let (proxy, _marker) = match proxy {
+        Ok(Some(mut bound)) => {
+            let marker = bound.take_marker();
+            (Some(bound), marker)
+        }
+        Ok(None) => (None, None),
+        Err(failure) => {
+            tracing::error!(event = "init_failed", error_type = failure.error_type, reason = %failure.message);
+            if let Err(error) = registered.init_error(failure.error_type, &failure.message).await {
+                tracing::error!(event = "init_error_not_delivered", cause = %error);
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let extension = match Extension::init(&env, &registered, log_problem, proxy).await {
         Ok(extension) => extension,
         Err(failure) => {
             tracing::error!(event = "init_failed", error_type = failure.error_type, reason = %failure.message);

@@ -50,6 +50,17 @@ pub enum InitializationType {
     ManagedInstances,
 }
 
+impl EndOfInvocation {
+    /// The value as configured, for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndOfInvocation::Auto => "auto",
+            EndOfInvocation::RuntimeDone => "runtime-done",
+            EndOfInvocation::NextInvoke => "next-invoke",
+        }
+    }
+}
+
 impl InitializationType {
     /// The value Lambda sets, for logs.
     pub fn as_str(self) -> &'static str {
@@ -77,6 +88,11 @@ pub enum FunctionCredentialSource {
 /// When an invocation's scope ends (its session is wiped).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EndOfInvocation {
+    /// The default: at the function's `/response` or `/error` as the Runtime API proxy forwards
+    /// it (no wait), and at `platform.runtimeDone` for an invocation whose runtime does not
+    /// come through the proxy (the function is not started through the wrapper), whichever
+    /// comes first; the next event is asked for only then.
+    Auto,
     /// At `platform.runtimeDone`, before asking for the next event: nothing credential-bearing
     /// waits in a frozen environment. Costs the Telemetry API's buffering (≥ 25 ms) of
     /// post-response time per invocation.
@@ -140,6 +156,8 @@ pub struct Config {
     pub endpoints: AwsEndpoints,
     /// `host:port` of the Lambda Runtime and Extensions APIs.
     pub runtime_api: String,
+    /// Port of the Runtime API proxy on 127.0.0.1 (`None`: no proxy).
+    pub runtime_proxy_port: Option<u16>,
     /// The token local callers must present.
     pub local_token: LocalToken,
     /// Lambda's initialisation type.
@@ -191,6 +209,36 @@ pub mod var {
     pub const METRICS_NAMESPACE: &str = "SCOPED_SECRETS_METRICS_NAMESPACE";
     pub const UPSTREAM_KEEP_ALIVE: &str = "SCOPED_SECRETS_UPSTREAM_KEEP_ALIVE";
     pub const KMS_KEYS: &str = "SCOPED_SECRETS_KMS_KEYS";
+    pub const RUNTIME_PROXY_PORT: &str = "SCOPED_SECRETS_RUNTIME_PROXY_PORT";
+}
+
+/// The Runtime API proxy's default port. Lambda reserves 9001 (its own Runtime API); 2772 and
+/// 2773 are AWS's AppConfig and Parameters and Secrets extensions (and 2773 this extension's
+/// local API); 9009 is the port AWS's Runtime API proxy samples default to, so another proxy
+/// extension is likely there; 8080 is the Lambda Web Adapter's; 4317 and 4318 are the
+/// OpenTelemetry collector's; 8124 to 8126 are Datadog's; Linux draws outgoing connections' and
+/// port-0 listeners' ports (the telemetry listener's) from 32768 to 60999; below 1024 needs a
+/// privilege a function does not have. 2774 is none of these, next to the local API's port.
+pub const DEFAULT_RUNTIME_PROXY_PORT: u16 = 2774;
+
+/// `SCOPED_SECRETS_RUNTIME_PROXY_PORT`: the proxy's port (1024 to 65535, default 2774), or
+/// `None` for `off`. Read before the rest of the configuration: the proxy is bound before the
+/// extension registers, since the runtime may start right after.
+///
+/// # Errors
+/// A value that is neither a port in range nor `off`.
+pub fn runtime_proxy_port(env: &Env) -> Result<Option<u16>, ConfigError> {
+    match env.get(var::RUNTIME_PROXY_PORT).map(str::trim) {
+        None => Ok(Some(DEFAULT_RUNTIME_PROXY_PORT)),
+        Some("off") => Ok(None),
+        Some(raw) => match raw.parse::<u16>() {
+            Ok(port) if port >= 1024 => Ok(Some(port)),
+            _ => Err(ConfigError::new(
+                var::RUNTIME_PROXY_PORT,
+                format!("must be a port from 1024 to 65535, or off (got {raw:?})."),
+            )),
+        },
+    }
 }
 
 impl Config {
@@ -251,15 +299,23 @@ impl Config {
             };
         let endpoints = endpoints(env, port)?;
         let end_of_invocation = match env.get(var::END_OF_INVOCATION).map(str::trim) {
-            None | Some("runtime-done") => EndOfInvocation::RuntimeDone,
+            None | Some("auto") => EndOfInvocation::Auto,
+            Some("runtime-done") => EndOfInvocation::RuntimeDone,
             Some("next-invoke") => EndOfInvocation::NextInvoke,
             Some(other) => {
                 return Err(ConfigError::new(
                     var::END_OF_INVOCATION,
-                    format!("must be runtime-done or next-invoke (got {other:?})."),
+                    format!("must be auto, runtime-done or next-invoke (got {other:?})."),
                 ));
             }
         };
+        let runtime_proxy_port = runtime_proxy_port(env)?;
+        if runtime_proxy_port == Some(port) {
+            return Err(ConfigError::new(
+                var::RUNTIME_PROXY_PORT,
+                format!("must differ from {} ({port}): the local API already listens there.", var::PORT),
+            ));
+        }
         let credential_window = match number(env, var::CREDENTIAL_WINDOW, 60, 0, 3_600)? {
             0 => None,
             seconds => Some(Duration::from_secs(seconds)),
@@ -314,6 +370,7 @@ impl Config {
             region,
             endpoints,
             runtime_api,
+            runtime_proxy_port,
             local_token,
             initialization_type,
             unrecognised_initialization_type,

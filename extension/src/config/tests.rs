@@ -31,7 +31,8 @@ fn defaults_apply_when_only_the_required_variables_are_set() {
     assert_eq!(config.deadline_margin, Duration::from_millis(2_000));
     assert_eq!(config.request_wait_timeout, Duration::from_millis(5_000));
     assert_eq!(config.initialization_type, InitializationType::OnDemand);
-    assert_eq!(config.end_of_invocation, EndOfInvocation::RuntimeDone);
+    assert_eq!(config.end_of_invocation, EndOfInvocation::Auto);
+    assert_eq!(config.runtime_proxy_port, Some(DEFAULT_RUNTIME_PROXY_PORT));
     assert_eq!(config.credential_window, Some(Duration::from_secs(60)));
     assert_eq!(config.revocation, RevocationMode::Wipe);
     assert_eq!(config.revocation_policy_budget, 4_096);
@@ -68,6 +69,11 @@ fn each_rejection_names_its_variable() {
         (&[(var::MAX_CONNECTIONS, "0")], var::MAX_CONNECTIONS),
         (&[(var::INIT_BUDGET_MS, "999")], var::INIT_BUDGET_MS),
         (&[(var::END_OF_INVOCATION, "never")], var::END_OF_INVOCATION),
+        (&[(var::RUNTIME_PROXY_PORT, "9001x")], var::RUNTIME_PROXY_PORT),
+        (&[(var::RUNTIME_PROXY_PORT, "1023")], var::RUNTIME_PROXY_PORT),
+        (&[(var::RUNTIME_PROXY_PORT, "65536")], var::RUNTIME_PROXY_PORT),
+        (&[(var::RUNTIME_PROXY_PORT, "2773")], var::RUNTIME_PROXY_PORT),
+        (&[(var::PORT, "2774")], var::RUNTIME_PROXY_PORT),
         (&[(var::CREDENTIAL_WINDOW, "3601")], var::CREDENTIAL_WINDOW),
         (&[(var::REVOCATION, "revoke")], var::REVOCATION),
         (&[(var::REVOCATION_POLICY_BUDGET, "511")], var::REVOCATION_POLICY_BUDGET),
@@ -132,8 +138,13 @@ fn accepted_values_parse_to_their_typed_form() {
         (var::CREDENTIAL_WINDOW, "0"),
         (var::REVOCATION, "deny"),
         (var::METRICS_NAMESPACE, "off"),
+        (var::RUNTIME_PROXY_PORT, " 9100 "),
     ])
     .expect("valid");
+    assert_eq!(config.runtime_proxy_port, Some(9100));
+    let off = with(&[(var::RUNTIME_PROXY_PORT, "off"), (var::END_OF_INVOCATION, "runtime-done")]).expect("valid");
+    assert_eq!((off.runtime_proxy_port, off.end_of_invocation), (None, EndOfInvocation::RuntimeDone));
+    assert_eq!(with(&[(var::END_OF_INVOCATION, "auto")]).expect("valid").end_of_invocation, EndOfInvocation::Auto);
     assert_eq!(config.credential_window, None);
     assert_eq!(config.revocation, RevocationMode::Deny);
     assert_eq!(config.metrics_namespace, None);

@@ -52,6 +52,9 @@ codes! {
     InvalidToken => "invalid_token",
     /// A malformed `X-Scoped-Secrets-Request-Id`.
     InvalidRequestId => "invalid_request_id",
+    /// An `X-Scoped-Secrets-Request-Id` that names no invocation running now (Managed
+    /// Instances, where the Runtime API proxy knows which are).
+    RequestIdNotLive => "request_id_not_live",
     // The GET API's query.
     /// The query is not UTF-8.
     InvalidQuery => "invalid_query",
@@ -148,6 +151,10 @@ impl Code {
             Code::MissingToken => "The X-Aws-Parameters-Secrets-Token header is required.",
             Code::InvalidToken => "The X-Aws-Parameters-Secrets-Token header is not valid.",
             Code::InvalidRequestId => "X-Scoped-Secrets-Request-Id must be one value of 1 to 64 of A-Z a-z 0-9 - _.",
+            Code::RequestIdNotLive => {
+                "X-Scoped-Secrets-Request-Id names no invocation running now; send the request id of the \
+                 invocation making the request."
+            }
             Code::InvalidQuery => "The query string is not valid UTF-8.",
             Code::UnknownParameter => {
                 "Only secretId (or the /v1/ path), versionStage, versionId and refreshNow are accepted."

@@ -109,6 +109,9 @@ pub enum ReadError {
     /// A second tenant appeared: nothing is served any more.
     #[error("a second tenant appeared in this environment")]
     TenantChanged,
+    /// The request named an invocation that is not running (Managed Instances).
+    #[error("the named invocation is not running")]
+    RequestIdNotLive,
 }
 
 impl ReadError {
@@ -131,6 +134,7 @@ impl ReadError {
             ReadError::TenantUnknown => Code::TenantUnknown,
             ReadError::TenantRefused => Code::TenantRefused,
             ReadError::TenantChanged => Code::TenantChanged,
+            ReadError::RequestIdNotLive => Code::RequestIdNotLive,
         }
     }
 }
@@ -161,6 +165,7 @@ mod tests {
             ReadError::TenantUnknown,
             ReadError::TenantRefused,
             ReadError::TenantChanged,
+            ReadError::RequestIdNotLive,
         ];
         let codes: std::collections::BTreeSet<Code> = errors.iter().map(ReadError::code).collect();
         assert_eq!(codes.len(), errors.len());

@@ -11,8 +11,11 @@
 //! so no credential serves two invocations.
 //!
 //! The [`ledger::SessionLedger`] remembers every session's name and policy bound (never a
-//! credential), for the revocation report at SHUTDOWN.
+//! credential), for the revocation report at SHUTDOWN. On Managed Instances, the invocations
+//! the Runtime API proxy makes known run beside the environment scope, each in a scope of its
+//! own ([`concurrent::Concurrent`]).
 
+pub mod concurrent;
 pub mod ledger;
 pub mod scope;
 
@@ -22,9 +25,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 
+use self::concurrent::Concurrent;
 use self::ledger::SessionLedger;
-use self::scope::Scope;
+use self::scope::{Kind, Scope};
 use crate::domain::error::ReadError;
+use crate::domain::request_id::RequestId;
 use crate::session::SessionFactory;
 
 /// Where the environment is in its life.
@@ -55,6 +60,7 @@ pub struct Invocations {
     wait_timeout: Duration,
     window: Option<Duration>,
     ledger: Arc<SessionLedger>,
+    concurrent: Concurrent,
 }
 
 /// How the invocations start, by Lambda's initialisation type.
@@ -88,36 +94,22 @@ impl Invocations {
             wait_timeout,
             window,
             ledger,
+            concurrent: Concurrent::default(),
         };
         let phase = match start {
-            Start::Init(end) => Phase::Init(invocations.scope("init", 0, end, false, window)),
-            Start::InitPerFetch(end) => Phase::Init(invocations.scope("init", 0, end, true, window)),
+            Start::Init(end) => Phase::Init(invocations.scope("init", 0, end, Kind::Invocation, window)),
+            Start::InitPerFetch(end) => Phase::Init(invocations.scope("init", 0, end, Kind::PerFetch, window)),
             Start::Snapshotting => Phase::Snapshotting,
             Start::Environment(bound) => {
-                Phase::Active(invocations.scope("environment", 0, UNIX_EPOCH + FAR_FUTURE, true, Some(bound)))
+                Phase::Active(invocations.scope("environment", 0, UNIX_EPOCH + FAR_FUTURE, Kind::PerFetch, Some(bound)))
             }
         };
         invocations.phase.send_replace(phase);
         invocations
     }
 
-    fn scope(
-        &self,
-        label: &str,
-        generation: u64,
-        end: SystemTime,
-        per_fetch: bool,
-        window: Option<Duration>,
-    ) -> Arc<Scope> {
-        Arc::new(Scope::new(
-            label,
-            generation,
-            end,
-            window,
-            per_fetch,
-            Arc::clone(&self.factory),
-            Arc::clone(&self.ledger),
-        ))
+    fn scope(&self, label: &str, generation: u64, end: SystemTime, kind: Kind, window: Option<Duration>) -> Arc<Scope> {
+        Arc::new(Scope::new(label, generation, end, window, kind, Arc::clone(&self.factory), Arc::clone(&self.ledger)))
     }
 
     /// Every session issued in this environment.
@@ -137,7 +129,7 @@ impl Invocations {
     /// runtimeDone never came) and opens a new one that ends at `end`.
     pub async fn begin(&self, request_id: &str, end: SystemTime) -> Arc<Scope> {
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
-        let scope = self.scope(request_id, generation, end, false, self.window);
+        let scope = self.scope(request_id, generation, end, Kind::Invocation, self.window);
         let previous = self.phase.send_replace(Phase::Active(Arc::clone(&scope)));
         if let Phase::Init(old) | Phase::Active(old) = previous {
             let reason = if old.generation() == 0 { "first_invocation" } else { "next_invocation" };
@@ -214,13 +206,57 @@ impl Invocations {
         scope.end(reason).await;
     }
 
-    /// Enters `ShuttingDown`, ending any open scope. Returns the session it ended, if any.
+    /// Enters `ShuttingDown`, ending any open scope (and every concurrent one). Returns the
+    /// session it ended, if any (the first, when several were open).
     pub async fn shut_down(&self) -> Option<String> {
         let previous = self.phase.send_replace(Phase::ShuttingDown);
-        match previous {
+        let mut ended = match previous {
             Phase::Init(scope) | Phase::Active(scope) => scope.end("shutdown").await,
             Phase::Snapshotting | Phase::AwaitingRestore | Phase::Idle | Phase::ShuttingDown => None,
+        };
+        for scope in self.concurrent.drain() {
+            let name = scope.end("shutdown").await;
+            ended = ended.or(name);
         }
+        ended
+    }
+
+    /// Begins invocation `id` beside the others running (Managed Instances through the Runtime
+    /// API proxy), its sessions bounded by `end`, its scope ended at `deadline` at the latest.
+    /// `None` when it is already running or too many are.
+    pub fn begin_concurrent(&self, id: &RequestId, deadline: SystemTime, end: SystemTime) -> Option<Arc<Scope>> {
+        if matches!(*self.phase.borrow(), Phase::ShuttingDown) {
+            return None;
+        }
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        let scope = self.scope(id.as_str(), generation, end, Kind::Concurrent, self.window);
+        self.concurrent.insert(id.clone(), Arc::clone(&scope), deadline).then_some(scope)
+    }
+
+    /// Ends concurrent invocation `id` (`reason`: how). Returns whether it was running.
+    pub async fn finish_concurrent(&self, id: &RequestId, reason: &'static str) -> bool {
+        match self.concurrent.remove(id) {
+            Some(scope) => {
+                scope.end(reason).await;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Ends every concurrent invocation whose deadline has passed. Returns how many.
+    pub async fn expire_concurrent(&self) -> usize {
+        let overdue = self.concurrent.overdue(SystemTime::now());
+        let mut ended = 0;
+        for id in overdue {
+            ended += usize::from(self.finish_concurrent(&id, "deadline").await);
+        }
+        ended
+    }
+
+    /// The invocations running at once.
+    pub fn concurrent(&self) -> &Concurrent {
+        &self.concurrent
     }
 
     /// The scope a request should use, waiting (bounded) while `Idle`.

@@ -17,16 +17,29 @@ use crate::session::{Session, SessionFactory};
 /// now could otherwise reach AWS after it.
 const RENEW_GUARD: Duration = Duration::from_secs(1);
 
+/// How a scope holds its sessions and its values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// One session for the scope's life (an invocation, on-demand INIT); with TTL 0, values
+    /// are served for as long as it runs.
+    Invocation,
+    /// Each session serves one fetch (and whatever joined it) and is then dropped, so no
+    /// credential waits in memory between fetches (provisioned concurrency's INIT, the Managed
+    /// Instances environment); with TTL 0, no value is kept.
+    PerFetch,
+    /// One of several invocations running at once (Managed Instances through the Runtime API
+    /// proxy): one session for its life, and, with TTL 0, no value kept (the cache is shared by
+    /// every invocation running).
+    Concurrent,
+}
+
 /// One invocation (or the init phase): the unit a session belongs to.
 pub struct Scope {
     label: String,
     generation: u64,
     end: SystemTime,
     window: Option<Duration>,
-    /// Each session serves one fetch (and whatever joined it) and is then dropped, so no
-    /// credential waits in memory between fetches (provisioned concurrency's INIT, Managed
-    /// Instances).
-    per_fetch: bool,
+    kind: Kind,
     factory: Arc<SessionFactory>,
     session: tokio::sync::Mutex<Slot>,
     ended: AtomicBool,
@@ -53,7 +66,7 @@ impl Scope {
         generation: u64,
         end: SystemTime,
         window: Option<Duration>,
-        per_fetch: bool,
+        kind: Kind,
         factory: Arc<SessionFactory>,
         ledger: Arc<SessionLedger>,
     ) -> Self {
@@ -62,7 +75,7 @@ impl Scope {
             generation,
             end,
             window,
-            per_fetch,
+            kind,
             factory,
             session: tokio::sync::Mutex::new(Slot::default()),
             ended: AtomicBool::new(false),
@@ -135,13 +148,24 @@ impl Scope {
 
     /// Whether each session serves one fetch only.
     pub fn is_per_fetch(&self) -> bool {
-        self.per_fetch
+        self.kind == Kind::PerFetch
+    }
+
+    /// Whether, with TTL 0, values it fetched may be served for as long as it runs (only a
+    /// scope that is the one running: not per fetch, not one of several at once).
+    pub fn keeps_values_while_running(&self) -> bool {
+        self.kind == Kind::Invocation
+    }
+
+    /// The instant its sessions' policies end at the latest.
+    pub fn ends_at(&self) -> SystemTime {
+        self.end
     }
 
     /// After a fetch with `session`: in a per-fetch scope the session is dropped (its
     /// credentials are wiped once the last concurrent user returns).
     pub async fn release(&self, session: &Arc<Session>) {
-        if !self.per_fetch {
+        if !self.is_per_fetch() {
             return;
         }
         let mut slot = self.session.lock().await;

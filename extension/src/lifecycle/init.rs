@@ -3,14 +3,17 @@
 //!
 //! In order: parse and validate the configuration, bind the local API (a port collision fails
 //! INIT loudly), bind the telemetry listener and subscribe it, load the SDK's configuration,
-//! build the parts, and start the listeners' tasks through the task tracker. Nothing here calls
-//! AWS: the first session is assumed when a request or an INVOKE needs one.
+//! build the parts, and start the listeners' tasks through the task tracker, the Runtime API
+//! proxy's among them (its listener was bound before the extension registered). Nothing here
+//! calls AWS: the first session is assumed when a request or an INVOKE needs one.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::{Instant, SystemTime};
 
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -23,6 +26,7 @@ use crate::invocation::{Invocations, Start};
 use crate::local_api::LocalApi;
 use crate::local_api::read::ReadPath;
 use crate::local_api::sdk::Signatures;
+use crate::runtime_proxy::{self, RuntimeEvent};
 use crate::secrets::Secrets;
 use crate::session::{self, SessionFactory};
 use crate::telemetry::{self, Completions, Sinks};
@@ -60,6 +64,10 @@ pub struct Extension {
     pub(super) shutdown: CancellationToken,
     /// Every task the extension spawns, waited for (bounded) at SHUTDOWN.
     pub(super) tasks: TaskTracker,
+    /// What the Runtime API proxy reports (taken by the loop; `None` without a proxy).
+    pub(super) runtime_events: Option<mpsc::Receiver<RuntimeEvent>>,
+    /// Where the proxy listens, if it does.
+    pub(super) runtime_proxy: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for Extension {
@@ -69,11 +77,17 @@ impl std::fmt::Debug for Extension {
 }
 
 impl Extension {
-    /// Configures the extension and starts its listeners.
+    /// Configures the extension and starts its listeners, the Runtime API proxy on `proxy`
+    /// (bound before registering) if there is one.
     ///
     /// # Errors
     /// [`InitFailure`]: the caller posts it to `init/error`.
-    pub async fn init(env: &Env, registered: &Registered, log_problem: Option<String>) -> Result<Self, InitFailure> {
+    pub async fn init(
+        env: &Env,
+        registered: &Registered,
+        log_problem: Option<String>,
+        proxy: Option<runtime_proxy::Bound>,
+    ) -> Result<Self, InitFailure> {
         if let Some(problem) = log_problem {
             return Err(failure("Extension.ConfigInvalid", problem));
         }
@@ -162,6 +176,19 @@ impl Extension {
                 .map_or_else(sigv4::CredentialSource::absent, sigv4::CredentialSource::provider),
             FunctionCredentialSource::Absent => sigv4::CredentialSource::absent(),
         };
+        // Set by the proxy once an invocation came through it.
+        let delivered = Arc::new(AtomicBool::new(false));
+        let (runtime_proxy, runtime_events) = match proxy {
+            Some(bound) => {
+                let address = bound.address();
+                let (sender, receiver) = mpsc::channel(runtime_proxy::EVENT_QUEUE);
+                let upstream = config.runtime_api.clone();
+                let (delivered, shutdown) = (Arc::clone(&delivered), shutdown.clone());
+                tasks.spawn(runtime_proxy::serve_proxy(bound, upstream, sender, delivered, shutdown));
+                (Some(address), Some(receiver))
+            }
+            None => (None, None),
+        };
         let api = Arc::new(LocalApi {
             reader: ReadPath {
                 tenancy: Arc::clone(&tenancy),
@@ -169,6 +196,7 @@ impl Extension {
                 invocations: Arc::clone(&invocations),
                 evidence: Arc::clone(&evidence),
                 token: config.local_token.clone(),
+                runtime_proxy_delivered: delivered,
             },
             token: config.local_token.clone(),
             signatures: Signatures { credentials, region: config.region.clone() },
@@ -184,7 +212,21 @@ impl Extension {
             let api = Arc::clone(&api);
             async move { api.handle(request).await }
         }));
-        Ok(Self { config, factory, invocations, secrets, tenancy, evidence, completions, broken, iam, shutdown, tasks })
+        Ok(Self {
+            config,
+            factory,
+            invocations,
+            secrets,
+            tenancy,
+            evidence,
+            completions,
+            broken,
+            iam,
+            shutdown,
+            tasks,
+            runtime_events,
+            runtime_proxy,
+        })
     }
 
     /// The `ready` line: what this environment runs with, and how long INIT took.
@@ -196,6 +238,8 @@ impl Extension {
             initialization_type = self.config.initialization_type.as_str(),
             tenant_scoped = self.tenancy.is_scoped(),
             port = self.config.port,
+            end_of_invocation = self.config.end_of_invocation.as_str(),
+            runtime_proxy = %self.runtime_proxy.map_or_else(|| "off".to_owned(), |address| address.to_string()),
             secrets = self.config.allowlist.len() as u64,
             start_to_ready_us = started.elapsed().as_micros() as u64,
             core_dumps_disabled = hardening.core_dumps_disabled,

@@ -1,36 +1,40 @@
 //! The lifecycle: one loop that drives every transition of the environment.
 //!
 //! Everything that moves the phase arrives here as a [`Signal`]: the next Extensions API event
-//! (INVOKE, SHUTDOWN), the end of the runtime's INIT and a SnapStart restore (telemetry), the
-//! end of the running invocation (its `platform.runtimeDone`, or its deadline), a second tenant
-//! (telemetry), SIGTERM. The listeners only report; [`Extension::run`] decides, in one `match`.
+//! (INVOKE, SHUTDOWN), what the Runtime API proxy saw (an invocation's `/next` answer, its
+//! `/response` or `/error`), the end of the runtime's INIT and a SnapStart restore
+//! (telemetry), the end of the running invocation (its `platform.runtimeDone`, or its
+//! deadline), a second tenant, SIGTERM. The listeners only report; [`Extension::run`] decides,
+//! in one `match`.
 //!
-//! Per invocation (the default, `runtime-done`): open its scope, prefetch, wait for its end,
-//! end the scope (its session is dropped and wiped, TTL-0 values go), and only then ask for
-//! the next event, so no credential waits in a frozen environment. With `next-invoke` the loop
-//! asks at once and the scope ends at the next INVOKE or at its deadline.
+//! Per invocation (the default, `auto`): open its scope, prefetch, wait for its end (the
+//! function's response through the proxy, else `platform.runtimeDone`), end the scope (its
+//! session is dropped and wiped, TTL-0 values go), and only then ask for the next event, so no
+//! credential waits in a frozen environment. `runtime-done` waits for telemetry only. With
+//! `next-invoke` the loop asks at once and the scope ends at the next INVOKE or at its
+//! deadline. The per-invocation transitions are in [`running`].
 //! At SHUTDOWN: stop accepting, wipe, revoke, report, exit 0, inside Lambda's deadline.
 
 mod init;
 mod report;
+mod running;
 
-use std::pin::{Pin, pin};
+use std::pin::pin;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::FutureExt;
-use tokio::task::AbortHandle;
-use tokio::time::Sleep;
+use tokio::sync::mpsc;
 
 pub use self::init::{Extension, InitFailure};
 use self::report::{LeastPrivilegeReport, RevocationReport};
+use self::running::{Pending, Running, Via, reason_of};
 use crate::config::{EndOfInvocation, InitializationType};
 use crate::extensions_api::{ApiError, Event, Registered, ShutdownReason};
-use crate::invocation::scope::Scope;
 use crate::logging;
 use crate::revocation;
+use crate::runtime_proxy::RuntimeEvent;
 use crate::telemetry::Completions;
 
 /// Time kept back from Lambda's SHUTDOWN deadline, so the summary is written before it.
@@ -45,6 +49,8 @@ const CLOSE_AFTER_TENANT_CHANGE: Duration = Duration::from_millis(500);
 enum Signal {
     /// The Extensions API's next event (or its failure).
     Event(Result<Event, ApiError>),
+    /// What the Runtime API proxy saw (`None`: it has stopped).
+    Runtime(Option<RuntimeEvent>),
     /// `platform.initRuntimeDone`: the runtime's INIT is over.
     InitDone,
     /// `platform.restoreStart`: a SnapStart snapshot was restored.
@@ -53,29 +59,23 @@ enum Signal {
     InvocationEnded(&'static str),
     /// `next-invoke`: the open scope's deadline passed before another INVOKE came.
     Deadline,
+    /// Managed Instances: a concurrent invocation's deadline passed.
+    ConcurrentDeadline,
     /// A second tenant appeared in a tenant-isolated environment.
     TenantChanged,
     /// SIGTERM.
     Terminate,
 }
 
-/// The invocation the loop is in, if any.
-struct Running {
-    scope: Arc<Scope>,
-    request_id: String,
-    began: Instant,
-    /// Its deadline: `runtime-done` waits for the end until then; `next-invoke` ends it then.
-    deadline: Pin<Box<Sleep>>,
-    prefetch: Option<AbortHandle>,
-}
-
 impl Extension {
     /// Runs the event loop until SHUTDOWN, SIGTERM, a lost Extensions API or a second tenant.
     /// Returns the process exit code.
-    pub async fn run(self, registered: Registered) -> ExitCode {
+    pub async fn run(mut self, registered: Registered) -> ExitCode {
         let mut terminate = terminate_signal();
         let mode = self.config.initialization_type;
-        let waits_for_end = self.config.end_of_invocation == EndOfInvocation::RuntimeDone;
+        let concurrent = mode == InitializationType::ManagedInstances;
+        let end_of_invocation = self.config.end_of_invocation;
+        let waits_for_end = end_of_invocation != EndOfInvocation::NextInvoke;
         // An init scope exists (on-demand, provisioned concurrency) or a SnapStart INIT runs.
         let mut init_open = matches!(
             mode,
@@ -83,16 +83,23 @@ impl Extension {
         );
         let mut restored = mode != InitializationType::SnapStart;
         let mut running: Option<Running> = None;
+        let mut pending = Pending::default();
+        let mut runtime_events = self.runtime_events.take();
+        let mut proxy_seen = false;
         // The long poll stays in flight across signals: dropping it would cancel the request.
         let mut next_event = pin!(registered.next_event().fuse());
         loop {
-            // runtime-done: no next event is asked for while an invocation runs.
-            let asks = !(waits_for_end && running.is_some());
+            // While an invocation runs, no next event is asked for once its INVOKE has come
+            // (next-invoke asks at once).
+            let asks = running.as_ref().is_none_or(|r| !waits_for_end || !r.invoke_received);
+            let concurrent_deadline = self.invocations.concurrent().earliest_deadline();
             let signal = tokio::select! {
                 biased;
                 () = wait_for(&mut terminate) => Signal::Terminate,
                 () = self.broken.cancelled() => Signal::TenantChanged,
+                event = recv(runtime_events.as_mut()), if runtime_events.is_some() => Signal::Runtime(event),
                 signal = running_end(&self.completions, running.as_mut(), waits_for_end), if running.is_some() => signal,
+                () = sleep_until(concurrent_deadline), if concurrent_deadline.is_some() => Signal::ConcurrentDeadline,
                 () = self.completions.wait_init_done(), if init_open => Signal::InitDone,
                 () = self.completions.wait_restore_start(), if !restored => Signal::RestoreStarted,
                 event = &mut next_event, if asks => Signal::Event(event),
@@ -109,15 +116,74 @@ impl Extension {
                     restored = true;
                     self.restore("restore_start");
                 }
+                Signal::Runtime(None) => runtime_events = None,
+                Signal::Runtime(Some(RuntimeEvent::Next { request_id, deadline_ms, tenant_id })) => {
+                    if !proxy_seen {
+                        proxy_seen = true;
+                        tracing::info!(event = "runtime_proxy_in_use", request_id = %request_id);
+                    }
+                    if let Some(tenant) = tenant_id
+                        && !self.observe_tenant(&tenant, &request_id)
+                    {
+                        return self.tenant_changed(&registered).await;
+                    }
+                    if concurrent {
+                        self.begin_concurrent(&request_id, deadline_ms);
+                        continue;
+                    }
+                    if !restored {
+                        // The first invocation after a restore no platform.restoreStart announced.
+                        restored = true;
+                        self.restore("first_invoke");
+                    }
+                    match running.as_mut() {
+                        Some(current) if current.request_id == request_id.as_str() => current.via = Via::RuntimeApi,
+                        _ => {
+                            if let Some(previous) = running.take() {
+                                previous.abort_prefetch();
+                            }
+                            let id = request_id.as_str().to_owned();
+                            running = Some(self.begin_invocation(id, deadline_ms, false, Via::RuntimeApi).await);
+                        }
+                    }
+                }
+                Signal::Runtime(Some(RuntimeEvent::Responded { request_id, outcome })) => {
+                    if concurrent {
+                        self.end_concurrent(&request_id, reason_of(outcome)).await;
+                        continue;
+                    }
+                    let ends_here = end_of_invocation == EndOfInvocation::Auto
+                        && running.as_ref().is_some_and(|r| r.request_id == request_id.as_str());
+                    if let Some(invocation) = running.take_if(|_| ends_here) {
+                        let invoke_received = invocation.invoke_received;
+                        self.end_invocation(invocation, reason_of(outcome)).await;
+                        if invoke_received {
+                            next_event.set(registered.next_event().fuse());
+                        } else {
+                            pending.remember(request_id.as_str().to_owned());
+                        }
+                    }
+                }
                 Signal::InvocationEnded(reason) => {
                     if let Some(invocation) = running.take() {
+                        let (invoke_received, id) = (invocation.invoke_received, invocation.request_id.clone());
                         self.end_invocation(invocation, reason).await;
+                        if invoke_received {
+                            next_event.set(registered.next_event().fuse());
+                        } else {
+                            pending.remember(id);
+                        }
                     }
-                    next_event.set(registered.next_event().fuse());
                 }
                 Signal::Deadline => {
                     if let Some(invocation) = running.take() {
                         self.end_scope(invocation, "deadline").await;
+                    }
+                }
+                Signal::ConcurrentDeadline => {
+                    let ended = self.invocations.expire_concurrent().await;
+                    if ended > 0 {
+                        tracing::info!(target: "audit", event = "concurrent_invocations_expired", ended = ended as u64);
                     }
                 }
                 Signal::Event(Ok(Event::Invoke { request_id, deadline_ms })) => {
@@ -126,12 +192,20 @@ impl Extension {
                         restored = true;
                         self.restore("first_invoke");
                     }
-                    if let Some(previous) = running.take()
-                        && let Some(prefetch) = previous.prefetch
-                    {
-                        prefetch.abort();
+                    if pending.take(&request_id) {
+                        // It began and ended through the proxy before this INVOKE reached us.
+                        next_event.set(registered.next_event().fuse());
+                        continue;
                     }
-                    running = Some(self.begin_invocation(request_id, deadline_ms).await);
+                    match running.as_mut() {
+                        Some(current) if current.request_id == request_id => current.invoke_received = true,
+                        _ => {
+                            if let Some(previous) = running.take() {
+                                previous.abort_prefetch();
+                            }
+                            running = Some(self.begin_invocation(request_id, deadline_ms, true, Via::Telemetry).await);
+                        }
+                    }
                     if !waits_for_end {
                         self.emit_metrics(&[]);
                         next_event.set(registered.next_event().fuse());
@@ -155,55 +229,6 @@ impl Extension {
                 }
             }
         }
-    }
-
-    /// INVOKE: opens the invocation's scope (ending any open one), wipes what a previous scope
-    /// left with TTL 0, and starts the prefetch.
-    async fn begin_invocation(&self, request_id: String, deadline_ms: u64) -> Running {
-        let deadline = UNIX_EPOCH + Duration::from_millis(deadline_ms);
-        let scope = self.invocations.begin(&request_id, deadline + self.config.deadline_margin).await;
-        // Values a previous scope fetched with TTL 0 go now (with next-invoke nothing wiped them).
-        self.secrets.cache().expire();
-        let prefetch = self.config.prefetch.then(|| {
-            let (secrets, scope) = (Arc::clone(&self.secrets), Arc::clone(&scope));
-            self.tasks.spawn(async move { secrets.prefetch(&scope).await }).abort_handle()
-        });
-        let until_deadline = deadline.duration_since(SystemTime::now()).unwrap_or_default();
-        Running {
-            scope,
-            request_id,
-            began: Instant::now(),
-            deadline: Box::pin(tokio::time::sleep(until_deadline)),
-            prefetch,
-        }
-    }
-
-    /// `runtime-done`: the invocation is over; its scope ends before the next event is asked for.
-    async fn end_invocation(&self, invocation: Running, reason: &'static str) {
-        let waited = invocation.began.elapsed();
-        let ending = Instant::now();
-        let request_id = invocation.request_id.clone();
-        let wiped = self.end_scope(invocation, reason).await;
-        tracing::info!(
-            target: "audit",
-            event = "invocation_ended",
-            request_id = %request_id,
-            reason,
-            invocation_ms = waited.as_millis() as u64,
-            secrets_wiped = wiped as u64,
-            end_us = ending.elapsed().as_micros() as u64,
-        );
-        self.emit_metrics(&[]);
-    }
-
-    /// Ends `invocation`'s scope: its prefetch stops, its session is dropped, TTL-0 values go.
-    /// Returns how many values were wiped.
-    async fn end_scope(&self, invocation: Running, reason: &'static str) -> usize {
-        if let Some(prefetch) = invocation.prefetch {
-            prefetch.abort();
-        }
-        self.invocations.finish(&invocation.scope, reason).await;
-        self.secrets.cache().expire()
     }
 
     /// A SnapStart restore: draws the environment id, so environments restored from one
@@ -320,9 +345,10 @@ impl Extension {
     }
 }
 
-/// The running invocation's end as the configured mode sees it: with `runtime-done`, its
-/// `platform.runtimeDone` or its deadline ([`Signal::InvocationEnded`]); with `next-invoke`,
-/// its deadline ([`Signal::Deadline`]; the next INVOKE ends it otherwise).
+/// The running invocation's end as the loop waits for it: its `platform.runtimeDone` or its
+/// deadline ([`Signal::InvocationEnded`]; the proxy's report of its response comes as a
+/// [`Signal::Runtime`]); with `next-invoke`, its deadline ([`Signal::Deadline`]; the next
+/// INVOKE ends it otherwise).
 async fn running_end(completions: &Completions, running: Option<&mut Running>, waits_for_end: bool) -> Signal {
     let Some(running) = running else { return std::future::pending().await };
     if !waits_for_end {
@@ -332,6 +358,22 @@ async fn running_end(completions: &Completions, running: Option<&mut Running>, w
     tokio::select! {
         () = completions.wait(&running.request_id) => Signal::InvocationEnded("runtime_done"),
         () = running.deadline.as_mut() => Signal::InvocationEnded("deadline"),
+    }
+}
+
+/// The proxy's next report (`None` once it stopped).
+async fn recv(events: Option<&mut mpsc::Receiver<RuntimeEvent>>) -> Option<RuntimeEvent> {
+    match events {
+        Some(events) => events.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sleeps until `at` (at once if it has passed; forever if `None`).
+async fn sleep_until(at: Option<SystemTime>) {
+    match at {
+        Some(at) => tokio::time::sleep(at.duration_since(SystemTime::now()).unwrap_or_default()).await,
+        None => std::future::pending().await,
     }
 }
 

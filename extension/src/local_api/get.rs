@@ -113,6 +113,7 @@ pub fn status_of(code: Code) -> StatusCode {
         | Code::AbsoluteTarget
         | Code::InvalidHost
         | Code::InvalidRequestId
+        | Code::RequestIdNotLive
         | Code::InvalidQuery
         | Code::UnknownParameter
         | Code::DuplicateParameter

@@ -26,9 +26,11 @@ use self::sdk::Signatures;
 use crate::config::LocalToken;
 use crate::domain::api::Api;
 use crate::domain::code::Code;
+use crate::domain::request_id::RequestId;
 
-/// The header a function may send on Managed Instances to name its invocation in audit lines
-/// (asserted by the caller, not verified: concurrent invocations share one environment).
+/// The header a function may send on Managed Instances to name its invocation: checked against
+/// the invocations running once the Runtime API proxy knows them (the read then uses that
+/// invocation's session), else only a label the caller asserts in audit lines.
 pub const REQUEST_ID_HEADER: &str = "x-scoped-secrets-request-id";
 
 /// What the local API serves with.
@@ -69,12 +71,10 @@ impl LocalApi {
         }
         let mut values = request.headers().get_all(REQUEST_ID_HEADER).iter();
         let Some(value) = values.next() else { return Ok(None) };
-        let valid = values.next().is_none()
-            && (1..=64).contains(&value.len())
-            && value.as_bytes().iter().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(b));
-        if !valid {
-            return Err(Refusal::of(Code::InvalidRequestId));
+        let id = value.to_str().ok().map(RequestId::parse);
+        match (id, values.next()) {
+            (Some(Ok(id)), None) => Ok(Some(id.as_str().to_owned())),
+            _ => Err(Refusal::of(Code::InvalidRequestId)),
         }
-        Ok(value.to_str().ok().map(str::to_owned))
     }
 }

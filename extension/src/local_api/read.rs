@@ -3,19 +3,26 @@
 //! evidence, and the audit line for every allow and every deny.
 //!
 //! Every line names the invocation's request id and the requested id (never a value); a
-//! requested id that contains the local token is never written as it is.
+//! requested id that contains the local token is never written as it is. On Managed Instances a
+//! caller may name its invocation; once the Runtime API proxy knows the invocations running,
+//! the name must be one of them, and the read is served by that invocation's scope
+//! (`request_id_checked` in the audit line); before that, or without the proxy, it is only a
+//! label the caller asserts (`request_id_asserted`).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::config::LocalToken;
 use crate::domain::api::Api;
 use crate::domain::code::Code;
 use crate::domain::error::ReadError;
+use crate::domain::request_id::RequestId;
 use crate::domain::text::printable;
 use crate::domain::version::Version;
 use crate::evidence::Evidence;
 use crate::invocation::Invocations;
+use crate::invocation::scope::Scope;
 use crate::secrets::Secrets;
 use crate::secrets::value::SecretValue;
 use crate::tenant::Tenancy;
@@ -39,6 +46,9 @@ pub struct ReadPath {
     pub evidence: Arc<Evidence>,
     /// The local token, so no audit line repeats it.
     pub token: LocalToken,
+    /// Set once an invocation came through the Runtime API proxy: from then on a caller's
+    /// request id must name an invocation running now.
+    pub runtime_proxy_delivered: Arc<AtomicBool>,
 }
 
 /// One read as a protocol parsed it.
@@ -62,16 +72,20 @@ impl ReadPath {
     /// [`ReadError`]; the caller answers in its own protocol and calls [`ReadPath::audit_deny`].
     pub async fn read(&self, read: Read<'_>, version: Version) -> Result<Arc<SecretValue>, ReadError> {
         let wait = self.invocations.wait_timeout();
+        let named = self.named_scope(read.caller).await?;
         let allowlist = self.tenancy.allowlist(wait).await?;
         let entry = allowlist.find(read.secret_id).ok_or(ReadError::NotAllowed)?;
         if self.tenancy.is_scoped() {
             // Served only once the platform has named this invocation's tenant as ours.
-            let scope = self.invocations.current_scope().await?;
+            let scope = match &named {
+                Some(scope) => Arc::clone(scope),
+                None => self.invocations.current_scope().await?,
+            };
             if !scope.is_per_fetch() {
                 self.tenancy.wait_confirmed(scope.label(), wait).await?;
             }
         }
-        let served = self.secrets.get(entry, version, read.refresh).await?;
+        let served = self.secrets.get(entry, version, read.refresh, named.as_ref()).await?;
         self.evidence.read(entry, read.api);
         let request_id = match read.caller {
             Some(caller) => caller.to_owned(),
@@ -81,7 +95,8 @@ impl ReadPath {
             target: "audit",
             event = "allow",
             request_id = %request_id,
-            request_id_asserted = read.caller.is_some(),
+            request_id_asserted = read.caller.is_some() && named.is_none(),
+            request_id_checked = named.is_some(),
             api = read.api.as_str(),
             secret_id = %printable(read.secret_id),
             version_id = served.value.version_id(),
@@ -89,6 +104,23 @@ impl ReadPath {
             refresh = read.refresh,
         );
         Ok(served.value)
+    }
+
+    /// Whether a caller's request id must name an invocation running now.
+    fn checks_callers(&self) -> bool {
+        self.runtime_proxy_delivered.load(Ordering::Acquire)
+    }
+
+    /// The scope of the invocation the caller named, once the proxy knows the invocations
+    /// running (`None`: no name, or not checked).
+    ///
+    /// # Errors
+    /// [`ReadError::RequestIdNotLive`] when the name is no running invocation's.
+    async fn named_scope(&self, caller: Option<&str>) -> Result<Option<Arc<Scope>>, ReadError> {
+        let Some(caller) = caller.filter(|_| self.checks_callers()) else { return Ok(None) };
+        let id = RequestId::parse(caller).map_err(|_| ReadError::RequestIdNotLive)?;
+        let scope = self.invocations.concurrent().wait_live(&id, self.invocations.wait_timeout()).await?;
+        Ok(Some(scope))
     }
 
     /// The audit line (and counters) for a refused request. `secret_id` is the requested id,
@@ -107,11 +139,13 @@ impl ReadPath {
             Some(id) => printable(id),
             None => String::new(),
         };
+        let checked = caller.is_some() && self.checks_callers();
         tracing::info!(
             target: "audit",
             event = "deny",
             request_id = %request_id,
-            request_id_asserted = caller.is_some(),
+            request_id_asserted = caller.is_some() && !checked,
+            request_id_checked = checked,
             api = api.as_str(),
             secret_id = %secret_id,
             code = code.as_str(),

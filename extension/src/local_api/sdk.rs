@@ -260,7 +260,8 @@ pub fn sdk_form(code: Code) -> (StatusCode, &'static str) {
         | Code::ConflictingVersion
         | Code::InvalidVersionStage
         | Code::InvalidVersionId
-        | Code::InvalidRequestId => (S::BAD_REQUEST, "InvalidParameterException"),
+        | Code::InvalidRequestId
+        | Code::RequestIdNotLive => (S::BAD_REQUEST, "InvalidParameterException"),
         Code::MethodNotAllowed
         | Code::BodyNotAllowed
         | Code::AbsoluteTarget

@@ -108,12 +108,12 @@ impl Cache {
     }
 
     /// Keeps `value` for `key`, unless `scope` has ended (then it is dropped and wiped, never
-    /// cached past its end). A per-fetch scope is no invocation: with TTL 0 its values serve
-    /// their own request only.
+    /// cached past its end). A per-fetch scope, or one of several invocations running at once,
+    /// is not the one running: with TTL 0 its values serve their own request only.
     pub fn store(&self, scope: &Scope, key: Key, value: Arc<SecretValue>) {
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         // Checked under the map's lock, so an end that races this store is seen by one of them.
-        if scope.has_ended() || (self.ttl.is_zero() && scope.is_per_fetch()) {
+        if scope.has_ended() || (self.ttl.is_zero() && !scope.keeps_values_while_running()) {
             return;
         }
         entries.insert(key, Cached { value, fetched_at: Instant::now(), generation: scope.generation() });

@@ -76,14 +76,21 @@ impl Secrets {
         &self.cache
     }
 
-    /// The allowlisted secret `entry` at `version`, from the cache or from AWS; `refresh` skips
-    /// the cache for this read (a failure leaves the cache as it was).
+    /// The allowlisted secret `entry` at `version`, from the cache or from AWS with `scope`'s
+    /// session (`None`: the scope running now); `refresh` skips the cache for this read (a
+    /// failure leaves the cache as it was).
     ///
     /// # Errors
     /// [`ReadError`], never containing a value.
-    pub async fn get(&self, entry: EntryIndex, version: Version, refresh: bool) -> Result<Served, ReadError> {
+    pub async fn get(
+        &self,
+        entry: EntryIndex,
+        version: Version,
+        refresh: bool,
+        scope: Option<&Arc<Scope>>,
+    ) -> Result<Served, ReadError> {
         let key = Key { entry, version: version.clone() };
-        let served = self.cache.get_or_fetch(key, refresh, || self.fetch(entry, version)).await;
+        let served = self.cache.get_or_fetch(key, refresh, || self.fetch(entry, version, scope)).await;
         match &served {
             Ok(Served { source: Source::Cache, .. }) => {
                 self.counters.cache_hits.fetch_add(1, Relaxed);
@@ -98,12 +105,20 @@ impl Secrets {
         served
     }
 
-    /// One fetch for the current scope: its session (waiting, bounded, for it), one
-    /// `GetSecretValue`, and, when AWS refuses credentials that worked before (a revocation by
-    /// another environment of this function), one renewal and one more try.
-    async fn fetch(&self, entry: EntryIndex, version: Version) -> Result<(Arc<SecretValue>, Arc<Scope>), ReadError> {
+    /// One fetch for `scope` (`None`: the current one): its session (waiting, bounded, for
+    /// it), one `GetSecretValue`, and, when AWS refuses credentials that worked before (a
+    /// revocation by another environment of this function), one renewal and one more try.
+    async fn fetch(
+        &self,
+        entry: EntryIndex,
+        version: Version,
+        scope: Option<&Arc<Scope>>,
+    ) -> Result<(Arc<SecretValue>, Arc<Scope>), ReadError> {
         let waiting = Instant::now();
-        let scope = self.invocations.current_scope().await?;
+        let scope = match scope {
+            Some(scope) => Arc::clone(scope),
+            None => self.invocations.current_scope().await?,
+        };
         let session = tokio::time::timeout(self.invocations.wait_timeout(), scope.session())
             .await
             .map_err(|_elapsed| ReadError::WaitTimeout)??;
