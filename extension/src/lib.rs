@@ -12,6 +12,7 @@
 //! - [`server`]: the local HTTP API on 127.0.0.1 and the one error-to-status mapping.
 //! - [`hardening`], [`allocator`], [`logging`]: no core dumps, not dumpable, every freed heap
 //!   block wiped; JSON lines with audit records.
+//! - [`version`]: the crate version and git commit in the logs, the metrics and the user agent.
 //!
 //! [`run`] wires them: register → configure (or `init/error`) → bind → subscribe → loop over
 //! INVOKE (open a scope, prefetch, wait for runtimeDone, end the scope) until SHUTDOWN (stop
@@ -37,6 +38,7 @@ pub mod session;
 pub mod sigv4;
 pub mod telemetry;
 pub mod tenant;
+pub mod version;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -111,6 +113,8 @@ pub async fn run(env: Env, name: String, hardening: Hardening, log_problem: Opti
     tracing::info!(
         event = "ready",
         extension = %name,
+        version = version::VERSION,
+        git_commit = version::git_commit(),
         environment_id = %extension.factory.environment_id().unwrap_or_else(|| "drawn_after_restore".to_owned()),
         initialization_type = extension.config.initialization_type.as_str(),
         tenant_scoped = extension.tenancy.is_scoped(),
@@ -527,6 +531,8 @@ impl Extension {
             target: "audit",
             event = "shutdown",
             reason,
+            version = version::VERSION,
+            git_commit = version::git_commit(),
             sessions_started = ledger.started.load(Relaxed),
             sessions_ended = ledger.ended.load(Relaxed),
             session_open_at_shutdown = ended_session.is_some(),
@@ -582,14 +588,20 @@ pub fn upstream_retries() -> aws_config::retry::RetryConfig {
         .with_max_backoff(MAX_BACKOFF)
 }
 
-/// The AWS SDK's shared configuration as the extension loads it: the configured region and one
-/// HTTP stack. The execution role's credentials come from the process environment, unless the
+/// The AWS SDK's shared configuration as the extension loads it: the configured region, one
+/// HTTP stack, and the app name that puts scoped-secrets and its version in every call's user
+/// agent. The execution role's credentials come from the process environment, unless the
 /// caller sets them (the benchmark times the emulator through this same client path).
 pub fn sdk_loader(config: &Config) -> aws_config::ConfigLoader {
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
+    let loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new(config.region.clone()))
         .retry_config(upstream_retries())
-        .http_client(SharedHttpClient::new(DeferredRoots(https_client(config))))
+        .http_client(SharedHttpClient::new(DeferredRoots(https_client(config))));
+    // CloudTrail records the user agent: each AssumeRole and secret read names this build.
+    match version::app_name() {
+        Some(app_name) => loader.app_name(app_name),
+        None => loader,
+    }
 }
 
 /// hyper 1 + rustls on ring: one TLS stack, no aws-lc build.
