@@ -19,6 +19,8 @@ NODE_SDK_DIR="$ROOT/target/node-sdk"
 
 # The fuzz targets' runner (tests/fuzz.sh); RUSTC_BOOTSTRAP=1 lets it use the stable toolchain.
 CARGO_FUZZ_VERSION="0.13.1"
+# The supply-chain checks (deny.toml; tests/run.sh runs `cargo deny check licenses bans sources`).
+CARGO_DENY_VERSION="0.20.2"
 
 mkdir -p "$ROOT/target"
 
@@ -91,6 +93,14 @@ fi
 if [[ "$(cargo fuzz --version 2>/dev/null)" != "cargo-fuzz $CARGO_FUZZ_VERSION" ]]; then
   echo "==> installing cargo-fuzz $CARGO_FUZZ_VERSION"
   cargo install --locked cargo-fuzz --version "$CARGO_FUZZ_VERSION"
+fi
+
+if ! cargo install --list | grep -qx "cargo-deny v$CARGO_DENY_VERSION:"; then
+  echo "==> installing cargo-deny $CARGO_DENY_VERSION"
+  # Its manifest asks for fat LTO and one codegen unit; a checker run once per CI run needs
+  # neither, and they cost most of its build on two cores (docs/release.md has the times).
+  env -u CARGO_TARGET_DIR CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
+    cargo install --locked cargo-deny --version "$CARGO_DENY_VERSION"
 fi
 
 echo "==> building the layer (x86_64 and arm64; the tests run the x86_64 extension from it)"
