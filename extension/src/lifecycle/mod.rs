@@ -287,6 +287,8 @@ impl Extension {
             target: "audit",
             event = "shutdown",
             reason,
+            version = crate::version::VERSION,
+            git_commit = crate::version::git_commit(),
             sessions_started = issued,
             sessions_ended = ledger.ended.load(Relaxed),
             session_open_at_shutdown = ended_session.is_some(),
