@@ -122,7 +122,10 @@ impl Bound {
 /// to itself, and register with itself.
 pub fn is_own_address(runtime_api: &str, port: u16) -> bool {
     let Some((host, found)) = runtime_api.trim().rsplit_once(':') else { return false };
-    found.parse::<u16>() == Ok(port) && matches!(host.to_ascii_lowercase().as_str(), "127.0.0.1" | "localhost")
+    // The proxy binds 127.0.0.1 only: an IPv4 loopback or unspecified address reaches it.
+    let reaches_proxy = host.eq_ignore_ascii_case("localhost")
+        || host.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified());
+    found.parse::<u16>() == Ok(port) && reaches_proxy
 }
 
 /// Binds the proxy on `127.0.0.1:port` and writes the marker.
@@ -176,16 +179,4 @@ pub async fn serve_proxy(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_extension_refuses_to_forward_to_itself() {
-        for own in ["127.0.0.1:2774", "localhost:2774", "LOCALHOST:2774", " 127.0.0.1:2774"] {
-            assert!(is_own_address(own, 2774), "{own}");
-        }
-        for other in ["127.0.0.1:9001", "127.0.0.1:27740", "10.0.0.1:2774", "2774", ""] {
-            assert!(!is_own_address(other, 2774), "{other}");
-        }
-    }
-}
+mod tests;
