@@ -23,7 +23,28 @@
 //! - **Lambda Managed Instances** ([`Platform::managed_instances`]): the proxy refuses a
 //!   registration that asks for INVOKE with `Extension.InvalidEventType`, and a telemetry
 //!   subscription in a schema other than `2025-01-29`, as LMI does (the simulator accepts both).
-//!   It does not run invocations concurrently: the simulator has one runtime.
+//!   The simulator runs one invocation at a time; with [`Platform::concurrent_runtime`] the
+//!   front proxy answers the Runtime API itself ([`crate::runtime_api`]), handing out as many
+//!   invocations at once as runtimes poll for ([`Options::runtime_processes`]).
+//! - **The wrapper**: the simulator runs no `AWS_LAMBDA_EXEC_WRAPPER`. When the function's
+//!   environment names one under `/opt/` (the layer's files; here, `layer/` of this repository),
+//!   the harness starts a managed runtime's interface client through it, as Lambda does
+//!   ([`Program::lambda_runs_wrapper`]); a custom runtime's `bootstrap` gets the variable and
+//!   starts itself through it, as on an OS-only runtime. Each environment has its own
+//!   `TMPDIR` (where the extension leaves the marker the wrapper reads) and its own free port
+//!   for the extension's Runtime API proxy.
+//! - **The Runtime API as Lambda answers it**: in tenant isolation mode the `/next` answer
+//!   carries `Lambda-Runtime-Aws-Tenant-Id`, added by the front proxy (the simulator has no
+//!   tenants). A response streamed to `…/response` (`Lambda-Runtime-Function-Response-Mode:
+//!   streaming`) is received chunk by chunk, each chunk's arrival and the trailers recorded
+//!   ([`Environment::streamed_responses`]), then handed to the simulator whole (it has no
+//!   streaming). [`Platform::record_payloads`] keeps the exact bytes of every event sent and
+//!   every result received, to compare byte for byte.
+//! - **Telemetry delivery** can be delayed ([`Environment::set_telemetry_delay`]): the relay
+//!   answers the simulator at once and delivers each batch to the extension that much later,
+//!   in order, as a slow Telemetry API would.
+//! - **Post-response time** ([`Invoked::post_response`]): the front proxy notes when Lambda
+//!   accepted the function's result and when the extension next called `/event/next`.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -33,7 +54,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
@@ -45,6 +66,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::ministack::workspace_root;
+use crate::runtime_api::{ConcurrentRuntime, Outcome};
 
 /// An `init/error` or `exit/error` an extension reported.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -216,12 +238,32 @@ pub struct Program {
     /// Send its stdout to `/dev/null` instead of keeping it (the benchmark's measure of what
     /// writing the log costs); [`Output`] then holds only stderr.
     pub discard_stdout: bool,
+    /// A managed runtime (its interface client): Lambda starts it through
+    /// `AWS_LAMBDA_EXEC_WRAPPER` when that is set. A custom runtime's `bootstrap` is started as
+    /// it is (Lambda runs no wrapper on OS-only runtimes).
+    pub lambda_runs_wrapper: bool,
 }
 
 impl Program {
     /// `program` with no arguments, working directory or variables of its own.
     pub fn new(program: impl Into<PathBuf>) -> Self {
-        Self { program: program.into(), args: Vec::new(), dir: None, env: Vec::new(), hint: "", discard_stdout: false }
+        Self {
+            program: program.into(),
+            args: Vec::new(),
+            dir: None,
+            env: Vec::new(),
+            hint: "",
+            discard_stdout: false,
+            lambda_runs_wrapper: false,
+        }
+    }
+
+    /// This program started through `wrapper`, as Lambda starts a wrapped runtime: the wrapper
+    /// with the runtime's command line as its arguments.
+    pub fn through(&self, wrapper: &Path) -> Self {
+        let mut args = vec![self.program.display().to_string()];
+        args.extend(self.args.iter().cloned());
+        Self { program: wrapper.to_path_buf(), args, ..self.clone() }
     }
 
     /// The extension: `$SCOPED_SECRETS_EXTENSION_BIN`, else the x86_64 musl build that
@@ -273,6 +315,7 @@ impl Program {
             ],
             dir: Some(task_root),
             hint: "./tests/prepare.sh installs the examples' runtime interface clients",
+            lambda_runs_wrapper: true,
             ..Self::new(program)
         }
     }
@@ -293,8 +336,14 @@ pub struct Platform {
     /// Lambda Managed Instances: refuse INVOKE registration and telemetry schemas other than
     /// `2025-01-29`.
     pub managed_instances: bool,
-    /// Tenant isolation mode: the `tenantId` added to every `platform.start` record.
+    /// Tenant isolation mode: the `tenantId` added to every `platform.start` record, and the
+    /// `Lambda-Runtime-Aws-Tenant-Id` of every `/next` answer.
     pub tenant_id: Option<String>,
+    /// Serve the Runtime API from the harness's own ([`crate::runtime_api`]): invocations run
+    /// concurrently, one per runtime polling (Managed Instances).
+    pub concurrent_runtime: bool,
+    /// Keep the bytes of every event sent on `/next` and every result received.
+    pub record_payloads: bool,
 }
 
 /// The telemetry schema Lambda Managed Instances requires.
@@ -317,6 +366,9 @@ pub struct Options {
     pub extension: Program,
     /// The function's runtime process ([`Program::rust_reader`] unless a test picks another).
     pub runtime: Program,
+    /// How many runtime processes to start (more than one: concurrent invocations, with
+    /// [`Platform::concurrent_runtime`]).
+    pub runtime_processes: usize,
 }
 
 impl Default for Options {
@@ -329,8 +381,29 @@ impl Default for Options {
             start_function: true,
             extension: Program::extension(),
             runtime: Program::rust_reader(),
+            runtime_processes: 1,
         }
     }
+}
+
+/// The function's `AWS_LAMBDA_EXEC_WRAPPER` as it runs here: `/opt/NAME` is the layer's file,
+/// `layer/NAME` in this repository.
+fn local_wrapper(configured: &str) -> anyhow::Result<PathBuf> {
+    let path = match configured.strip_prefix("/opt/") {
+        Some(name) => workspace_root().join("layer").join(name),
+        None => PathBuf::from(configured),
+    };
+    anyhow::ensure!(path.is_file(), "AWS_LAMBDA_EXEC_WRAPPER {configured}: no such file here ({})", path.display());
+    Ok(path)
+}
+
+/// A directory of its own for one environment (its `TMPDIR`).
+fn environment_dir() -> anyhow::Result<PathBuf> {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = target_dir().join("tmp").join(format!("lambda-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
+    Ok(dir)
 }
 
 /// The outcome of an invocation.
@@ -349,6 +422,9 @@ pub struct Invoked {
     /// From the function's response to the extension's next `/event/next`: what the
     /// runtimeDone wait (telemetry buffering + ending the scope) adds to the invocation.
     pub extension_after_response: Duration,
+    /// The same, measured where Lambda would: from Lambda's acceptance of the function's
+    /// result to the arrival of the extension's next `/event/next`, both at the front proxy.
+    pub post_response: Option<Duration>,
 }
 
 /// A running local Lambda environment: the simulator, its front proxy, the extension and the
@@ -358,10 +434,17 @@ pub struct Environment {
     front: FrontProxy,
     /// The extension process.
     pub extension: Process,
-    /// The function process, once started.
+    /// The function process, once started (the first, when several run).
     pub function: Option<Process>,
+    /// Further runtime processes ([`Options::runtime_processes`]).
+    pub more_functions: Vec<Process>,
     env: HashMap<String, String>,
     runtime: Program,
+    runtime_processes: usize,
+    /// Where the extension's Runtime API proxy listens, if it does.
+    runtime_proxy_port: Option<u16>,
+    /// This environment's `TMPDIR`.
+    tmp_dir: PathBuf,
     /// The extension's stdout goes to `/dev/null`: its lines cannot be waited for.
     extension_quiet: bool,
     /// When the extension process was spawned.
@@ -406,7 +489,17 @@ impl Environment {
         env.insert("AWS_LAMBDA_RUNTIME_API".into(), front.address.clone());
         env.insert("PATH".into(), std::env::var("PATH").unwrap_or_default());
         env.insert("AWS_EC2_METADATA_DISABLED".into(), "true".into());
+        let tmp_dir = environment_dir()?;
+        env.insert("TMPDIR".into(), tmp_dir.display().to_string());
         env.extend(options.env.iter().cloned());
+        // Tests run in parallel: each extension's proxy gets a free port of its own.
+        if !env.contains_key("SCOPED_SECRETS_RUNTIME_PROXY_PORT") {
+            env.insert("SCOPED_SECRETS_RUNTIME_PROXY_PORT".into(), free_port()?.to_string());
+        }
+        let runtime_proxy_port = env.get("SCOPED_SECRETS_RUNTIME_PROXY_PORT").and_then(|p| p.trim().parse().ok());
+        if let Some(wrapper) = env.get("AWS_LAMBDA_EXEC_WRAPPER").cloned() {
+            env.insert("AWS_LAMBDA_EXEC_WRAPPER".into(), local_wrapper(&wrapper)?.display().to_string());
+        }
         let mut extension_env = env.clone();
         extension_env.extend(options.extension_env.iter().cloned());
         let spawned_at = Instant::now();
@@ -444,8 +537,12 @@ impl Environment {
             front,
             extension,
             function: None,
+            more_functions: Vec::new(),
             env,
             runtime: options.runtime,
+            runtime_processes: options.runtime_processes.max(1),
+            runtime_proxy_port,
+            tmp_dir,
             extension_quiet: options.extension.discard_stdout,
             spawned_at,
         };
@@ -455,11 +552,29 @@ impl Environment {
         Ok(Ok(environment))
     }
 
-    /// Starts the function's runtime process ([`Options::runtime`]) and waits for its first
-    /// `/invocation/next`.
+    /// Starts the function's runtime process ([`Options::runtime`]; through the function's
+    /// `AWS_LAMBDA_EXEC_WRAPPER` if Lambda would) and waits for its first `/invocation/next`.
     pub async fn start_function(&mut self) -> anyhow::Result<()> {
-        let function = self.runtime.spawn(&self.env)?;
-        self.function = Some(function);
+        let runtime = match self.env.get("AWS_LAMBDA_EXEC_WRAPPER") {
+            Some(wrapper) if self.runtime.lambda_runs_wrapper => self.runtime.through(Path::new(wrapper)),
+            _ => self.runtime.clone(),
+        };
+        for n in 0..self.runtime_processes {
+            let process = runtime.spawn(&self.env)?;
+            if n == 0 {
+                self.function = Some(process);
+            } else {
+                self.more_functions.push(process);
+            }
+        }
+        if let Some(concurrent) = self.front.state.runtime.clone() {
+            let (wanted, started) = (self.runtime_processes, Instant::now());
+            while concurrent.polls() < wanted {
+                anyhow::ensure!(started.elapsed() < Duration::from_secs(10), "the runtimes did not poll within 10 s");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            return Ok(());
+        }
         let simulator = self.simulator()?;
         simulator
             .wait_for(|| async { simulator.is_initialized().await }, Duration::from_secs(10))
@@ -467,7 +582,10 @@ impl Environment {
             .map_err(|e| anyhow::anyhow!("the function did not initialise: {e}"))?;
         // The extension ends its init session when telemetry reports the runtime's INIT done;
         // wait for that, so a test's first INVOKE does not race it (or, with no output to read,
-        // give it a moment).
+        // give it a moment). Managed Instances have no init session.
+        if self.env.get("AWS_LAMBDA_INITIALIZATION_TYPE").is_some_and(|t| t == "lambda-managed-instances") {
+            return Ok(());
+        }
         if self.extension_quiet {
             tokio::time::sleep(Duration::from_millis(200)).await;
         } else {
@@ -483,6 +601,58 @@ impl Environment {
     /// The address the processes use as `AWS_LAMBDA_RUNTIME_API`.
     pub fn runtime_api(&self) -> &str {
         &self.front.address
+    }
+
+    /// The extension's Runtime API proxy (`127.0.0.1:PORT`), if it has one.
+    pub fn runtime_proxy(&self) -> Option<String> {
+        self.runtime_proxy_port.map(|port| format!("127.0.0.1:{port}"))
+    }
+
+    /// The function's environment (the simulator's Lambda variables and the test's).
+    pub fn function_env(&self) -> &HashMap<String, String> {
+        &self.env
+    }
+
+    /// From now on, telemetry batches reach the extension `delay` after the simulator sent
+    /// them (in order).
+    pub fn set_telemetry_delay(&self, delay: Duration) {
+        if let Ok(mut current) = self.front.state.telemetry_delay.lock() {
+            *current = delay;
+        }
+    }
+
+    /// Responses streamed to the Runtime API so far, as Lambda received them.
+    pub fn streamed_responses(&self) -> Vec<StreamedResponse> {
+        self.front.state.streams.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// The exact bytes of the event `request_id`'s `/next` answer carried
+    /// ([`Platform::record_payloads`]).
+    pub fn event_sent(&self, request_id: &str) -> Option<Bytes> {
+        self.front.state.events_sent.lock().ok()?.get(request_id).cloned()
+    }
+
+    /// The exact bytes of `request_id`'s result as Lambda received them, and its path's last
+    /// segment (`response` or `error`) ([`Platform::record_payloads`]).
+    pub fn result_received(&self, request_id: &str) -> Option<(String, Bytes)> {
+        self.front.state.results_received.lock().ok()?.get(request_id).cloned()
+    }
+
+    /// Every `init/error` a runtime reported to the Runtime API: its error type header and body.
+    pub fn runtime_init_errors(&self) -> Vec<(String, Bytes)> {
+        self.front.state.runtime_init_errors.lock().map(|e| e.clone()).unwrap_or_default()
+    }
+
+    /// The harness's own Runtime API ([`Platform::concurrent_runtime`]): queues an invocation.
+    pub fn enqueue_concurrent(&self, payload: &Value, timeout: Duration) -> anyhow::Result<String> {
+        let runtime = self.front.state.runtime.as_ref().context("not a concurrent runtime")?;
+        Ok(runtime.enqueue(payload, timeout))
+    }
+
+    /// The harness's own Runtime API: `request_id`'s result, waiting up to `timeout`.
+    pub async fn concurrent_result(&self, request_id: &str, timeout: Duration) -> anyhow::Result<Outcome> {
+        let runtime = self.front.state.runtime.as_ref().context("not a concurrent runtime")?;
+        runtime.result(request_id, timeout).await
     }
 
     /// What the extension reported to `init/error` or `exit/error`.
@@ -553,6 +723,7 @@ impl Environment {
             enqueued_at,
             duration,
             extension_after_response,
+            post_response: self.front.state.post_response(request_id),
         })
     }
 
@@ -588,12 +759,31 @@ impl Environment {
         let exited = Instant::now();
         let elapsed = exited - started;
         let sent = self.front.state.shutdown_sent.lock().ok().and_then(|sent| *sent);
-        if let Some(function) = self.function.as_mut() {
+        for function in self.function.iter_mut().chain(self.more_functions.iter_mut()) {
             let _ = function.child.start_kill();
         }
         let _ = shutdown.await;
         Ok((status, elapsed, sent.map(|sent| exited.saturating_duration_since(sent))))
     }
+}
+
+impl Drop for Environment {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.tmp_dir);
+    }
+}
+
+/// A response streamed to the Runtime API, as Lambda received it.
+#[derive(Debug, Clone)]
+pub struct StreamedResponse {
+    /// The invocation.
+    pub request_id: String,
+    /// The request's headers (`Lambda-Runtime-Function-Response-Mode`, `Trailer`, …).
+    pub headers: hyper::HeaderMap,
+    /// Each data frame and when it arrived.
+    pub chunks: Vec<(Instant, Bytes)>,
+    /// The trailers, if any came.
+    pub trailers: Option<hyper::HeaderMap>,
 }
 
 /// The front proxy before the simulator: records `init/error` and `exit/error`, registrations
@@ -619,12 +809,62 @@ struct FrontState {
     /// The relay the simulator delivers to instead.
     relay: String,
     client: Client<HttpConnector, Full<Bytes>>,
+    /// How late telemetry batches reach the extension.
+    telemetry_delay: Mutex<Duration>,
+    /// Delayed batches, in order, with when each is due.
+    telemetry_queue: tokio::sync::mpsc::UnboundedSender<(tokio::time::Instant, Bytes)>,
+    /// When Lambda accepted each invocation's result.
+    results_accepted: Mutex<HashMap<String, Instant>>,
+    /// When each `/event/next` request arrived.
+    event_polls: Mutex<Vec<Instant>>,
+    streams: Mutex<Vec<StreamedResponse>>,
+    events_sent: Mutex<HashMap<String, Bytes>>,
+    results_received: Mutex<HashMap<String, (String, Bytes)>>,
+    runtime_init_errors: Mutex<Vec<(String, Bytes)>>,
+    /// The harness's own Runtime API, when it serves one.
+    runtime: Option<Arc<ConcurrentRuntime>>,
 }
 
 impl FrontState {
     fn destination(&self) -> Option<String> {
         self.extension_destination.lock().ok().and_then(|d| d.clone())
     }
+
+    /// From Lambda's acceptance of `request_id`'s result to the next `/event/next` after it.
+    fn post_response(&self, request_id: &str) -> Option<Duration> {
+        let accepted = *self.results_accepted.lock().ok()?.get(request_id)?;
+        let polls = self.event_polls.lock().ok()?;
+        polls.iter().find(|at| **at >= accepted).map(|at| at.duration_since(accepted))
+    }
+
+    /// Receives a streamed response frame by frame, recording each; returns the whole body.
+    async fn receive_stream(&self, request_id: &str, headers: &hyper::HeaderMap, mut body: Incoming) -> Bytes {
+        let mut record = StreamedResponse {
+            request_id: request_id.to_owned(),
+            headers: headers.clone(),
+            chunks: Vec::new(),
+            trailers: None,
+        };
+        let mut whole = BytesMut::new();
+        while let Some(Ok(frame)) = body.frame().await {
+            match frame.into_data() {
+                Ok(data) => {
+                    whole.extend_from_slice(&data);
+                    record.chunks.push((Instant::now(), data));
+                }
+                Err(frame) => record.trailers = frame.into_trailers().ok(),
+            }
+        }
+        if let Ok(mut streams) = self.streams.lock() {
+            streams.push(record);
+        }
+        whole.freeze()
+    }
+}
+
+/// The invocation and result kind of a Runtime API result path.
+fn result_path(path: &str) -> Option<(&str, &str)> {
+    path.strip_prefix("/2018-06-01/runtime/invocation/")?.rsplit_once('/').filter(|(_, k)| *k == "response" || *k == "error")
 }
 
 impl Drop for FrontProxy {
@@ -642,6 +882,8 @@ impl FrontProxy {
         let relay_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let relay = format!("http://{}/telemetry", relay_listener.local_addr()?);
         let tenant_id = Mutex::new(platform.tenant_id.clone());
+        let (telemetry_queue, mut delayed) = tokio::sync::mpsc::unbounded_channel();
+        let runtime = platform.concurrent_runtime.then(|| Arc::new(ConcurrentRuntime::default()));
         let state = Arc::new(FrontState {
             upstream,
             platform,
@@ -653,13 +895,29 @@ impl FrontProxy {
             extension_destination: Mutex::default(),
             relay,
             client: Client::builder(TokioExecutor::new()).build_http(),
+            telemetry_delay: Mutex::new(Duration::ZERO),
+            telemetry_queue,
+            results_accepted: Mutex::default(),
+            event_polls: Mutex::default(),
+            streams: Mutex::default(),
+            events_sent: Mutex::default(),
+            results_received: Mutex::default(),
+            runtime_init_errors: Mutex::default(),
+            runtime,
         });
         let front =
             serve_http(listener, Arc::clone(&state), |request, state| async move { forward(request, &state).await });
         let relay = serve_http(relay_listener, Arc::clone(&state), |request, state| async move {
             relay_telemetry(request, &state).await
         });
-        Ok(Self { address, state, tasks: vec![front, relay] })
+        let late = Arc::clone(&state);
+        let deliver_late = tokio::spawn(async move {
+            while let Some((due, body)) = delayed.recv().await {
+                tokio::time::sleep_until(due).await;
+                let _ = deliver_telemetry(&late, body).await;
+            }
+        });
+        Ok(Self { address, state, tasks: vec![front, relay, deliver_late] })
     }
 
     fn reported(&self) -> Vec<ReportedError> {
@@ -703,8 +961,48 @@ fn lambda_error(status: hyper::StatusCode, error_type: &str, message: &str) -> h
 
 async fn forward(request: hyper::Request<Incoming>, state: &FrontState) -> hyper::Response<Full<Bytes>> {
     let path = request.uri().path().to_owned();
-    let (parts, body) = request.into_parts();
-    let mut body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    if let Some(runtime) = &state.runtime
+        && path.starts_with("/2018-06-01/runtime/")
+    {
+        return runtime.handle(request).await;
+    }
+    if path == "/2020-01-01/extension/event/next"
+        && let Ok(mut polls) = state.event_polls.lock()
+    {
+        polls.push(Instant::now());
+    }
+    let (mut parts, incoming) = request.into_parts();
+    let result = result_path(&path).map(|(id, kind)| (id.to_owned(), kind.to_owned()));
+    let streamed =
+        parts.headers.get("lambda-runtime-function-response-mode").is_some_and(|mode| mode.as_bytes() == b"streaming");
+    let mut body = match &result {
+        Some((request_id, _)) if streamed => {
+            let whole = state.receive_stream(request_id, &parts.headers, incoming).await;
+            // The simulator has no streaming: it gets the whole body, in one piece.
+            for name in ["transfer-encoding", "trailer", "lambda-runtime-function-response-mode"] {
+                parts.headers.remove(name);
+            }
+            whole
+        }
+        _ => incoming.collect().await.map(|b| b.to_bytes()).unwrap_or_default(),
+    };
+    if let Some((request_id, kind)) = &result
+        && state.platform.record_payloads
+        && let Ok(mut received) = state.results_received.lock()
+    {
+        received.insert(request_id.clone(), (kind.clone(), body.clone()));
+    }
+    if path == "/2018-06-01/runtime/init/error" {
+        let error_type = parts
+            .headers
+            .get("lambda-runtime-function-error-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        if let Ok(mut errors) = state.runtime_init_errors.lock() {
+            errors.push((error_type, body.clone()));
+        }
+    }
     for report in ["init/error", "exit/error"] {
         if path == format!("/2020-01-01/extension/{report}") {
             let error_type = parts
@@ -781,6 +1079,24 @@ async fn forward(request: hyper::Request<Incoming>, state: &FrontState) -> hyper
                 parts
                     .headers
                     .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+                // Tenant isolation mode: Lambda names the invocation's tenant (the simulator
+                // has no tenants).
+                let tenant = state.tenant_id.lock().ok().and_then(|t| t.clone());
+                if let Some(tenant) = tenant.and_then(|t| hyper::header::HeaderValue::from_str(&t).ok()) {
+                    parts.headers.insert("lambda-runtime-aws-tenant-id", tenant);
+                }
+                let request_id = parts.headers.get("lambda-runtime-aws-request-id").and_then(|v| v.to_str().ok());
+                if state.platform.record_payloads
+                    && let (Some(request_id), Ok(mut sent)) = (request_id, state.events_sent.lock())
+                {
+                    sent.insert(request_id.to_owned(), body.clone());
+                }
+            }
+            if let Some((request_id, _)) = &result
+                && parts.status.is_success()
+                && let Ok(mut accepted) = state.results_accepted.lock()
+            {
+                accepted.insert(request_id.clone(), Instant::now());
             }
             if path == "/2020-01-01/extension/event/next"
                 && serde_json::from_slice::<Value>(&body).is_ok_and(|event| event["eventType"] == "SHUTDOWN")
@@ -798,9 +1114,9 @@ async fn forward(request: hyper::Request<Incoming>, state: &FrontState) -> hyper
 /// extension's listener.
 async fn relay_telemetry(request: hyper::Request<Incoming>, state: &FrontState) -> hyper::Response<Full<Bytes>> {
     let body = request.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-    let Some(destination) = state.destination() else {
+    if state.destination().is_none() {
         return status(hyper::StatusCode::SERVICE_UNAVAILABLE);
-    };
+    }
     let tenant = state.tenant_id.lock().ok().and_then(|t| t.clone());
     let body = match (serde_json::from_slice::<Vec<Value>>(&body), tenant) {
         (Ok(mut events), Some(tenant)) => {
@@ -813,14 +1129,26 @@ async fn relay_telemetry(request: hyper::Request<Incoming>, state: &FrontState) 
         }
         _ => body,
     };
+    let delay = state.telemetry_delay.lock().map(|d| *d).unwrap_or_default();
+    if !delay.is_zero() {
+        // Accepted now, delivered later, in order: the simulator's sender is not held up.
+        let _ = state.telemetry_queue.send((tokio::time::Instant::now() + delay, body));
+        return status(hyper::StatusCode::OK);
+    }
+    status(deliver_telemetry(state, body).await)
+}
+
+/// Posts one batch to the extension's listener. Returns its status (502 if unreachable).
+async fn deliver_telemetry(state: &FrontState, body: Bytes) -> hyper::StatusCode {
+    let Some(destination) = state.destination() else { return hyper::StatusCode::SERVICE_UNAVAILABLE };
     let Ok(request) =
         hyper::Request::post(destination).header(hyper::header::CONTENT_TYPE, "application/json").body(Full::new(body))
     else {
-        return status(hyper::StatusCode::BAD_REQUEST);
+        return hyper::StatusCode::BAD_REQUEST;
     };
     match state.client.request(request).await {
-        Ok(response) => status(response.status()),
-        Err(_) => status(hyper::StatusCode::BAD_GATEWAY),
+        Ok(response) => response.status(),
+        Err(_) => hyper::StatusCode::BAD_GATEWAY,
     }
 }
 

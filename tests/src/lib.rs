@@ -6,7 +6,9 @@
 //!   an execution role, a scoped role, secrets.
 //! - [`aws_proxy`]: a transparent recording proxy, so tests count the extension's AWS calls and
 //!   read the credentials AssumeRole returned (to prove AWS refuses them).
-//! - [`lambda`]: the local Lambda environment (`lambda-simulator`, wrapped where it falls short).
+//! - [`lambda`]: the local Lambda environment (`lambda-simulator`, wrapped where it falls short);
+//!   [`runtime_api`]: a Runtime API of its own for concurrent invocations (Managed Instances);
+//!   [`runtime_client`]: a runtime's side of the Runtime API, for tests that play the runtime.
 //! - [`container`]: a local container-credentials endpoint (SnapStart's credentials).
 //! - [`examples`]: the example functions in Rust, Python and Node.js, each started with its
 //!   runtime interface client.
@@ -21,6 +23,8 @@ pub mod examples;
 pub mod faults;
 pub mod lambda;
 pub mod ministack;
+pub mod runtime_api;
+pub mod runtime_client;
 
 use std::time::Duration;
 

@@ -1,9 +1,10 @@
 //! The layer zips as Lambda unpacks them (`layer/build.sh`): one executable at
 //! `extensions/scoped-secrets`, a static ELF of the right machine, that starts and fails cleanly
-//! outside Lambda, natively on x86_64 and under `qemu-aarch64` for arm64. And the arm64 binary,
-//! under qemu, serving a function in the local Lambda environment against MiniStack. And what a
-//! user verifies a zip with: `SHA256SUMS` beside the zips, and the dependency tree embedded in
-//! each binary by cargo-auditable (its SBOM).
+//! outside Lambda, natively on x86_64 and under `qemu-aarch64` for arm64, and the runtime
+//! wrapper at `scoped-secrets-wrapper`, which points a runtime at the proxy only when the
+//! extension has bound it. And the arm64 binary, under qemu, serving a function in the local
+//! Lambda environment against MiniStack. And what a user verifies a zip with: `SHA256SUMS`
+//! beside the zips, and the dependency tree embedded in each binary by cargo-auditable (its SBOM).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -34,20 +35,28 @@ const ARCHES: [Arch; 2] = [
 ];
 
 const ENTRY: &str = "extensions/scoped-secrets";
+/// At the zip's root, so `/opt/scoped-secrets-wrapper`.
+const WRAPPER: &str = "scoped-secrets-wrapper";
 
-/// The zip's one entry: its Unix mode and bytes. Fails unless the zip holds exactly [`ENTRY`].
-fn layer_entry(arch: &Arch) -> anyhow::Result<(u32, Vec<u8>)> {
+/// One of the zip's entries (`name`): its Unix mode and bytes. Fails unless the zip holds
+/// exactly [`ENTRY`] and [`WRAPPER`].
+fn zip_entry(arch: &Arch, name: &str) -> anyhow::Result<(u32, Vec<u8>)> {
     let path = target_dir().join("layer").join(format!("scoped-secrets-{}.zip", arch.name));
     let file = std::fs::File::open(&path)
         .map_err(|e| anyhow::anyhow!("{}: {e} (build it with layer/build.sh; ./tests/run.sh does)", path.display()))?;
     let mut zip = zip::ZipArchive::new(file)?;
     let names: Vec<String> = zip.file_names().map(|name| name.map(|n| n.into_owned())).collect::<Result<_, _>>()?;
-    anyhow::ensure!(names == [ENTRY], "{}: entries {names:?}, expected only {ENTRY}", path.display());
-    let mut entry = zip.by_index(0)?;
-    let mode = entry.unix_mode().ok_or_else(|| anyhow::anyhow!("{ENTRY} has no Unix mode"))?;
+    anyhow::ensure!(names == [ENTRY, WRAPPER], "{}: entries {names:?}, expected {ENTRY} and {WRAPPER}", path.display());
+    let mut entry = zip.by_name(name)?;
+    let mode = entry.unix_mode().ok_or_else(|| anyhow::anyhow!("{name} has no Unix mode"))?;
     let mut bytes = Vec::new();
     entry.read_to_end(&mut bytes)?;
     Ok((mode, bytes))
+}
+
+/// The binary's entry.
+fn layer_entry(arch: &Arch) -> anyhow::Result<(u32, Vec<u8>)> {
+    zip_entry(arch, ENTRY)
 }
 
 /// The binary from the zip, written out executable in a directory of its own (`test` names
@@ -116,6 +125,59 @@ async fn start_outside_lambda(program: &Program) -> anyhow::Result<(Duration, Va
     assert!(rest.is_empty(), "one line only: {rest:?}");
     let status = tokio::time::timeout(TIMEOUT, child.wait()).await??;
     Ok((elapsed, line, status.code()))
+}
+
+/// The wrapper in each zip is the repository's, executable; run by POSIX `sh` as Lambda runs it,
+/// it points the runtime at the proxy only when the extension's marker names the same address,
+/// and otherwise leaves Lambda's own address (saying so), so a runtime never waits on a port
+/// nobody serves. Its arguments reach the runtime untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_layer_wrapper_points_the_runtime_at_the_proxy_only_when_it_listens() -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let source = std::fs::read(scoped_secrets_tests::ministack::workspace_root().join("layer").join(WRAPPER))?;
+    for arch in &ARCHES {
+        let (mode, bytes) = zip_entry(arch, WRAPPER)?;
+        assert_eq!(mode & 0o7777, 0o755, "{}: rwxr-xr-x", arch.name);
+        assert_eq!(bytes, source, "{}: the repository's wrapper", arch.name);
+    }
+    let dir = target_dir().join("layer").join(format!("wrapper-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let wrapper = dir.join(WRAPPER);
+    std::fs::write(&wrapper, &source)?;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))?;
+    let marker = dir.join("scoped-secrets-runtime-proxy");
+    // (marker content, SCOPED_SECRETS_RUNTIME_PROXY_PORT, the runtime's AWS_LAMBDA_RUNTIME_API, a warning)
+    let cases: [(Option<&str>, Option<&str>, &str, bool); 6] = [
+        (Some("127.0.0.1:2774\n"), None, "127.0.0.1:2774", false),
+        (Some("127.0.0.1:3999\n"), Some("3999"), "127.0.0.1:3999", false),
+        (None, None, "127.0.0.1:9001", true),
+        (Some("127.0.0.1:2774\n"), Some("3999"), "127.0.0.1:9001", true),
+        (Some("127.0.0.1:2774\n"), Some("off"), "127.0.0.1:9001", false),
+        (Some(""), None, "127.0.0.1:9001", true),
+    ];
+    for (content, port, expected, warns) in cases {
+        let _ = std::fs::remove_file(&marker);
+        if let Some(content) = content {
+            std::fs::write(&marker, content)?;
+        }
+        let mut command = tokio::process::Command::new(&wrapper);
+        command
+            .args(["/bin/sh", "-c", "printf '%s|%s|%s' \"$AWS_LAMBDA_RUNTIME_API\" \"$1\" \"$2\"", "runtime", "a b", "*"])
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("TMPDIR", &dir)
+            .env("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9001");
+        if let Some(port) = port {
+            command.env("SCOPED_SECRETS_RUNTIME_PROXY_PORT", port);
+        }
+        let output = command.output().await?;
+        assert!(output.status.success(), "{content:?} {port:?}: {output:?}");
+        assert_eq!(String::from_utf8_lossy(&output.stdout), format!("{expected}|a b|*"), "{content:?} {port:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(stderr.contains("scoped-secrets-wrapper: the Runtime API proxy is not listening"), warns, "{stderr}");
+    }
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

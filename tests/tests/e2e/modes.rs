@@ -134,13 +134,13 @@ async fn snap_start_sdk_requests_verify_with_the_container_credentials() -> anyh
     Ok(())
 }
 
-const TENANT_SECRETS: &[(&str, &str)] = &[
+pub(crate) const TENANT_SECRETS: &[(&str, &str)] = &[
     ("tenants/blue/db", "canary-blue-3c9e1f20-value"),
     ("tenants/red/db", "canary-red-88a41d7b-value"),
     ("tenants/shared", "canary-shared-19f0e6c4-value"),
 ];
 
-fn tenant_value(name: &str) -> &'static str {
+pub(crate) fn tenant_value(name: &str) -> &'static str {
     TENANT_SECRETS.iter().find(|(n, _)| *n == name).map(|(_, v)| *v).expect("known secret")
 }
 

@@ -92,6 +92,13 @@ async fn sam_build_builds_both_layers_and_the_script_functions_through_their_mak
         let built = build_dir.join(layer).join("extensions/scoped-secrets");
         assert_executable(&built)?;
         assert_eq!(std::fs::read(&built)?, std::fs::read(binary(triple))?, "{layer}: the layer build's binary");
+        let wrapper = build_dir.join(layer).join("scoped-secrets-wrapper");
+        assert_executable(&wrapper)?;
+        assert_eq!(
+            std::fs::read(&wrapper)?,
+            std::fs::read(workspace_root().join("layer/scoped-secrets-wrapper"))?,
+            "{layer}: the wrapper at the layer's root"
+        );
         assert_eq!(
             std::fs::read(build_dir.join(function).join(file))?,
             std::fs::read(workspace_root().join(source))?,
@@ -254,6 +261,7 @@ async fn the_sam_template_grants_least_privilege() -> anyhow::Result<()> {
     let globals = &template["Globals"]["Function"];
     let variables = &globals["Environment"]["Variables"];
     assert_eq!(variables["SCOPED_SECRETS_ROLE_ARN"], get_att("ScopedRole"));
+    assert_eq!(variables["AWS_LAMBDA_EXEC_WRAPPER"], "/opt/scoped-secrets-wrapper", "every function through the proxy");
     let allowlist = variables["SCOPED_SECRETS_SECRETS"]["Fn::Sub"].as_str().context("allowlist")?;
     for secret in &secrets {
         let name = secret["Ref"].as_str().unwrap_or_default();
