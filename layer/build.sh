@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Builds the scoped-secrets layer for Lambda's two architectures: one static (musl) binary at
-# extensions/scoped-secrets in the zip, executable, nothing else.
+# extensions/scoped-secrets in the zip, executable, and the runtime wrapper at the zip's root
+# (scoped-secrets-wrapper, so /opt/scoped-secrets-wrapper), nothing else.
 #
 #   layer/build.sh                          x86_64 and arm64 -> TARGET/layer/scoped-secrets-ARCH.zip
 #   layer/build.sh arm64                    one architecture (x86_64 or arm64)
-#   layer/build.sh --artifacts-dir DIR ARCH the binary to DIR/extensions/scoped-secrets, no zip
+#   layer/build.sh --artifacts-dir DIR ARCH the binary to DIR/extensions/scoped-secrets and the
+#                                           wrapper to DIR/scoped-secrets-wrapper, no zip
 #                                           (what `sam build` asks of layer/Makefile)
 #
 # Beside the zips: SHA256SUMS (`sha256sum -c SHA256SUMS` checks them). Each binary carries its
@@ -61,6 +63,7 @@ echo "==> cargo auditable zigbuild --release -p scoped-secrets ${target_args[*]}
 if [[ -n "$artifacts_dir" ]]; then
   install -D -m 0755 "$TARGET_DIR/$(triple "${arches[0]}")/release/scoped-secrets" \
     "$artifacts_dir/extensions/scoped-secrets"
+  install -D -m 0755 "$ROOT/layer/scoped-secrets-wrapper" "$artifacts_dir/scoped-secrets-wrapper"
   exit 0
 fi
 
@@ -68,20 +71,20 @@ mkdir -p "$TARGET_DIR/layer"
 for arch in "${arches[@]}"; do
   binary="$TARGET_DIR/$(triple "$arch")/release/scoped-secrets"
   zip="$TARGET_DIR/layer/scoped-secrets-$arch.zip"
-  # A reproducible zip: one entry, fixed timestamp, Unix mode 0755 (Lambda keeps the run bit
-  # from the entry's Unix attributes), deflated.
-  python3 - "$binary" "$zip" <<'PY'
+  # A reproducible zip: fixed timestamps, Unix mode 0755 (Lambda keeps the run bit from the
+  # entries' Unix attributes), deflated.
+  python3 - "$binary" "$ROOT/layer/scoped-secrets-wrapper" "$zip" <<'PY'
 import os, sys, zipfile
-binary, path = sys.argv[1], sys.argv[2]
-entry = zipfile.ZipInfo("extensions/scoped-secrets", date_time=(1980, 1, 1, 0, 0, 0))
-entry.create_system = 3  # Unix, so external_attr carries the mode
-entry.external_attr = 0o100755 << 16
-entry.compress_type = zipfile.ZIP_DEFLATED
-with open(binary, "rb") as f:
-    data = f.read()
+binary, wrapper, path = sys.argv[1], sys.argv[2], sys.argv[3]
 tmp = path + ".tmp"
 with zipfile.ZipFile(tmp, "w") as z:
-    z.writestr(entry, data, compresslevel=9)
+    for name, source in (("extensions/scoped-secrets", binary), ("scoped-secrets-wrapper", wrapper)):
+        entry = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+        entry.create_system = 3  # Unix, so external_attr carries the mode
+        entry.external_attr = 0o100755 << 16
+        entry.compress_type = zipfile.ZIP_DEFLATED
+        with open(source, "rb") as f:
+            z.writestr(entry, f.read(), compresslevel=9)
 os.replace(tmp, path)
 PY
   printf '==> %s: %s bytes (binary %s bytes)\n' "$zip" "$(stat -c %s "$zip")" "$(stat -c %s "$binary")"
