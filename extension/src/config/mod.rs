@@ -221,9 +221,8 @@ pub mod var {
 /// privilege a function does not have. 2774 is none of these, next to the local API's port.
 pub const DEFAULT_RUNTIME_PROXY_PORT: u16 = 2774;
 
-/// `SCOPED_SECRETS_RUNTIME_PROXY_PORT`: the proxy's port (1024 to 65535, default 2774), or
-/// `None` for `off`. Read before the rest of the configuration: the proxy is bound before the
-/// extension registers, since the runtime may start right after.
+/// `SCOPED_SECRETS_RUNTIME_PROXY_PORT`: the port (1024–65535, default 2774), `None` for `off`;
+/// read first, as the proxy is bound before registering (the runtime may start right after).
 ///
 /// # Errors
 /// A value that is neither a port in range nor `off`.

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::task::AbortHandle;
 use tokio::time::Sleep;
 
-use super::Extension;
+use super::init::Extension;
 use crate::domain::request_id::RequestId;
 use crate::invocation::scope::Scope;
 use crate::runtime_proxy::Outcome;

@@ -21,7 +21,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{MAX_TENANT_HEADER, Outcome, RuntimeEvent};
+use super::event::{MAX_TENANT_HEADER, Outcome, RuntimeEvent};
 use crate::domain::request_id::RequestId;
 
 const API_PREFIX: &str = "/2018-06-01/runtime/invocation/";

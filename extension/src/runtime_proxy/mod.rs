@@ -16,10 +16,11 @@
 //! runtime's connection, as Lambda's unreachable API would. What it never does: log or keep a
 //! payload, or decide anything. It only reports ([`RuntimeEvent`]) to the lifecycle loop, and
 //! only what Lambda's own answers confirm; a request id becomes an event only once it passed
-//! [`RequestId::parse`]. Anyone local could call Lambda's Runtime API directly, so the proxy
+//! [`RequestId::parse`](crate::domain::request_id::RequestId::parse). Anyone local could call Lambda's Runtime API directly, so the proxy
 //! adds no power; a forged `/response` through it could only end a scope early.
 //! See <https://docs.aws.amazon.com/lambda/latest/dg/runtimes-api.html>.
 
+mod event;
 mod forward;
 pub mod marker;
 
@@ -31,9 +32,9 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+pub use self::event::{MAX_TENANT_HEADER, Outcome, RuntimeEvent};
 use self::forward::Forwarder;
 use self::marker::Marker;
-use crate::domain::request_id::RequestId;
 use crate::http::{ConnectionLimits, serve};
 
 /// Events waiting for the lifecycle loop; more are dropped (and logged). Each invocation makes
@@ -42,50 +43,6 @@ pub const EVENT_QUEUE: usize = 1_024;
 /// Connections served at once: more than the runtime's concurrent `/next` long polls can need
 /// (one per invocation in flight).
 const MAX_CONNECTIONS: usize = 1_024;
-
-/// What the proxy saw, as Lambda's answers confirm it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RuntimeEvent {
-    /// Lambda answered the runtime's `/next`: the invocation has begun.
-    Next {
-        /// `Lambda-Runtime-Aws-Request-Id`.
-        request_id: RequestId,
-        /// `Lambda-Runtime-Deadline-Ms`, Unix milliseconds.
-        deadline_ms: u64,
-        /// `Lambda-Runtime-Aws-Tenant-Id` (tenant isolation mode), as sent, at most
-        /// [`MAX_TENANT_HEADER`] bytes (a longer one is cut there, and is invalid either way).
-        tenant_id: Option<String>,
-    },
-    /// Lambda accepted the function's result, its whole body forwarded: the invocation is over.
-    Responded {
-        /// The invocation.
-        request_id: RequestId,
-        /// `/response` or `/error`.
-        outcome: Outcome,
-    },
-}
-
-/// How the function ended its invocation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// `POST /runtime/invocation/{id}/response` (buffered or streamed).
-    Response,
-    /// `POST /runtime/invocation/{id}/error`.
-    Error,
-}
-
-impl Outcome {
-    /// As audit lines name it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Response => "response",
-            Outcome::Error => "error",
-        }
-    }
-}
-
-/// The longest tenant id header passed on (longer ones are invalid tenant ids anyway).
-pub const MAX_TENANT_HEADER: usize = 65;
 
 /// Why the proxy could not be set up: the `init/error` type and a full sentence.
 #[derive(Debug)]
