@@ -864,7 +864,9 @@ impl FrontState {
 
 /// The invocation and result kind of a Runtime API result path.
 fn result_path(path: &str) -> Option<(&str, &str)> {
-    path.strip_prefix("/2018-06-01/runtime/invocation/")?.rsplit_once('/').filter(|(_, k)| *k == "response" || *k == "error")
+    path.strip_prefix("/2018-06-01/runtime/invocation/")?
+        .rsplit_once('/')
+        .filter(|(_, k)| *k == "response" || *k == "error")
 }
 
 impl Drop for FrontProxy {

@@ -162,7 +162,14 @@ async fn the_layer_wrapper_points_the_runtime_at_the_proxy_only_when_it_listens(
         }
         let mut command = tokio::process::Command::new(&wrapper);
         command
-            .args(["/bin/sh", "-c", "printf '%s|%s|%s' \"$AWS_LAMBDA_RUNTIME_API\" \"$1\" \"$2\"", "runtime", "a b", "*"])
+            .args([
+                "/bin/sh",
+                "-c",
+                "printf '%s|%s|%s' \"$AWS_LAMBDA_RUNTIME_API\" \"$1\" \"$2\"",
+                "runtime",
+                "a b",
+                "*",
+            ])
             .env_clear()
             .env("PATH", "/usr/bin:/bin")
             .env("TMPDIR", &dir)
@@ -174,7 +181,11 @@ async fn the_layer_wrapper_points_the_runtime_at_the_proxy_only_when_it_listens(
         assert!(output.status.success(), "{content:?} {port:?}: {output:?}");
         assert_eq!(String::from_utf8_lossy(&output.stdout), format!("{expected}|a b|*"), "{content:?} {port:?}");
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(stderr.contains("scoped-secrets-wrapper: the Runtime API proxy is not listening"), warns, "{stderr}");
+        assert_eq!(
+            stderr.contains("scoped-secrets-wrapper: the Runtime API proxy is not listening"),
+            warns,
+            "{stderr}"
+        );
     }
     std::fs::remove_dir_all(&dir)?;
     Ok(())

@@ -62,7 +62,10 @@ async fn the_invocation_ends_at_the_response_while_telemetry_is_still_on_its_way
 
     let ended = events_for(&environment, "invocation_ended", &invoked.request_id);
     assert_eq!(ended.len(), 1, "{}", output.text());
-    assert_eq!((ended[0]["reason"].as_str(), ended[0]["end_of_invocation"].as_str()), (Some("response"), Some("runtime_api")));
+    assert_eq!(
+        (ended[0]["reason"].as_str(), ended[0]["end_of_invocation"].as_str()),
+        (Some("response"), Some("runtime_api"))
+    );
     let session_ended = events_for(&environment, "session_ended", &invoked.request_id);
     assert_eq!(session_ended.len(), 1);
     assert_eq!(session_ended[0]["reason"], "response");
@@ -96,7 +99,10 @@ async fn the_proxy_passes_the_runtime_api_through_byte_for_byte() -> anyhow::Res
     assert_eq!(environment.result_received(&request_id), Some(("response".to_owned(), answer)));
     environment.complete(&request_id, enqueued, timeout).await?;
     let ended = events_for(&environment, "invocation_ended", &request_id);
-    assert_eq!((ended[0]["reason"].as_str(), ended[0]["end_of_invocation"].as_str()), (Some("response"), Some("runtime_api")));
+    assert_eq!(
+        (ended[0]["reason"].as_str(), ended[0]["end_of_invocation"].as_str()),
+        (Some("response"), Some("runtime_api"))
+    );
 
     // A function error.
     let (request_id, enqueued) = environment.enqueue(json!({}), timeout).await?;
@@ -132,7 +138,10 @@ async fn the_proxy_passes_the_runtime_api_through_byte_for_byte() -> anyhow::Res
     let spread = streamed.chunks[2].0 - streamed.chunks[0].0;
     assert!(spread >= pause * 2 - Duration::from_millis(50), "each chunk as it was written: {spread:?}");
     assert_eq!(streamed.trailers, Some(trailers));
-    assert_eq!(streamed.headers.get("lambda-runtime-function-response-mode").map(|v| v.as_bytes()), Some(&b"streaming"[..]));
+    assert_eq!(
+        streamed.headers.get("lambda-runtime-function-response-mode").map(|v| v.as_bytes()),
+        Some(&b"streaming"[..])
+    );
     let ended = events_for(&environment, "invocation_ended", &request_id);
     assert_eq!(ended[0]["reason"], "response");
 
@@ -214,11 +223,8 @@ async fn managed_instances_give_concurrent_invocations_their_own_sessions() -> a
         ("SCOPED_SECRETS_CACHE_TTL", "0"),
         ("SCOPED_SECRETS_REQUEST_WAIT_TIMEOUT_MS", "1000"),
     ];
-    let mut options = Options {
-        env: stack.function_env("app/db,app/api", port, &extra),
-        runtime_processes: 2,
-        ..Options::default()
-    };
+    let mut options =
+        Options { env: stack.function_env("app/db,app/api", port, &extra), runtime_processes: 2, ..Options::default() };
     options.platform.managed_instances = true;
     options.platform.concurrent_runtime = true;
     let mut environment = start(options).await?;
@@ -238,8 +244,7 @@ async fn managed_instances_give_concurrent_invocations_their_own_sessions() -> a
         assert_eq!(answer["sha256"], sha256_hex(value_of("app/db")), "{answer}");
         assert_eq!(answer["then"]["sha256"], sha256_hex(value_of("app/api")), "{answer}");
     }
-    let names: Vec<String> =
-        stack.proxy.assume_role_calls().into_iter().filter_map(|c| c.role_session_name).collect();
+    let names: Vec<String> = stack.proxy.assume_role_calls().into_iter().filter_map(|c| c.role_session_name).collect();
     let mut expected = vec![format!("ss-{environment_id}-{first}"), format!("ss-{environment_id}-{second}")];
     expected.sort();
     let mut sorted = names.clone();
@@ -260,7 +265,8 @@ async fn managed_instances_give_concurrent_invocations_their_own_sessions() -> a
     let token = stack.token();
     for (id, waits) in [(first.as_str(), false), ("never-handed-out", true)] {
         let asked = Instant::now();
-        let (status, body) = local_get(port, target, &[(TOKEN_HEADER, &token), ("X-Scoped-Secrets-Request-Id", id)]).await?;
+        let (status, body) =
+            local_get(port, target, &[(TOKEN_HEADER, &token), ("X-Scoped-Secrets-Request-Id", id)]).await?;
         assert_eq!((status, body["error"].as_str()), (400, Some("request_id_not_live")), "{id}: {body}");
         assert_eq!(asked.elapsed() >= Duration::from_millis(900), waits, "{id}: waits only for an id it never saw");
     }
@@ -288,7 +294,10 @@ async fn reads_through_the_proxy(runtime: Program) -> anyhow::Result<()> {
         assert_eq!(invoked.payload["sha256"], sha256_hex(value_of(expected)), "{}", invoked.payload);
         let ended = events_for(&environment, "invocation_ended", &invoked.request_id);
         assert_eq!(ended.len(), 1, "{}", environment.extension.output.text());
-        assert_eq!((ended[0]["reason"].as_str(), ended[0]["end_of_invocation"].as_str()), (Some("response"), Some("runtime_api")));
+        assert_eq!(
+            (ended[0]["reason"].as_str(), ended[0]["end_of_invocation"].as_str()),
+            (Some("response"), Some("runtime_api"))
+        );
     }
     let function = environment.function.as_ref().map(|f| f.output.text()).unwrap_or_default();
     assert!(!function.contains("scoped-secrets-wrapper:"), "the wrapper found the proxy: {function}");
@@ -325,7 +334,10 @@ async fn without_the_proxy_the_wrapper_steps_aside() -> anyhow::Result<()> {
     let invoked = environment.invoke(read("app/db"), TIMEOUT).await?;
     assert_eq!(invoked.payload["status"], 200);
     let ended = events_for(&environment, "invocation_ended", &invoked.request_id);
-    assert_eq!((ended[0]["reason"].as_str(), ended[0]["end_of_invocation"].as_str()), (Some("runtime_done"), Some("telemetry")));
+    assert_eq!(
+        (ended[0]["reason"].as_str(), ended[0]["end_of_invocation"].as_str()),
+        (Some("runtime_done"), Some("telemetry"))
+    );
     let function = environment.function.as_ref().map(|f| f.output.text()).unwrap_or_default();
     assert!(function.contains("scoped-secrets-wrapper: the Runtime API proxy is not listening"), "{function}");
     Ok(())
