@@ -152,7 +152,7 @@ async fn the_layer_wrapper_points_the_runtime_at_the_proxy_only_when_it_listens(
         (Some("127.0.0.1:3999\n"), Some("3999"), "127.0.0.1:3999", false),
         (None, None, "127.0.0.1:9001", true),
         (Some("127.0.0.1:2774\n"), Some("3999"), "127.0.0.1:9001", true),
-        (Some("127.0.0.1:2774\n"), Some("off"), "127.0.0.1:9001", false),
+        (Some("127.0.0.1:2774\n"), Some("off"), "127.0.0.1:9001", true),
         (Some(""), None, "127.0.0.1:9001", true),
     ];
     for (content, port, expected, warns) in cases {
