@@ -212,7 +212,9 @@ impl Body for Tracked {
         match &polled {
             Poll::Ready(None) => self.settle(true),
             Poll::Ready(Some(Err(_))) => self.settle(false),
-            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.settle(true),
+            // Trailers are a message's last frame: hyper writes them and drops the body without
+            // polling it again, and a chunked `Incoming` never says it is at its end.
+            Poll::Ready(Some(Ok(frame))) if frame.is_trailers() || self.inner.is_end_stream() => self.settle(true),
             Poll::Ready(Some(Ok(_))) | Poll::Pending => {}
         }
         polled

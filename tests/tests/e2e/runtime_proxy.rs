@@ -142,13 +142,13 @@ async fn the_proxy_passes_the_runtime_api_through_byte_for_byte() -> anyhow::Res
         streamed.headers.get("lambda-runtime-function-response-mode").map(|v| v.as_bytes()),
         Some(&b"streaming"[..])
     );
-    // KNOWN BUG (issue 14, unfinished): a streamed response that ends with trailers is not
-    // reported as Responded, so its invocation ends at telemetry's runtimeDone (the safe
-    // fallback) instead of at the stream's end; the unit test
-    // `a_streamed_response_passes_frame_by_frame_with_trailers_and_ends_with_the_stream` hangs
-    // on the same path. Until it is fixed, only the fallback is asserted here.
+    // It ended at the stream's end, through the proxy, not at telemetry's runtimeDone.
     let ended = events_for(&environment, "invocation_ended", &request_id);
     assert_eq!(ended.len(), 1, "the streamed invocation ended once");
+    assert_eq!(
+        (ended[0]["reason"].as_str(), ended[0]["end_of_invocation"].as_str()),
+        (Some("response"), Some("runtime_api"))
+    );
 
     // Lambda's refusal reaches the runtime as Lambda made it.
     let unknown = "00000000-0000-4000-8000-000000000000";
