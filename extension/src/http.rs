@@ -2,13 +2,24 @@
 //! listener): the accept loop with its limits, and JSON answers no cache may keep.
 //!
 //! Every listener binds loopback only and serves HTTP/1 through hyper, with a cap on
-//! concurrent connections (the rest wait in the kernel's backlog), a header timeout and a cap
-//! on a request's head. At shutdown the loop stops accepting and lets open connections finish
-//! their current request, bounded by [`GRACEFUL_CLOSE`].
+//! concurrent connections, a header timeout (which also closes a keep-alive connection left
+//! idle between requests), a cap on a request's head, and a write timeout: a client that stops
+//! reading its answers (a pipelining client that never reads) is cut off once a write has
+//! stalled that long, so it cannot keep its slot. When every slot is taken, a new connection
+//! takes the slot of the oldest one that is not being served: first one that has never sent a
+//! whole request head, else one idle or stalled after its answer; a connection whose request is
+//! being handled is never cut. So local clients that connect and wait cannot starve a
+//! listener. At shutdown the loop stops accepting and lets open connections finish their
+//! current request, bounded by [`GRACEFUL_CLOSE`].
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::Arc;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,8 +27,10 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, TryAcquireError};
+use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -29,17 +42,74 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 /// Bounds on the accept loop and each connection.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
-    /// Connections served at once; the rest wait in the kernel's backlog.
+    /// Connections served at once; past it a new one takes an idle one's slot, or waits.
     pub max_connections: usize,
-    /// Time allowed for a request's headers to arrive.
+    /// Time allowed for a request's headers to arrive, and for a keep-alive connection to
+    /// stay idle between requests.
     pub header_timeout: Duration,
     /// Read buffer, so the cap on a request's head (hyper answers 431 above it).
     pub max_head_bytes: usize,
+    /// How long one write may stall (the client not reading) before the connection is closed.
+    pub write_timeout: Duration,
 }
 
 impl Default for ConnectionLimits {
     fn default() -> Self {
-        Self { max_connections: 128, header_timeout: Duration::from_secs(5), max_head_bytes: 16 * 1024 }
+        Self {
+            max_connections: 128,
+            header_timeout: Duration::from_secs(5),
+            max_head_bytes: 16 * 1024,
+            write_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Where a connection is, for choosing which one gives up its slot.
+const NEW: u8 = 0;
+const SERVING: u8 = 1;
+const AFTER: u8 = 2;
+
+/// One open connection as the accept loop sees it.
+#[derive(Debug, Default)]
+struct Slot {
+    /// [`NEW`]: no whole request head yet; [`SERVING`]: a request is being handled;
+    /// [`AFTER`]: idle, or writing its answer, after at least one request.
+    state: AtomicU8,
+    /// Cancelled to take the connection's slot for a new one.
+    evict: CancellationToken,
+}
+
+/// The open connections, oldest first (a std `Mutex`: held for a push or a scan, never across
+/// an `.await`).
+#[derive(Debug, Default)]
+struct Slots(Mutex<VecDeque<Weak<Slot>>>);
+
+impl Slots {
+    fn open(&self) -> Arc<Slot> {
+        let slot = Arc::new(Slot::default());
+        let mut slots = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        slots.retain(|slot| slot.strong_count() > 0);
+        slots.push_back(Arc::downgrade(&slot));
+        slot
+    }
+
+    /// Cuts the oldest connection that never sent a head, else the oldest idle or stalled one
+    /// after its answer. Returns whether one was cut.
+    fn evict_one(&self) -> bool {
+        let mut slots = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        slots.retain(|slot| slot.strong_count() > 0);
+        for wanted in [NEW, AFTER] {
+            let found = slots.iter().position(|slot| {
+                slot.upgrade().is_some_and(|s| !s.evict.is_cancelled() && s.state.load(Ordering::Acquire) == wanted)
+            });
+            if let Some(index) = found {
+                if let Some(slot) = slots.remove(index).and_then(|weak| weak.upgrade()) {
+                    slot.evict.cancel();
+                }
+                return true;
+            }
+        }
+        false
     }
 }
 
@@ -51,15 +121,9 @@ where
     F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let slots = Arc::new(Slots::default());
     let tracker = TaskTracker::new();
     loop {
-        let permit = tokio::select! {
-            () = shutdown.cancelled() => break,
-            permit = Arc::clone(&permits).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_closed) => break,
-            },
-        };
         let stream = tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -72,14 +136,38 @@ where
                 }
             },
         };
+        let permit = match Arc::clone(&permits).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(TryAcquireError::Closed) => break,
+            Err(TryAcquireError::NoPermits) => {
+                // Every slot is taken: one not being served makes room, else this one waits
+                // (and the next ones in the kernel's backlog).
+                slots.evict_one();
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    permit = Arc::clone(&permits).acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_closed) => break,
+                    },
+                }
+            }
+        };
         let _ = stream.set_nodelay(true);
+        let slot = slots.open();
         let handler = handler.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
             let _permit = permit;
+            let state = Arc::clone(&slot);
             let service = hyper::service::service_fn(move |request| {
+                state.state.store(SERVING, Ordering::Release);
                 let response = handler(request);
-                async move { Ok::<_, Infallible>(response.await) }
+                let state = Arc::clone(&state);
+                async move {
+                    let response = response.await;
+                    state.state.store(AFTER, Ordering::Release);
+                    Ok::<_, Infallible>(response)
+                }
             });
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
@@ -87,10 +175,13 @@ where
                 .header_read_timeout(limits.header_timeout)
                 .max_buf_size(limits.max_head_bytes.max(8_192))
                 .keep_alive(true);
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            let io = TokioIo::new(WriteDeadline::new(stream, limits.write_timeout));
+            let connection = builder.serve_connection(io, service);
             tokio::pin!(connection);
             tokio::select! {
                 _ = connection.as_mut() => {}
+                // Dropped: closed without an answer.
+                () = slot.evict.cancelled() => {}
                 () = shutdown.cancelled() => {
                     connection.as_mut().graceful_shutdown();
                     let _ = tokio::time::timeout(GRACEFUL_CLOSE, connection).await;
@@ -101,6 +192,70 @@ where
     drop(listener);
     tracker.close();
     tracker.wait().await;
+}
+
+/// A stream whose writes fail with `TimedOut` once one has been pending for `timeout`: the
+/// peer stopped reading. Reads are untouched (hyper's header timeout bounds them).
+#[derive(Debug)]
+pub struct WriteDeadline<S> {
+    inner: S,
+    timeout: Duration,
+    stalled: Option<Pin<Box<Sleep>>>,
+}
+
+impl<S> WriteDeadline<S> {
+    /// `inner` with writes bounded by `timeout`.
+    pub fn new(inner: S, timeout: Duration) -> Self {
+        Self { inner, timeout, stalled: None }
+    }
+
+    /// After a write-side poll: progress clears the stall; pending starts (or checks) it.
+    fn bound<T>(&mut self, polled: Poll<io::Result<T>>, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        if polled.is_ready() {
+            self.stalled = None;
+            return polled;
+        }
+        let timeout = self.timeout;
+        let stalled = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        ready!(stalled.as_mut().poll(cx));
+        Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "the peer stopped reading")))
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for WriteDeadline<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.bound(polled, cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.bound(polled, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.bound(polled, cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.bound(polled, cx)
+    }
 }
 
 /// An answer with `content_type` that no cache may keep.
@@ -118,4 +273,62 @@ pub fn status_response(status: StatusCode) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::new()));
     *response.status_mut() = status;
     response
+}
+
+/// An empty answer with `status` after which the connection is closed.
+pub fn closing_response(status: StatusCode) -> Response<Full<Bytes>> {
+    let mut response = status_response(status);
+    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_the_peer_never_reads_fails_at_the_write_timeout() {
+        // A 64-byte pipe whose other end never reads: the second write stalls.
+        let (near, _far) = tokio::io::duplex(64);
+        let mut stream = WriteDeadline::new(near, Duration::from_secs(5));
+        stream.write_all(&[0u8; 64]).await.expect("fits the pipe");
+        let started = tokio::time::Instant::now();
+        let error = stream.write_all(&[0u8; 1]).await.expect_err("nobody reads");
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn progress_restarts_the_write_timeout() {
+        let (near, mut far) = tokio::io::duplex(64);
+        let mut stream = WriteDeadline::new(near, Duration::from_secs(5));
+        let reader = tokio::spawn(async move {
+            // Reads 64 bytes every 4 s: slow, but never 5 s without progress.
+            let mut buffer = [0u8; 64];
+            let mut total = 0;
+            while total < 256 {
+                tokio::time::sleep(Duration::from_secs(4)).await;
+                total += tokio::io::AsyncReadExt::read(&mut far, &mut buffer).await.expect("read");
+            }
+        });
+        stream.write_all(&[0u8; 256]).await.expect("a slow reader is not a stalled one");
+        reader.await.expect("joined");
+    }
+
+    #[test]
+    fn the_slot_given_up_is_the_oldest_that_sent_no_head_then_the_oldest_idle_one() {
+        let slots = Slots::default();
+        let (idle, serving, silent, late) = (slots.open(), slots.open(), slots.open(), slots.open());
+        idle.state.store(AFTER, Ordering::Release);
+        serving.state.store(SERVING, Ordering::Release);
+        assert!(slots.evict_one());
+        assert!(silent.evict.is_cancelled() && !late.evict.is_cancelled(), "the oldest that never sent a head");
+        assert!(slots.evict_one());
+        assert!(late.evict.is_cancelled());
+        assert!(slots.evict_one());
+        assert!(idle.evict.is_cancelled(), "then one idle after its answer");
+        assert!(!slots.evict_one(), "a connection being served is never cut");
+        assert!(!serving.evict.is_cancelled());
+    }
 }
