@@ -79,9 +79,26 @@ impl Entry {
         &self.resource
     }
 
+    /// Whether `requested` (which names this entry) is a complete ARN other than the configured
+    /// id: it matched the entry's `-??????` pattern, so it is this secret only if it is the
+    /// secret's actual ARN, which only AWS's answer tells.
+    pub fn is_named_by_arn(&self, requested: &str) -> bool {
+        requested.starts_with("arn:") && requested != self.secret_id
+    }
+
     /// Whether `name` would name this entry, resolved or not (for duplicate checks).
     fn clashes_with(&self, name: &str) -> bool {
         self.answers_to(name) || self.alias.as_deref() == Some(name) || self.secret_id == name
+    }
+
+    /// Whether one name could answer to both entries.
+    fn clashes(&self, other: &Entry) -> bool {
+        let names = [Some(other.secret_id.as_str()), Some(other.name.as_str()), other.alias.as_deref()];
+        names.iter().flatten().any(|name| self.clashes_with(name))
+            || [Some(self.secret_id.as_str()), self.alias.as_deref()]
+                .iter()
+                .flatten()
+                .any(|name| other.clashes_with(name))
     }
 
     /// Whether `requested` names this secret: its alias, configured id, bare name, or a full
@@ -150,15 +167,7 @@ impl Allowlist {
         for (index, text) in raw.iter().enumerate() {
             let position = index + 1;
             let entry = parse_entry(text, role, region).map_err(|why| AllowlistError::Invalid { position, why })?;
-            let names = [Some(entry.secret_id.as_str()), Some(entry.name.as_str()), entry.alias.as_deref()];
-            let clash = entries.iter().any(|earlier| {
-                names.iter().flatten().any(|name| earlier.clashes_with(name))
-                    || [Some(earlier.secret_id.as_str()), earlier.alias.as_deref()]
-                        .iter()
-                        .flatten()
-                        .any(|name| entry.clashes_with(name))
-            });
-            if clash {
+            if entries.iter().any(|earlier| earlier.clashes(&entry)) {
                 return Err(AllowlistError::Duplicate { position });
             }
             entries.push(entry);
@@ -205,9 +214,11 @@ impl Allowlist {
 
     /// The allowlist with `{tenant}` replaced by `tenant` (already validated by
     /// [`crate::domain::tenant::TenantId::parse`], whose characters are a subset of a name's), entry
-    /// for entry, so indices stay the same.
-    pub fn for_tenant(&self, tenant: &str) -> Self {
-        let entries = self
+    /// for entry, so indices stay the same. `None` when the tenant id would make one name answer
+    /// to two entries (a tenant id equal to another entry's alias or name): no request could
+    /// tell which secret it means.
+    pub fn for_tenant(&self, tenant: &str) -> Option<Self> {
+        let entries: Vec<Entry> = self
             .entries
             .iter()
             .map(|entry| {
@@ -224,7 +235,9 @@ impl Allowlist {
                 }
             })
             .collect();
-        Self { entries, kms: self.kms.clone() }
+        let ambiguous =
+            entries.iter().enumerate().any(|(index, entry)| entries[..index].iter().any(|e| e.clashes(entry)));
+        (!ambiguous).then(|| Self { entries, kms: self.kms.clone() })
     }
 
     /// Never true for a parsed allowlist; here for clippy's `len_without_is_empty`.
@@ -349,6 +362,13 @@ mod tests {
         for (requested, expected) in cases {
             assert_eq!(list.find(requested), expected, "{requested}");
         }
+        // A suffix the pattern covers still has to be the secret's own (checked against AWS's
+        // answer); the configured complete ARN and names need no check.
+        let by_name = list.entry(0).expect("entry");
+        assert!(by_name.is_named_by_arn("arn:aws:secretsmanager:eu-west-1:123456789012:secret:app/db-Xy12Z9"));
+        assert!(!by_name.is_named_by_arn("app/db") && !by_name.is_named_by_arn("db"));
+        let by_arn = list.entry(1).expect("entry");
+        assert!(!by_arn.is_named_by_arn("arn:aws:secretsmanager:us-east-1:210987654321:secret:shared/key-AbC123"));
     }
 
     #[test]
@@ -358,7 +378,7 @@ mod tests {
         for unresolved in ["db", "tenants/{tenant}/db", "tenants/blue/db"] {
             assert_eq!(list.find(unresolved), None, "{unresolved}");
         }
-        let blue = list.for_tenant("blue");
+        let blue = list.for_tenant("blue").expect("unambiguous");
         assert!(!blue.has_tenant_entries());
         assert_eq!(
             blue.entry(0).map(Entry::resource),
@@ -376,6 +396,12 @@ mod tests {
             assert!(parse(refused).is_err(), "{refused}");
         }
         assert!(parse(&format!("{}{{tenant}}", "n".repeat(448))).is_ok());
+        // A tenant id that is another entry's alias or name would make one name mean two secrets.
+        let aliased = parse("db=app/db,{tenant},tenants/{tenant}").expect("valid");
+        for ambiguous in ["db", "app/db"] {
+            assert!(aliased.for_tenant(ambiguous).is_none(), "{ambiguous}");
+        }
+        assert!(aliased.for_tenant("blue").is_some());
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! - [`arn`]: the scoped role's ARN; [`tenant`]: tenant ids and the `{tenant}` syntax;
 //! - [`api`]: which face of the local API a request came through; [`version`]: which version
 //!   of a secret it asks for;
-//! - [`session_name`]: `RoleSessionName`s as STS accepts them;
+//! - [`session_name`]: `RoleSessionName`s as STS accepts them; [`request_id`]: the bound on
+//!   the platform's request ids;
 //! - [`time`]: the one civil-date algorithm, its formats and parsers; [`text`]: decoding and
 //!   bounding caller text before it is matched or logged.
 
@@ -16,6 +17,7 @@ pub mod api;
 pub mod arn;
 pub mod code;
 pub mod error;
+pub mod request_id;
 pub mod session_name;
 pub mod tenant;
 pub mod text;

@@ -52,7 +52,7 @@ pub struct Extension {
     pub(super) evidence: Arc<Evidence>,
     /// What telemetry reports: finished invocations, the end of INIT, restores.
     pub(super) completions: Arc<Completions>,
-    /// Cancelled by the telemetry listener when a second tenant appears.
+    /// Cancelled (by [`Tenancy`]) when a second tenant appears.
     pub(super) broken: CancellationToken,
     /// IAM client for `deny` revocation (built only in that mode).
     pub(super) iam: Option<aws_sdk_iam::Client>,
@@ -93,16 +93,15 @@ impl Extension {
                 ),
             )
         })?;
-        let (telemetry_listener, destination) = telemetry::bind().await.map_err(|error| {
+        let (telemetry_listener, destination, path) = telemetry::bind().await.map_err(|error| {
             failure("Extension.TelemetryUnavailable", format!("The telemetry listener could not bind: {error}."))
         })?;
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let completions = Arc::new(Completions::default());
-        let tenancy = Arc::new(Tenancy::new(config.allowlist.clone()));
         let broken = CancellationToken::new();
-        let sinks =
-            Sinks { completions: Arc::clone(&completions), tenancy: Arc::clone(&tenancy), broken: broken.clone() };
+        let tenancy = Arc::new(Tenancy::new(config.allowlist.clone(), broken.clone()));
+        let sinks = Sinks { path, completions: Arc::clone(&completions), tenancy: Arc::clone(&tenancy) };
         tasks.spawn(telemetry::serve(telemetry_listener, Arc::new(sinks), shutdown.clone()));
         let mode = config.initialization_type;
         let schema = match mode {

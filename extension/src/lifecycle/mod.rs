@@ -94,7 +94,8 @@ impl Extension {
                 () = self.broken.cancelled() => Signal::TenantChanged,
                 signal = running_end(&self.completions, running.as_mut(), waits_for_end), if running.is_some() => signal,
                 () = self.completions.wait_init_done(), if init_open => Signal::InitDone,
-                () = self.completions.wait_restore_start(), if !restored => Signal::RestoreStarted,
+                // A restore follows the snapshot, which follows INIT: never believed before.
+                () = self.completions.wait_restore_start(), if !restored && !init_open => Signal::RestoreStarted,
                 event = &mut next_event, if asks => Signal::Event(event),
             };
             match signal {
@@ -161,6 +162,8 @@ impl Extension {
     /// left with TTL 0, and starts the prefetch.
     async fn begin_invocation(&self, request_id: String, deadline_ms: u64) -> Running {
         let deadline = UNIX_EPOCH + Duration::from_millis(deadline_ms);
+        // Named before its scope opens: no read of this invocation can look before it is.
+        self.tenancy.serve(&request_id);
         let scope = self.invocations.begin(&request_id, deadline + self.config.deadline_margin).await;
         // Values a previous scope fetched with TTL 0 go now (with next-invoke nothing wiped them).
         self.secrets.cache().expire();

@@ -384,7 +384,10 @@ async fn direct_factory(stack: &Stack, endpoint: &str) -> anyhow::Result<scoped_
     );
     let sdk = scoped_secrets::aws::sdk_loader(&config).credentials_provider(credentials).load().await;
     let evidence = Arc::new(scoped_secrets::evidence::Evidence::new(config.allowlist.len()));
-    let tenancy = Arc::new(scoped_secrets::tenant::Tenancy::new(config.allowlist.clone()));
+    let tenancy = Arc::new(scoped_secrets::tenant::Tenancy::new(
+        config.allowlist.clone(),
+        tokio_util::sync::CancellationToken::new(),
+    ));
     Ok(scoped_secrets::session::SessionFactory::new(&sdk, Arc::new(config), tenancy, Some("benchenv".into()), evidence))
 }
 
