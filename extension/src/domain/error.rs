@@ -7,7 +7,7 @@
 use super::code::Code;
 
 /// Why a session (one `AssumeRole`) could not be had.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum SessionError {
     /// STS refused (trust policy, role policy, or our request).
     #[error("STS refused AssumeRole ({code})")]
@@ -49,8 +49,8 @@ impl SessionError {
     }
 }
 
-/// Why a secret could not be served.
-#[derive(Debug, thiserror::Error)]
+/// Why a secret could not be served. `Clone`: callers that joined one fetch share its failure.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ReadError {
     /// Not in the allowlist: nothing was asked of AWS.
     #[error("the secret is not in the allowlist")]
@@ -100,6 +100,10 @@ pub enum ReadError {
     /// A SnapStart INIT: nothing is fetched before restore.
     #[error("nothing is fetched during a SnapStart INIT")]
     SnapStartInit,
+    /// A version asked for by id together with a staging label that version does not carry
+    /// (AWS refuses the pair with `InvalidRequestException`).
+    #[error("the version id and the staging label name different versions")]
+    VersionStageMismatch,
     /// The tenant was not known within the wait timeout.
     #[error("the tenant was not known within the wait timeout")]
     TenantUnknown,
@@ -128,6 +132,7 @@ impl ReadError {
             ReadError::InvocationEnded => Code::InvocationEnded,
             ReadError::ShuttingDown => Code::ShuttingDown,
             ReadError::SnapStartInit => Code::SnapstartInit,
+            ReadError::VersionStageMismatch => Code::VersionStageMismatch,
             ReadError::TenantUnknown => Code::TenantUnknown,
             ReadError::TenantRefused => Code::TenantRefused,
             ReadError::TenantChanged => Code::TenantChanged,
@@ -158,6 +163,7 @@ mod tests {
             ReadError::InvocationEnded,
             ReadError::ShuttingDown,
             ReadError::SnapStartInit,
+            ReadError::VersionStageMismatch,
             ReadError::TenantUnknown,
             ReadError::TenantRefused,
             ReadError::TenantChanged,

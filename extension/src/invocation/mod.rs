@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use self::ledger::SessionLedger;
 use self::scope::Scope;
@@ -185,16 +186,16 @@ impl Invocations {
         });
     }
 
-    /// Waits (bounded) until the environment is past its SnapStart snapshot, so that
+    /// Waits (until `deadline`) until the environment is past its SnapStart snapshot, so that
     /// credentials may be loaded; at once outside SnapStart.
     ///
     /// # Errors
     /// [`ReadError::SnapStartInit`] during the INIT itself, [`ReadError::NoActiveInvocation`]
     /// when no restore comes within the wait timeout.
-    pub async fn wait_past_snapshot(&self) -> Result<(), ReadError> {
+    pub async fn wait_past_snapshot(&self, deadline: Instant) -> Result<(), ReadError> {
         let mut receiver = self.phase.subscribe();
         let wait = receiver.wait_for(|phase| !matches!(phase, Phase::AwaitingRestore));
-        match tokio::time::timeout(self.wait_timeout, wait).await {
+        match tokio::time::timeout_at(deadline, wait).await {
             Ok(Ok(phase)) if matches!(*phase, Phase::Snapshotting) => Err(ReadError::SnapStartInit),
             Ok(Ok(_)) => Ok(()),
             Ok(Err(_closed)) => Err(ReadError::ShuttingDown),
@@ -230,9 +231,18 @@ impl Invocations {
     /// [`ReadError::SnapStartInit`] during a SnapStart INIT, [`ReadError::ShuttingDown`]
     /// during SHUTDOWN.
     pub async fn current_scope(&self) -> Result<Arc<Scope>, ReadError> {
+        self.current_scope_until(Instant::now() + self.wait_timeout).await
+    }
+
+    /// The scope a request should use, waiting until `deadline` while `Idle`: a request's
+    /// waits share one deadline, so it is bounded by one wait timeout in all.
+    ///
+    /// # Errors
+    /// As [`Invocations::current_scope`].
+    pub async fn current_scope_until(&self, deadline: Instant) -> Result<Arc<Scope>, ReadError> {
         let mut receiver = self.phase.subscribe();
         let wait = receiver.wait_for(|phase| !matches!(phase, Phase::Idle | Phase::AwaitingRestore));
-        let phase = match tokio::time::timeout(self.wait_timeout, wait).await {
+        let phase = match tokio::time::timeout_at(deadline, wait).await {
             Ok(Ok(phase)) => phase.clone(),
             Ok(Err(_closed)) => return Err(ReadError::ShuttingDown),
             Err(_elapsed) => return Err(ReadError::NoActiveInvocation),
@@ -355,14 +365,15 @@ mod tests {
     async fn snapstart_serves_nothing_before_the_restore() {
         let invocations = testing::invocations(Start::Snapshotting, WAIT).await;
         assert!(matches!(invocations.current_scope().await, Err(ReadError::SnapStartInit)));
-        assert!(matches!(invocations.wait_past_snapshot().await, Err(ReadError::SnapStartInit)));
+        let deadline = || Instant::now() + WAIT;
+        assert!(matches!(invocations.wait_past_snapshot(deadline()).await, Err(ReadError::SnapStartInit)));
         assert_eq!(invocations.label(), "init");
         assert!(invocations.end_init().await, "the SnapStart INIT ends");
         assert!(matches!(invocations.phase(), Phase::AwaitingRestore));
-        assert!(matches!(invocations.wait_past_snapshot().await, Err(ReadError::NoActiveInvocation)));
+        assert!(matches!(invocations.wait_past_snapshot(deadline()).await, Err(ReadError::NoActiveInvocation)));
         let waiting = {
             let invocations = Arc::clone(&invocations);
-            tokio::spawn(async move { invocations.wait_past_snapshot().await.is_ok() })
+            tokio::spawn(async move { invocations.wait_past_snapshot(Instant::now() + WAIT).await.is_ok() })
         };
         tokio::task::yield_now().await;
         invocations.restored();

@@ -3,14 +3,18 @@
 //! A value is fresh for its TTL, or, with TTL 0, for as long as the scope that fetched it is
 //! the one running (its generation). A value fetched for a scope that has since ended is never
 //! stored. Concurrent requests for one key make one upstream call: the second waits on the
-//! key's lock and then finds the first one's value. Dropping a value (expiry, wipe, eviction)
-//! wipes it: [`SecretValue`] holds its bytes in zeroizing memory.
+//! key's lock and then finds the first one's value, or, if that call failed, its failure (so N
+//! waiters wait one upstream call, not N in turn). The lock is held only across the upstream
+//! call itself: the waits for an invocation and for its session happen before it (see
+//! [`super::Secrets::get`]). Dropping a value (expiry, wipe, eviction) wipes it:
+//! [`SecretValue`] holds its bytes in zeroizing memory.
 //!
 //! Locks: the map is behind a std `Mutex` (held for a lookup or an insert, never across an
 //! `.await`); each key's single-flight lock is a tokio `Mutex` (held across the fetch).
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -38,12 +42,22 @@ struct Cached {
     generation: u64,
 }
 
+/// One key's single flight: its lock, and the outcome of the last fetch made under it.
+#[derive(Default)]
+struct Flight {
+    lock: Arc<tokio::sync::Mutex<()>>,
+    /// How many fetches have finished under the lock.
+    finished: AtomicU64,
+    /// The last one's failure (`None`: it succeeded), for those that waited through it.
+    failure: Mutex<Option<ReadError>>,
+}
+
 /// Values by key, each with when and by which scope it was fetched.
 pub struct Cache {
     ttl: Duration,
     invocations: Arc<Invocations>,
     entries: Mutex<HashMap<Key, Cached>>,
-    in_flight: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
+    in_flight: Mutex<HashMap<Key, Arc<Flight>>>,
     /// Woken when a value is stored, so the expiry sweeper learns of a new deadline.
     stored: tokio::sync::Notify,
 }
@@ -67,11 +81,12 @@ impl Cache {
     }
 
     /// The fresh value for `key`, else the one `fetch` gets (and, fresh enough to keep, stores).
-    /// Concurrent callers for one key share one `fetch`; `refresh` skips the cache for this
-    /// call (a failure leaves the cache as it was).
+    /// Concurrent callers for one key share one `fetch`, its value or its failure; `refresh`
+    /// skips the cache for this call unless a fetch finished while it waited (a failure leaves
+    /// the cache as it was).
     ///
     /// # Errors
-    /// `fetch`'s error.
+    /// `fetch`'s error, or the failure of the fetch this call waited through.
     pub async fn get_or_fetch<F, Fut>(&self, key: Key, refresh: bool, fetch: F) -> Result<Served, ReadError>
     where
         F: FnOnce() -> Fut,
@@ -80,26 +95,35 @@ impl Cache {
         if let Some(value) = self.fresh(&key).filter(|_| !refresh) {
             return Ok(Served { value, source: Source::Cache, scope: None });
         }
-        let lock = self.key_lock(&key);
-        let _guard = lock.lock().await;
-        if let Some(value) = self.fresh(&key).filter(|_| !refresh) {
+        let flight = self.flight(&key);
+        let seen = flight.finished.load(Ordering::Acquire);
+        let _guard = flight.lock.lock().await;
+        let joined = flight.finished.load(Ordering::Acquire) != seen;
+        if let Some(value) = self.fresh(&key).filter(|_| !refresh || joined) {
             // Another request fetched it while this one waited: one upstream call for both.
             return Ok(Served { value, source: Source::Cache, scope: None });
         }
-        let (value, scope) = fetch().await?;
+        if joined && let Some(failure) = flight.failure.lock().unwrap_or_else(PoisonError::into_inner).clone() {
+            return Err(failure);
+        }
+        let fetched = fetch().await;
+        *flight.failure.lock().unwrap_or_else(PoisonError::into_inner) = fetched.as_ref().err().cloned();
+        flight.finished.fetch_add(1, Ordering::AcqRel);
+        let (value, scope) = fetched?;
         self.store(&scope, key, Arc::clone(&value));
         Ok(Served { value, source: Source::Aws, scope: Some(scope.label().to_owned()) })
     }
 
     /// Takes the single-flight locks of `keys` that hold no fresh value, in order, and returns
     /// those keys with their guards (the prefetch fetches them in one batch while holding them).
-    pub async fn lock_missing(&self, keys: Vec<Key>) -> Vec<(Key, tokio::sync::OwnedMutexGuard<()>)> {
+    pub async fn lock_missing(&self, keys: Vec<Key>) -> Vec<(Key, KeyGuard)> {
         let mut locked = Vec::new();
         for key in keys {
             if self.fresh(&key).is_some() {
                 continue;
             }
-            let guard = self.key_lock(&key).lock_owned().await;
+            let flight = self.flight(&key);
+            let guard = KeyGuard { _guard: Arc::clone(&flight.lock).lock_owned().await, _flight: flight };
             if self.fresh(&key).is_none() {
                 locked.push((key, guard));
             }
@@ -177,6 +201,11 @@ impl Cache {
         }
     }
 
+    /// The fresh value for `key`, served from the cache, without waiting for anything.
+    pub fn fresh_served(&self, key: &Key) -> Option<Served> {
+        self.fresh(key).map(|value| Served { value, source: Source::Cache, scope: None })
+    }
+
     fn fresh(&self, key: &Key) -> Option<Arc<SecretValue>> {
         let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         let cached = entries.get(key)?;
@@ -188,12 +217,25 @@ impl Cache {
         fresh.then(|| Arc::clone(&cached.value))
     }
 
-    fn key_lock(&self, key: &Key) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
-        // Entries whose lock nobody holds are dropped, so the map stays as small as the
-        // number of keys being fetched right now.
-        locks.retain(|_, lock| Arc::strong_count(lock) > 1);
-        Arc::clone(locks.entry(key.clone()).or_default())
+    fn flight(&self, key: &Key) -> Arc<Flight> {
+        let mut flights = self.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+        // Flights nobody holds are dropped, so the map stays as small as the number of keys
+        // being fetched right now.
+        flights.retain(|_, flight| Arc::strong_count(flight) > 1);
+        Arc::clone(flights.entry(key.clone()).or_default())
+    }
+}
+
+/// A key's single-flight lock, held until dropped (the prefetch holds several while its batch
+/// is out); it keeps the key's flight in the map while held.
+pub struct KeyGuard {
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+    _flight: Arc<Flight>,
+}
+
+impl std::fmt::Debug for KeyGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyGuard")
     }
 }
 

@@ -124,6 +124,11 @@ impl SecretValue {
         &self.version_id
     }
 
+    /// Whether this version carries the staging label `stage`.
+    pub fn has_stage(&self, stage: &str) -> bool {
+        self.version_stages.iter().any(|s| s == stage)
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn from_parts(
         arn: Option<String>,
