@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 pub mod allowlist;
+mod endpoint;
 pub mod env;
 mod kms;
 pub mod token;
@@ -249,7 +250,7 @@ impl Config {
                     (InitializationType::OnDemand, Some(printable))
                 }
             };
-        let endpoints = endpoints(env, port)?;
+        let endpoints = endpoint::endpoints(env, port)?;
         let end_of_invocation = match env.get(var::END_OF_INVOCATION).map(str::trim) {
             None | Some("runtime-done") => EndOfInvocation::RuntimeDone,
             Some("next-invoke") => EndOfInvocation::NextInvoke,
@@ -354,40 +355,6 @@ fn boolean(env: &Env, name: &'static str, default: bool) -> Result<bool, ConfigE
         Some("false" | "0" | "off" | "no") => Ok(false),
         Some(other) => Err(ConfigError::new(name, format!("must be true or false (got {other:?})."))),
     }
-}
-
-fn endpoints(env: &Env, port: u16) -> Result<AwsEndpoints, ConfigError> {
-    let mut endpoints = AwsEndpoints::default();
-    for (name, slot) in [("AWS_ENDPOINT_URL", 0), ("AWS_ENDPOINT_URL_STS", 1), ("AWS_ENDPOINT_URL_IAM", 2)] {
-        let Some(url) = env.get(name).map(str::trim) else {
-            continue;
-        };
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(ConfigError::new(name, "must be an http:// or https:// URL."));
-        }
-        if points_at_local_api(url, port) {
-            return Err(ConfigError::new(
-                name,
-                format!("points at this extension's own port {port}; the extension would call itself."),
-            ));
-        }
-        match slot {
-            0 => {
-                endpoints.secrets_manager = Some(url.to_owned());
-                endpoints.sts.get_or_insert_with(|| url.to_owned());
-                endpoints.iam.get_or_insert_with(|| url.to_owned());
-            }
-            1 => endpoints.sts = Some(url.to_owned()),
-            _ => endpoints.iam = Some(url.to_owned()),
-        }
-    }
-    Ok(endpoints)
-}
-
-fn points_at_local_api(url: &str, port: u16) -> bool {
-    let authority = url.split("://").nth(1).unwrap_or_default().split('/').next().unwrap_or_default();
-    let loopback = ["127.0.0.1", "localhost", "[::1]"];
-    loopback.iter().any(|host| authority == format!("{host}:{port}")) || (port == 80 && loopback.contains(&authority))
 }
 
 #[cfg(test)]

@@ -101,6 +101,8 @@ codes! {
     UpstreamAccessDenied => "upstream_access_denied",
     /// AWS rejected the request's parameters.
     InvalidRequest => "invalid_request",
+    /// A `VersionId` with a `VersionStage` that version does not carry.
+    VersionStageMismatch => "version_stage_mismatch",
     /// AWS throttled the read through every retry.
     UpstreamThrottled => "upstream_throttled",
     /// AWS did not answer in time.
@@ -177,6 +179,9 @@ impl Code {
                 "AWS refused the read with the scoped session; check the scoped role's policy."
             }
             Code::InvalidRequest => "Secrets Manager rejected the request.",
+            Code::VersionStageMismatch => {
+                "You provided a VersionStage that is not associated to the provided VersionId."
+            }
             Code::UpstreamThrottled => "Secrets Manager throttled the request; retry.",
             Code::UpstreamTimeout => "Secrets Manager did not answer in time.",
             Code::UpstreamError => "The call to Secrets Manager failed.",

@@ -51,6 +51,7 @@ pub async fn handle<B: Body>(
     caller: Option<&str>,
     request: &Request<B>,
 ) -> Response<Full<Bytes>> {
+    let deadline = reader.deadline();
     let (api, query) = match route(request, token) {
         Ok(Route::Ping) => return json_response(StatusCode::OK, Bytes::from_static(br#"{"status":"ready"}"#), JSON),
         Ok(Route::Read { api, query }) => (api, query),
@@ -59,7 +60,7 @@ pub async fn handle<B: Body>(
             return error_response(refusal);
         }
     };
-    let read = Read { secret_id: &query.secret_id, api, refresh: query.refresh, caller };
+    let read = Read { secret_id: &query.secret_id, api, refresh: query.refresh, caller, deadline, stage_of_id: None };
     match reader.read(read, query.version.clone()).await {
         // The body is the value's own zeroizing JSON: wiped with the value.
         Ok(value) => json_response(StatusCode::OK, value.json_body(), JSON),
@@ -126,7 +127,8 @@ pub fn status_of(code: Code) -> StatusCode {
         | Code::UnsupportedContentType
         | Code::UnsupportedOperation
         | Code::InvalidParameter
-        | Code::InvalidRequest => S::BAD_REQUEST,
+        | Code::InvalidRequest
+        | Code::VersionStageMismatch => S::BAD_REQUEST,
         Code::UpstreamTimeout | Code::SessionTimeout | Code::SessionWaitTimeout => S::GATEWAY_TIMEOUT,
         Code::UpstreamError | Code::SessionRefused | Code::SessionFailed => S::BAD_GATEWAY,
         Code::UpstreamThrottled
@@ -181,7 +183,7 @@ fn check_envelope<B: Body>(request: &Request<B>) -> Result<(), Refusal> {
     if request.uri().path_and_query().map_or(0, |p| p.as_str().len()) > MAX_TARGET_BYTES {
         return Err(Refusal::of(Code::TargetTooLong));
     }
-    check_host(request.headers())
+    check_host(request.version(), request.headers())
 }
 
 /// A parsed `/secretsmanager/get` query.
@@ -307,7 +309,7 @@ mod tests {
         ]);
         let config = crate::config::Config::from_env(&env).expect("valid configuration");
         let request = |uri: &str, tokens: &[&str]| {
-            let mut builder = Request::get(uri);
+            let mut builder = Request::get(uri).header(header::HOST, "localhost:2773");
             for token in tokens {
                 builder = builder.header(TOKEN_HEADER, *token);
             }
@@ -353,9 +355,14 @@ mod tests {
             (request(Method::GET, path, &[("host", "")]), Some("invalid_host")),
             (request(Method::GET, path, &[("host", "localhost:2773")]), None),
             (request(Method::GET, path, &[("host", "127.0.0.1:2773")]), None),
-            (request(Method::GET, path, &[]), None),
+            (request(Method::GET, path, &[("host", "LocalHost:2773")]), None),
+            (request(Method::GET, path, &[]), Some("invalid_host")),
         ];
+        let mut old = request(Method::GET, path, &[]);
+        *old.version_mut() = http::Version::HTTP_10;
+        let cases = cases.into_iter().chain([(old, None)]);
         let mut foreign_bytes = request(Method::GET, path, &[]);
+        // (An HTTP/1.1 request without Host is refused; HTTP/1.0 may leave it out.)
         foreign_bytes.headers_mut().insert(header::HOST, HeaderValue::from_bytes(b"localhost\xff").expect("obs-text"));
         let cases = cases.into_iter().chain([(foreign_bytes, Some("invalid_host"))]);
         for (request, expected) in cases {

@@ -3,10 +3,18 @@
 //! evidence, and the audit line for every allow and every deny.
 //!
 //! Every line names the invocation's request id and the requested id (never a value); a
-//! requested id that contains the local token is never written as it is.
+//! requested id (or a caller's request id) that carries the local token or a long piece of it,
+//! however it was decoded on the way in, is never written as it is
+//! ([`LocalToken::appears_in`]).
+//!
+//! Every wait of one request (for the tenant, for an invocation, for its session) ends at one
+//! deadline, [`Read::deadline`]: a request is bounded by one wait timeout in all, plus the
+//! upstream call it makes.
 
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::config::LocalToken;
 use crate::domain::api::Api;
@@ -52,29 +60,48 @@ pub struct Read<'a> {
     pub refresh: bool,
     /// The caller's own request id (Managed Instances), if it gave one.
     pub caller: Option<&'a str>,
+    /// When every wait of this request ends ([`ReadPath::deadline`] at its arrival).
+    pub deadline: Instant,
+    /// A staging label the version asked for by id must carry (the SDK's `VersionId` with a
+    /// `VersionStage`): AWS refuses a pair that names two versions.
+    pub stage_of_id: Option<&'a str>,
 }
 
 impl ReadPath {
+    /// The deadline of a request arriving now: one wait timeout away.
+    pub fn deadline(&self) -> Instant {
+        Instant::now() + self.invocations.wait_timeout()
+    }
+
     /// Reads `version` of the secret `read` names: allowlist, cache or fetch (single flight,
     /// the invocation's session), evidence, and the audit line for an allow.
     ///
     /// # Errors
     /// [`ReadError`]; the caller answers in its own protocol and calls [`ReadPath::audit_deny`].
     pub async fn read(&self, read: Read<'_>, version: Version) -> Result<Arc<SecretValue>, ReadError> {
-        let wait = self.invocations.wait_timeout();
-        let allowlist = self.tenancy.allowlist(wait).await?;
+        let allowlist = self.tenancy.allowlist(read.deadline).await?;
         let entry = allowlist.find(read.secret_id).ok_or(ReadError::NotAllowed)?;
+        // A complete ARN other than the configured id (an entry configured by name matches any
+        // suffix): served only if it is the secret's actual ARN, learnt from AWS's answer.
+        let by_arn = allowlist.entry(entry).is_some_and(|e| e.is_named_by_arn(read.secret_id));
         if self.tenancy.is_scoped() {
             // Served only once the platform has named this invocation's tenant as ours.
-            let scope = self.invocations.current_scope().await?;
+            let scope = self.invocations.current_scope_until(read.deadline).await?;
             if !scope.is_per_fetch() {
-                self.tenancy.wait_confirmed(scope.label(), wait).await?;
+                self.tenancy.wait_confirmed(scope.label(), read.deadline).await?;
             }
         }
-        let served = self.secrets.get(entry, version, read.refresh).await?;
+        let served = self.secrets.get(entry, version, read.refresh, read.deadline).await?;
+        if by_arn && served.value.arn() != read.secret_id {
+            // AWS would find no secret with that ARN (or another one): not this one's value.
+            return Err(ReadError::NotFound);
+        }
+        if read.stage_of_id.is_some_and(|stage| !served.value.has_stage(stage)) {
+            return Err(ReadError::VersionStageMismatch);
+        }
         self.evidence.read(entry, read.api);
         let request_id = match read.caller {
-            Some(caller) => caller.to_owned(),
+            Some(caller) => self.logged(caller),
             None => served.scope.unwrap_or_else(|| self.invocations.label()),
         };
         tracing::info!(
@@ -96,17 +123,11 @@ impl ReadPath {
     pub async fn audit_deny(&self, api: Api, caller: Option<&str>, secret_id: Option<&str>, code: Code, status: u16) {
         // Attributed to the invocation the request belongs to, even when it raced its INVOKE.
         let request_id = match caller {
-            Some(caller) => caller.to_owned(),
+            Some(caller) => self.logged(caller),
             None => self.invocations.label_settled(ATTRIBUTION_SETTLE).await,
         };
         self.evidence.deny(code);
-        // The id is the caller's text; a caller that sends its own token as an id (a bug, or
-        // a probe) must not get it into the log.
-        let secret_id = match secret_id {
-            Some(id) if self.token.appears_in(id) => REDACTED_ID.to_owned(),
-            Some(id) => printable(id),
-            None => String::new(),
-        };
+        let secret_id = secret_id.map(|id| self.logged(id)).unwrap_or_default();
         tracing::info!(
             target: "audit",
             event = "deny",
@@ -117,5 +138,11 @@ impl ReadPath {
             code = code.as_str(),
             status,
         );
+    }
+
+    /// Caller text as an audit line may show it. A caller that sends its own token as an id
+    /// (a bug, or a probe), in whatever encoding, must not get it or a piece of it into the log.
+    fn logged(&self, text: &str) -> String {
+        if self.token.appears_in(text) { REDACTED_ID.to_owned() } else { printable(text) }
     }
 }

@@ -12,6 +12,8 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use tokio::time::Instant;
+
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
@@ -20,7 +22,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use zeroize::Zeroizing;
 
-use super::envelope::{Refusal, refuse_absolute_target, refuse_forwarded};
+use super::envelope::{Refusal, check_host, refuse_absolute_target, refuse_forwarded};
 use super::read::{Read, ReadPath};
 use crate::domain::api::Api;
 use crate::domain::code::Code;
@@ -97,14 +99,18 @@ where
     let (parts, body) = request.into_parts();
     refuse_forwarded(&parts.headers).map_err(refused)?;
     refuse_absolute_target(&parts.uri).map_err(refused)?;
+    check_host(parts.version, &parts.headers).map_err(refused)?;
     let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
     if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
         return Err(refused(Refusal::with(Code::BodyTooLarge, "The request body is too large.")));
     }
     let body = read_body(body).await.map_err(|code| refused(Refusal::of(code)))?;
+    // The request's waits (the restore, the tenant, an invocation, a session) share one
+    // deadline from here: the body's own time is bounded by BODY_TIMEOUT.
+    let deadline = reader.deadline();
     // SnapStart: before restore nothing credential-bearing is loaded, not even the function's
     // credentials to check the signature with.
-    reader.invocations.wait_past_snapshot().await.map_err(|error| refused(Refusal::of(error.code())))?;
+    reader.invocations.wait_past_snapshot(deadline).await.map_err(|error| refused(Refusal::of(error.code())))?;
     let access_key = sigv4::access_key_of(&parts.headers).map(str::to_owned);
     let Some(credentials) = signatures.credentials.current(access_key.as_deref()).await else {
         return Err(refused(Refusal::of(Code::NoFunctionCredentials)));
@@ -135,8 +141,8 @@ where
     }
     let target = parts.headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or_default();
     match target {
-        "secretsmanager.GetSecretValue" => get_secret_value(reader, &body).await,
-        "secretsmanager.BatchGetSecretValue" => batch_get_secret_value(reader, &body).await,
+        "secretsmanager.GetSecretValue" => get_secret_value(reader, &body, deadline).await,
+        "secretsmanager.BatchGetSecretValue" => batch_get_secret_value(reader, &body, deadline).await,
         _ => Err(refused(Refusal::of(Code::UnsupportedOperation))),
     }
 }
@@ -155,18 +161,30 @@ where
     Ok(Zeroizing::new(body.to_bytes().to_vec()))
 }
 
-async fn get_secret_value(reader: &ReadPath, body: &[u8]) -> Result<Response<Full<Bytes>>, Refused> {
+async fn get_secret_value(reader: &ReadPath, body: &[u8], deadline: Instant) -> Result<Response<Full<Bytes>>, Refused> {
     let Ok(input) = serde_json::from_slice::<GetSecretValueInput>(body) else {
         let refusal = Refusal::with(Code::InvalidParameter, "The request body is not a valid GetSecretValue input.");
         return Err((refusal, None));
     };
-    let version = version_of(input.version_id, input.version_stage).map_err(|e| (e, Some(input.secret_id.clone())))?;
-    let read = Read { secret_id: &input.secret_id, api: Api::Sdk, refresh: false, caller: None };
+    let (version, stage_of_id) =
+        version_of(input.version_id, input.version_stage).map_err(|e| (e, Some(input.secret_id.clone())))?;
+    let read = Read {
+        secret_id: &input.secret_id,
+        api: Api::Sdk,
+        refresh: false,
+        caller: None,
+        deadline,
+        stage_of_id: stage_of_id.as_deref(),
+    };
     let value = reader.read(read, version).await.map_err(|e| (Refusal::of(e.code()), Some(input.secret_id.clone())))?;
     Ok(json_response(StatusCode::OK, value.json_body(), AMZ_JSON))
 }
 
-async fn batch_get_secret_value(reader: &ReadPath, body: &[u8]) -> Result<Response<Full<Bytes>>, Refused> {
+async fn batch_get_secret_value(
+    reader: &ReadPath,
+    body: &[u8],
+    deadline: Instant,
+) -> Result<Response<Full<Bytes>>, Refused> {
     let invalid = |message| (Refusal::with(Code::InvalidParameter, message), None);
     let Ok(input) = serde_json::from_slice::<BatchGetSecretValueInput>(body) else {
         return Err(invalid("The request body is not a valid BatchGetSecretValue input."));
@@ -181,7 +199,7 @@ async fn batch_get_secret_value(reader: &ReadPath, body: &[u8]) -> Result<Respon
     // Each id through the shared read path, concurrently; refusals become Errors[] entries,
     // as AWS reports them inside a 200.
     let reads = ids.iter().map(|id| {
-        let read = Read { secret_id: id, api: Api::Sdk, refresh: false, caller: None };
+        let read = Read { secret_id: id, api: Api::Sdk, refresh: false, caller: None, deadline, stage_of_id: None };
         reader.read(read, Version::Current)
     });
     let results = futures_util::future::join_all(reads).await;
@@ -216,7 +234,8 @@ async fn batch_get_secret_value(reader: &ReadPath, body: &[u8]) -> Result<Respon
     Ok(json_response(StatusCode::OK, Bytes::from_owner(buffer), AMZ_JSON))
 }
 
-fn version_of(id: Option<String>, stage: Option<String>) -> Result<Version, Refusal> {
+/// The version asked for, and the staging label it must carry when both were given.
+fn version_of(id: Option<String>, stage: Option<String>) -> Result<(Version, Option<String>), Refusal> {
     match (id, stage) {
         (Some(id), _) if !version::is_version_id(&id) => {
             Err(Refusal::with(Code::InvalidParameter, "VersionId is not a valid version id."))
@@ -224,10 +243,11 @@ fn version_of(id: Option<String>, stage: Option<String>) -> Result<Version, Refu
         (_, Some(stage)) if !version::is_stage(&stage) => {
             Err(Refusal::with(Code::InvalidParameter, "VersionStage is not a valid staging label."))
         }
-        // AWS accepts both when they name the same version; we fetch by id and let AWS check.
-        (Some(id), _) => Ok(Version::Id(id)),
-        (None, Some(stage)) => Ok(Version::stage(stage)),
-        (None, None) => Ok(Version::Current),
+        // AWS accepts both only when they name the same version (else InvalidRequestException):
+        // fetched by id, and the answer's labels must include the stage.
+        (Some(id), stage) => Ok((Version::Id(id), stage)),
+        (None, Some(stage)) => Ok((Version::stage(stage), None)),
+        (None, None) => Ok((Version::Current, None)),
     }
 }
 
@@ -270,7 +290,8 @@ pub fn sdk_form(code: Code) -> (StatusCode, &'static str) {
         | Code::BodyTimeout
         | Code::UnsupportedContentType
         | Code::UnsupportedOperation
-        | Code::InvalidRequest => (S::BAD_REQUEST, "InvalidRequestException"),
+        | Code::InvalidRequest
+        | Code::VersionStageMismatch => (S::BAD_REQUEST, "InvalidRequestException"),
         Code::SnapstartInit => (S::SERVICE_UNAVAILABLE, "ServiceUnavailableException"),
         Code::UpstreamTimeout
         | Code::UpstreamError
@@ -328,10 +349,18 @@ mod tests {
 
     #[test]
     fn versions_map_like_aws_and_malformed_ones_are_refused() {
-        assert_eq!(version_of(None, None).ok(), Some(Version::Current));
-        assert_eq!(version_of(None, Some("AWSCURRENT".into())).ok(), Some(Version::Current));
-        assert_eq!(version_of(None, Some("AWSPREVIOUS".into())).ok(), Some(Version::Stage("AWSPREVIOUS".into())));
-        assert_eq!(version_of(Some("a-1".into()), None).ok(), Some(Version::Id("a-1".into())));
+        assert_eq!(version_of(None, None).ok(), Some((Version::Current, None)));
+        assert_eq!(version_of(None, Some("AWSCURRENT".into())).ok(), Some((Version::Current, None)));
+        assert_eq!(
+            version_of(None, Some("AWSPREVIOUS".into())).ok(),
+            Some((Version::Stage("AWSPREVIOUS".into()), None))
+        );
+        assert_eq!(version_of(Some("a-1".into()), None).ok(), Some((Version::Id("a-1".into()), None)));
+        assert_eq!(
+            version_of(Some("a-1".into()), Some("AWSPREVIOUS".into())).ok(),
+            Some((Version::Id("a-1".into()), Some("AWSPREVIOUS".into()))),
+            "both: by id, and the stage checked against the answer"
+        );
         assert!(version_of(Some("a/b".into()), None).is_err());
         assert!(version_of(None, Some(String::new())).is_err());
     }
