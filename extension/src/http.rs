@@ -6,10 +6,11 @@
 //! idle between requests), a cap on a request's head, and a write timeout: a client that stops
 //! reading its answers (a pipelining client that never reads) is cut off once a write has
 //! stalled that long, so it cannot keep its slot. When every slot is taken, a new connection
-//! takes the slot of the oldest one that is not being served: first one that has never sent a
-//! whole request head, else one idle or stalled after its answer; a connection whose request is
-//! being handled is never cut. So local clients that connect and wait cannot starve a
-//! listener. At shutdown the loop stops accepting and lets open connections finish their
+//! takes the slot of the oldest one that is waiting on its client: first one that was read dry
+//! without a whole request head and is older than [`HEAD_GRACE`] (a real client sends its head
+//! at once, and a connection not read yet is never cut), else one waiting for its next request
+//! or stalled writing, after an answer; a connection whose request is being handled is never
+//! cut. So local clients that connect and wait cannot starve a listener. At shutdown the loop stops accepting and lets open connections finish their
 //! current request, bounded by [`GRACEFUL_CLOSE`].
 
 use std::collections::VecDeque;
@@ -17,7 +18,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -30,7 +31,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, TryAcquireError};
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -38,6 +39,10 @@ use tokio_util::task::TaskTracker;
 pub const GRACEFUL_CLOSE: Duration = Duration::from_millis(500);
 /// How long the loop waits after a failed `accept` (out of file descriptors and the like).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
+/// How long a new connection may take to send its head before it can lose its slot.
+pub const HEAD_GRACE: Duration = Duration::from_millis(100);
+/// While a connection waits for a slot, how often the loop looks again for one to free.
+const EVICT_RETRY: Duration = Duration::from_millis(25);
 
 /// Bounds on the accept loop and each connection.
 #[derive(Debug, Clone, Copy)]
@@ -70,13 +75,33 @@ const SERVING: u8 = 1;
 const AFTER: u8 = 2;
 
 /// One open connection as the accept loop sees it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Slot {
     /// [`NEW`]: no whole request head yet; [`SERVING`]: a request is being handled;
     /// [`AFTER`]: idle, or writing its answer, after at least one request.
     state: AtomicU8,
+    /// The last read found nothing to read: the connection waits on its client.
+    read_dry: AtomicBool,
+    /// A write is stalled: the client is not reading.
+    write_stalled: AtomicBool,
+    /// When the connection was accepted.
+    opened: Instant,
     /// Cancelled to take the connection's slot for a new one.
     evict: CancellationToken,
+}
+
+impl Slot {
+    /// Whether the connection may give up its slot: it waits on its client, not on us.
+    fn is_waiting_on_client(&self, now: Instant) -> Option<u8> {
+        let state = self.state.load(Ordering::Acquire);
+        let dry = self.read_dry.load(Ordering::Acquire);
+        let waiting = match state {
+            NEW => dry && now.duration_since(self.opened) >= HEAD_GRACE,
+            AFTER => dry || self.write_stalled.load(Ordering::Acquire),
+            _ => false,
+        };
+        (waiting && !self.evict.is_cancelled()).then_some(state)
+    }
 }
 
 /// The open connections, oldest first (a std `Mutex`: held for a push or a scan, never across
@@ -86,22 +111,29 @@ struct Slots(Mutex<VecDeque<Weak<Slot>>>);
 
 impl Slots {
     fn open(&self) -> Arc<Slot> {
-        let slot = Arc::new(Slot::default());
+        let slot = Arc::new(Slot {
+            state: AtomicU8::new(NEW),
+            read_dry: AtomicBool::new(false),
+            write_stalled: AtomicBool::new(false),
+            opened: Instant::now(),
+            evict: CancellationToken::new(),
+        });
         let mut slots = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         slots.retain(|slot| slot.strong_count() > 0);
         slots.push_back(Arc::downgrade(&slot));
         slot
     }
 
-    /// Cuts the oldest connection that never sent a head, else the oldest idle or stalled one
-    /// after its answer. Returns whether one was cut.
+    /// Cuts the oldest connection waiting on its client without a whole head, else the oldest
+    /// one waiting on its client after an answer. Returns whether one was cut.
     fn evict_one(&self) -> bool {
         let mut slots = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         slots.retain(|slot| slot.strong_count() > 0);
+        let now = Instant::now();
         for wanted in [NEW, AFTER] {
-            let found = slots.iter().position(|slot| {
-                slot.upgrade().is_some_and(|s| !s.evict.is_cancelled() && s.state.load(Ordering::Acquire) == wanted)
-            });
+            let found = slots
+                .iter()
+                .position(|slot| slot.upgrade().is_some_and(|s| s.is_waiting_on_client(now) == Some(wanted)));
             if let Some(index) = found {
                 if let Some(slot) = slots.remove(index).and_then(|weak| weak.upgrade()) {
                     slot.evict.cancel();
@@ -136,22 +168,23 @@ where
                 }
             },
         };
-        let permit = match Arc::clone(&permits).try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(TryAcquireError::Closed) => break,
-            Err(TryAcquireError::NoPermits) => {
-                // Every slot is taken: one not being served makes room, else this one waits
-                // (and the next ones in the kernel's backlog).
-                slots.evict_one();
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    permit = Arc::clone(&permits).acquire_owned() => match permit {
-                        Ok(permit) => permit,
-                        Err(_closed) => break,
-                    },
+        // Every slot taken: one not being served makes room, else this one waits (and the
+        // next ones in the kernel's backlog) while the loop keeps looking for one to free.
+        let permit = loop {
+            match Arc::clone(&permits).try_acquire_owned() {
+                Ok(permit) => break Some(permit),
+                Err(TryAcquireError::Closed) => break None,
+                Err(TryAcquireError::NoPermits) => {
+                    slots.evict_one();
+                    tokio::select! {
+                        () = shutdown.cancelled() => break None,
+                        permit = Arc::clone(&permits).acquire_owned() => break permit.ok(),
+                        () = tokio::time::sleep(EVICT_RETRY) => {}
+                    }
                 }
             }
         };
+        let Some(permit) = permit else { break };
         let _ = stream.set_nodelay(true);
         let slot = slots.open();
         let handler = handler.clone();
@@ -175,7 +208,7 @@ where
                 .header_read_timeout(limits.header_timeout)
                 .max_buf_size(limits.max_head_bytes.max(8_192))
                 .keep_alive(true);
-            let io = TokioIo::new(WriteDeadline::new(stream, limits.write_timeout));
+            let io = TokioIo::new(WriteDeadline::watched(stream, limits.write_timeout, Arc::clone(&slot)));
             let connection = builder.serve_connection(io, service);
             tokio::pin!(connection);
             tokio::select! {
@@ -195,22 +228,31 @@ where
 }
 
 /// A stream whose writes fail with `TimedOut` once one has been pending for `timeout`: the
-/// peer stopped reading. Reads are untouched (hyper's header timeout bounds them).
+/// peer stopped reading. Reads are untouched (hyper's header timeout bounds them); they and
+/// the writes only tell the accept loop whether the connection waits on its client.
 #[derive(Debug)]
 pub struct WriteDeadline<S> {
     inner: S,
     timeout: Duration,
     stalled: Option<Pin<Box<Sleep>>>,
+    slot: Option<Arc<Slot>>,
 }
 
 impl<S> WriteDeadline<S> {
     /// `inner` with writes bounded by `timeout`.
     pub fn new(inner: S, timeout: Duration) -> Self {
-        Self { inner, timeout, stalled: None }
+        Self { inner, timeout, stalled: None, slot: None }
+    }
+
+    fn watched(inner: S, timeout: Duration, slot: Arc<Slot>) -> Self {
+        Self { inner, timeout, stalled: None, slot: Some(slot) }
     }
 
     /// After a write-side poll: progress clears the stall; pending starts (or checks) it.
     fn bound<T>(&mut self, polled: Poll<io::Result<T>>, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        if let Some(slot) = &self.slot {
+            slot.write_stalled.store(polled.is_pending(), Ordering::Release);
+        }
         if polled.is_ready() {
             self.stalled = None;
             return polled;
@@ -224,7 +266,11 @@ impl<S> WriteDeadline<S> {
 
 impl<S: AsyncRead + Unpin> AsyncRead for WriteDeadline<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Some(slot) = &self.slot {
+            slot.read_dry.store(polled.is_pending(), Ordering::Release);
+        }
+        polled
     }
 }
 
@@ -316,19 +362,32 @@ mod tests {
         reader.await.expect("joined");
     }
 
-    #[test]
-    fn the_slot_given_up_is_the_oldest_that_sent_no_head_then_the_oldest_idle_one() {
+    #[tokio::test(start_paused = true)]
+    async fn the_slot_given_up_is_one_waiting_on_its_client_never_one_being_served() {
         let slots = Slots::default();
-        let (idle, serving, silent, late) = (slots.open(), slots.open(), slots.open(), slots.open());
+        let dry = |slot: &Slot| slot.read_dry.store(true, Ordering::Release);
+        let (idle, serving, silent, unread, stalled) =
+            (slots.open(), slots.open(), slots.open(), slots.open(), slots.open());
         idle.state.store(AFTER, Ordering::Release);
+        dry(&idle);
         serving.state.store(SERVING, Ordering::Release);
+        dry(&serving);
+        dry(&silent);
+        stalled.state.store(AFTER, Ordering::Release);
+        stalled.write_stalled.store(true, Ordering::Release);
+        tokio::time::advance(HEAD_GRACE).await;
+        let just_opened = slots.open();
+        dry(&just_opened);
         assert!(slots.evict_one());
-        assert!(silent.evict.is_cancelled() && !late.evict.is_cancelled(), "the oldest that never sent a head");
+        assert!(silent.evict.is_cancelled(), "first: read dry without a head, past its grace");
         assert!(slots.evict_one());
-        assert!(late.evict.is_cancelled());
+        assert!(idle.evict.is_cancelled(), "then: idle after its answer");
         assert!(slots.evict_one());
-        assert!(idle.evict.is_cancelled(), "then one idle after its answer");
-        assert!(!slots.evict_one(), "a connection being served is never cut");
-        assert!(!serving.evict.is_cancelled());
+        assert!(stalled.evict.is_cancelled(), "or stalled writing it");
+        assert!(!slots.evict_one(), "never one being served, one not read yet, or one just opened");
+        assert!(!serving.evict.is_cancelled() && !unread.evict.is_cancelled() && !just_opened.evict.is_cancelled());
+        tokio::time::advance(HEAD_GRACE).await;
+        assert!(slots.evict_one(), "once its grace is over");
+        assert!(just_opened.evict.is_cancelled() && !unread.evict.is_cancelled());
     }
 }

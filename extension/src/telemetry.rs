@@ -119,9 +119,15 @@ impl Default for Completions {
 }
 
 impl Completions {
-    /// Records a SnapStart restore (`platform.restoreStart`).
-    pub fn record_restore_start(&self) {
+    /// Records a SnapStart restore (`platform.restoreStart`). A restore follows the snapshot,
+    /// which follows INIT: one reported before `platform.initRuntimeDone` is not believed
+    /// (returns false), and the first INVOKE stands in for it.
+    pub fn record_restore_start(&self) -> bool {
+        if !*self.init_done.borrow() {
+            return false;
+        }
         self.restore_started.send_replace(true);
+        true
     }
 
     /// Resolves once a restore has started.
@@ -299,8 +305,11 @@ fn take(event: &TelemetryEvent<'_>, sinks: &Sinks) {
             sinks.completions.record_init_done();
         }
         "platform.restoreStart" => {
-            tracing::debug!(event = "restore_start");
-            sinks.completions.record_restore_start();
+            if sinks.completions.record_restore_start() {
+                tracing::debug!(event = "restore_start");
+            } else {
+                tracing::warn!(target: "audit", event = "restore_refused", reason = "before_init_done");
+            }
         }
         "platform.start" => {
             let record = record();
@@ -345,6 +354,16 @@ mod tests {
         assert!(!waiter.is_finished(), "another request's completion must not release it");
         completions.record("late");
         tokio::time::timeout(std::time::Duration::from_secs(1), waiter).await.expect("released").expect("joined");
+    }
+
+    #[test]
+    fn a_restore_is_believed_only_after_init() {
+        let completions = Completions::default();
+        assert!(!completions.record_restore_start(), "no restore before the snapshot");
+        assert!(!*completions.restore_started.borrow());
+        completions.record_init_done();
+        assert!(completions.record_restore_start());
+        assert!(*completions.restore_started.borrow());
     }
 
     #[test]

@@ -27,6 +27,8 @@ mod layer;
 mod memory;
 #[path = "e2e/modes.rs"]
 mod modes;
+#[path = "e2e/probe.rs"]
+mod probe;
 #[path = "e2e/sdk_protocol.rs"]
 mod sdk_protocol;
 #[path = "e2e/template.rs"]

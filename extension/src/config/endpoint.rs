@@ -146,6 +146,13 @@ mod tests {
             assert!(!at(url), "{url}");
         }
         assert!(points_at(&"http://localhost".parse::<Uri>().expect("a URI"), 80), "the scheme's default port");
+        // Malformed authorities are refused as URLs, never a panic.
+        for url in
+            ["http://user@:2773", "http://@", "http://user@/", "http://:2773", "ftp://127.0.0.1:2773", "127.0.0.1:2773"]
+        {
+            let env = Env::from_pairs([("AWS_ENDPOINT_URL", url)]);
+            assert!(endpoints(&env, 2773).is_err(), "{url}");
+        }
         assert!(points_at(&"https://127.1".parse::<Uri>().expect("a URI"), 443));
     }
 

@@ -94,8 +94,7 @@ impl Extension {
                 () = self.broken.cancelled() => Signal::TenantChanged,
                 signal = running_end(&self.completions, running.as_mut(), waits_for_end), if running.is_some() => signal,
                 () = self.completions.wait_init_done(), if init_open => Signal::InitDone,
-                // A restore follows the snapshot, which follows INIT: never believed before.
-                () = self.completions.wait_restore_start(), if !restored && !init_open => Signal::RestoreStarted,
+                () = self.completions.wait_restore_start(), if !restored => Signal::RestoreStarted,
                 event = &mut next_event, if asks => Signal::Event(event),
             };
             match signal {
