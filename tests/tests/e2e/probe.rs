@@ -227,7 +227,9 @@ async fn a_flood_of_records_with_huge_ids_leaves_memory_flat() -> anyhow::Result
                 } else {
                     let events: Vec<Value> = serde_json::from_slice(&body)?;
                     let _ = real;
-                    environment.send_telemetry(events).await
+                    // A pooled connection the listener closed meanwhile (its idle timeout, or
+                    // its slot given to a new connection) fails the send: nothing delivered.
+                    Ok(environment.send_telemetry(events).await.unwrap_or(0))
                 }
             });
         }
@@ -479,8 +481,11 @@ async fn no_decoding_of_a_requested_id_gets_the_token_into_a_log_line() -> anyho
     }
     let denies = output.events("deny");
     assert_eq!(denies.len(), refusals, "{denies:?}");
+    // Every id carrying the token is left out; a target refused as too long (the token
+    // percent-escaped twice) is refused before any id is read, so it names none.
     assert!(
-        denies.iter().all(|d| d["secret_id"] == "<contains the local token>"),
+        denies.iter().all(|d| d["secret_id"] == "<contains the local token>"
+            || (d["code"] == "target_too_long" && d["secret_id"] == "")),
         "every id carrying the token is left out: {denies:?}"
     );
     // No line, at trace level, carries 16 of the token's letters and digits in a row.
