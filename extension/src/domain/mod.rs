@@ -7,7 +7,8 @@
 //!   ([`error::SessionError`]), each with the one [`code::Code`] both protocols map from;
 //! - [`arn`]: the scoped role's ARN; [`tenant`]: tenant ids and the `{tenant}` syntax;
 //! - [`api`]: which face of the local API a request came through; [`version`]: which version
-//!   of a secret it asks for;
+//!   of a secret it asks for; [`parameter`]: parameter names, their ARNs and versions;
+//! - [`item`]: the two kinds of item (secrets, parameters) and what a read of each asks for;
 //! - [`session_name`]: `RoleSessionName`s as STS accepts them;
 //! - [`time`]: the one civil-date algorithm, its formats and parsers; [`text`]: decoding and
 //!   bounding caller text before it is matched or logged.
@@ -16,6 +17,8 @@ pub mod api;
 pub mod arn;
 pub mod code;
 pub mod error;
+pub mod item;
+pub mod parameter;
 pub mod session_name;
 pub mod tenant;
 pub mod text;

@@ -1,10 +1,13 @@
 //! The GET protocol of AWS's Parameters and Secrets Lambda Extension (and the `/v1/` path of
-//! its Secrets Manager Agent): `GET /secretsmanager/get?secretId=…[&versionStage=…|&versionId=…]`
-//! with the `X-Aws-Parameters-Secrets-Token` header, and a token-free `GET /ping`.
+//! its Secrets Manager Agent): `GET /secretsmanager/get?secretId=…[&versionStage=…|&versionId=…]
+//! [&jsonKey=…]` and `GET /systemsmanager/parameters/get?name=…` ([`super::parameters`]) with the
+//! `X-Aws-Parameters-Secrets-Token` header, and a token-free `GET /ping`.
 //!
 //! [`route`] decides from the request alone (no I/O): envelope, path, token (constant-time),
 //! query. A read then goes through the [`ReadPath`]; every answer that is not 200 carries
 //! `{"error": CODE, "message": …}`, with the status [`status_of`] gives the code.
+//! `jsonKey` (the secrets path only) answers the same JSON with `SecretString` replaced by one
+//! top-level field of the secret's JSON object.
 //! See <https://docs.aws.amazon.com/secretsmanager/latest/userguide/retrieving-secrets_lambda.html>.
 
 use bytes::Bytes;
@@ -13,6 +16,7 @@ use http_body_util::Full;
 use hyper::body::Body;
 
 use super::envelope::{Refusal, check_host, refuse_absolute_target, refuse_forwarded};
+use super::parameters::{self, ParameterQuery};
 use super::read::{Read, ReadPath};
 use crate::config::LocalToken;
 use crate::domain::api::Api;
@@ -27,8 +31,12 @@ pub const TOKEN_HEADER: &str = "x-aws-parameters-secrets-token";
 pub const MAX_TARGET_BYTES: usize = 4_096;
 /// Longest secret id accepted (Secrets Manager's own limit is 2,048).
 pub const MAX_SECRET_ID_BYTES: usize = 2_048;
+/// Longest `jsonKey` accepted.
+pub const MAX_JSON_KEY_CHARS: usize = 256;
+/// The parameters path of AWS's extension.
+pub const PARAMETERS_PATH: &str = "/systemsmanager/parameters/get";
 /// Content type of the GET API's answers.
-const JSON: &str = "application/json";
+pub(super) const JSON: &str = "application/json";
 
 /// Where a local GET request goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +50,11 @@ pub enum Route {
         /// The parsed query.
         query: SecretQuery,
     },
+    /// A parameter read (`/systemsmanager/parameters/get`) that passed the same checks.
+    Parameter {
+        /// The parsed query.
+        query: ParameterQuery,
+    },
 }
 
 /// Answers one GET request (`caller`: the Managed Instances request id it asserted).
@@ -54,20 +67,45 @@ pub async fn handle<B: Body>(
     let (api, query) = match route(request, token) {
         Ok(Route::Ping) => return json_response(StatusCode::OK, Bytes::from_static(br#"{"status":"ready"}"#), JSON),
         Ok(Route::Read { api, query }) => (api, query),
+        Ok(Route::Parameter { query }) => return answer_parameter(reader, caller, &query).await,
         Err((refusal, api)) => {
-            reader.audit_deny(api, caller, None, refusal.code, status_of(refusal.code).as_u16()).await;
+            let status = status_of(refusal.code).as_u16();
+            if request.uri().path() == PARAMETERS_PATH {
+                reader.audit_parameter_deny(api, caller, None, refusal.code, status).await;
+            } else {
+                reader.audit_deny(api, caller, None, refusal.code, status).await;
+            }
             return error_response(refusal);
         }
     };
     let read = Read { secret_id: &query.secret_id, api, refresh: query.refresh, caller };
-    match reader.read(read, query.version.clone()).await {
+    let answered = reader.read(read, query.version.clone()).await.map_err(|e| e.code()).and_then(|value| {
+        match &query.json_key {
+            // The body is the value's own zeroizing JSON: wiped with the value.
+            None => Ok(value.json_body()),
+            Some(key) => value.json_with_key(key).map(Bytes::from_owner).map_err(|e| e.code()),
+        }
+    });
+    match answered {
+        Ok(body) => json_response(StatusCode::OK, body, JSON),
+        Err(code) => {
+            let refusal = Refusal::of(code);
+            let status = status_of(refusal.code).as_u16();
+            reader.audit_deny(api, caller, Some(&query.secret_id), refusal.code, status).await;
+            error_response(refusal)
+        }
+    }
+}
+
+/// Answers a routed `/systemsmanager/parameters/get` (`caller`: the Managed Instances request
+/// id it asserted): 200 with `{"Parameter": {…}}`, else the code's status and JSON error.
+async fn answer_parameter(reader: &ReadPath, caller: Option<&str>, query: &ParameterQuery) -> Response<Full<Bytes>> {
+    match parameters::read(reader, Api::Get, caller, &query.name, query.version.clone(), query.decrypt).await {
         // The body is the value's own zeroizing JSON: wiped with the value.
-        Ok(value) => json_response(StatusCode::OK, value.json_body(), JSON),
-        Err(error) => {
-            let refusal = Refusal::of(error.code());
-            reader
-                .audit_deny(api, caller, Some(&query.secret_id), refusal.code, status_of(refusal.code).as_u16())
-                .await;
+        Ok(value) => json_response(StatusCode::OK, value.get_body(), JSON),
+        Err(refusal) => {
+            let status = status_of(refusal.code).as_u16();
+            reader.audit_parameter_deny(Api::Get, caller, Some(&query.name), refusal.code, status).await;
             error_response(refusal)
         }
     }
@@ -84,6 +122,11 @@ pub fn route<B: Body>(request: &Request<B>, token: &LocalToken) -> Result<Route,
     let path = request.uri().path();
     let (api, path_secret_id) = match path {
         "/ping" => return Ok(Route::Ping),
+        PARAMETERS_PATH => {
+            check_token(request, token).map_err(|r| (r, Api::Get))?;
+            let query = ParameterQuery::parse(request.uri().query().unwrap_or_default()).map_err(|r| (r, Api::Get))?;
+            return Ok(Route::Parameter { query });
+        }
         "/secretsmanager/get" => (Api::Get, None),
         _ if path.starts_with("/v1/") => (Api::AgentPath, Some(percent_decode_lossy(&path[4..]))),
         _ => return Err((Refusal::of(Code::NotFound), Api::Get)),
@@ -99,10 +142,15 @@ pub fn status_of(code: Code) -> StatusCode {
     match code {
         Code::MethodNotAllowed => S::METHOD_NOT_ALLOWED,
         Code::BodyNotAllowed | Code::TargetTooLong | Code::BodyTooLarge => S::PAYLOAD_TOO_LARGE,
-        Code::NotFound | Code::SecretNotFound => S::NOT_FOUND,
+        Code::NotFound
+        | Code::SecretNotFound
+        | Code::ParameterNotFound
+        | Code::ParameterVersionNotFound
+        | Code::JsonKeyNotFound => S::NOT_FOUND,
         Code::MissingToken => S::UNAUTHORIZED,
         Code::InvalidToken
         | Code::SecretNotAllowed
+        | Code::ParameterNotAllowed
         | Code::UpstreamAccessDenied
         | Code::NoFunctionCredentials
         | Code::SignatureStale
@@ -122,6 +170,14 @@ pub fn status_of(code: Code) -> StatusCode {
         | Code::ConflictingVersion
         | Code::InvalidVersionStage
         | Code::InvalidVersionId
+        | Code::InvalidJsonKey
+        | Code::MissingName
+        | Code::InvalidName
+        | Code::InvalidParameterVersion
+        | Code::InvalidLabel
+        | Code::InvalidWithDecryption
+        | Code::InvalidReference
+        | Code::SecretNotJsonObject
         | Code::BodyTimeout
         | Code::UnsupportedContentType
         | Code::UnsupportedOperation
@@ -193,16 +249,18 @@ pub struct SecretQuery {
     pub version: Version,
     /// `refreshNow`: skip the cache for this read.
     pub refresh: bool,
+    /// `jsonKey`: answer with this top-level field of the secret's JSON object only.
+    pub json_key: Option<String>,
 }
 
 impl SecretQuery {
     /// Parses the query string: `secretId` once (unless the path named the secret, as in
-    /// `/v1/{secretId}`), at most one of `versionStage`/`versionId`, and `refreshNow`.
+    /// `/v1/{secretId}`), at most one of `versionStage`/`versionId`, `refreshNow` and `jsonKey`.
     ///
     /// # Errors
     /// A [`Refusal`] with the reason.
     pub fn parse(query: &str, path_secret_id: Option<String>) -> Result<Self, Refusal> {
-        let (mut secret_id, mut stage, mut id, mut refresh) = (None, None, None, None);
+        let (mut secret_id, mut stage, mut id, mut refresh, mut json_key) = (None, None, None, None, None);
         let from_path = path_secret_id.is_some();
         for (name, value) in form_urlencoded::parse(query.as_bytes()) {
             if value.contains('\u{FFFD}') || name.contains('\u{FFFD}') {
@@ -213,6 +271,7 @@ impl SecretQuery {
                 "refreshNow" => &mut refresh,
                 "versionStage" => &mut stage,
                 "versionId" => &mut id,
+                "jsonKey" => &mut json_key,
                 _ => return Err(Refusal::of(Code::UnknownParameter)),
             };
             if slot.replace(value.into_owned()).is_some() {
@@ -230,6 +289,12 @@ impl SecretQuery {
         if secret_id.len() > MAX_SECRET_ID_BYTES || secret_id.chars().any(char::is_control) {
             return Err(Refusal::of(Code::InvalidSecretId));
         }
+        let json_key_valid = |key: &String| {
+            (1..=MAX_JSON_KEY_CHARS).contains(&key.chars().count()) && !key.chars().any(char::is_control)
+        };
+        if json_key.as_ref().is_some_and(|key| !json_key_valid(key)) {
+            return Err(Refusal::of(Code::InvalidJsonKey));
+        }
         let version = match (stage, id) {
             (Some(_), Some(_)) => return Err(Refusal::of(Code::ConflictingVersion)),
             (Some(stage), None) if !version::is_stage(&stage) => return Err(Refusal::of(Code::InvalidVersionStage)),
@@ -238,7 +303,7 @@ impl SecretQuery {
             (None, Some(id)) => Version::Id(id),
             (None, None) => Version::Current,
         };
-        Ok(Self { secret_id, version, refresh })
+        Ok(Self { secret_id, version, refresh, json_key })
     }
 }
 
@@ -256,7 +321,7 @@ mod tests {
             ("secretId=a+b", "a b", Version::Current),
         ];
         for (query, id, version) in ok {
-            let expected = SecretQuery { secret_id: id.into(), version, refresh: false };
+            let expected = SecretQuery { secret_id: id.into(), version, refresh: false, json_key: None };
             assert_eq!(SecretQuery::parse(query, None), Ok(expected), "{query}");
         }
         let long = format!("secretId={}", "a".repeat(MAX_SECRET_ID_BYTES + 1));
@@ -274,6 +339,9 @@ mod tests {
             ("secretId=%FF%FE", "invalid_query"),
             ("secretId=a%0Ab", "invalid_secret_id"),
             (long.as_str(), "invalid_secret_id"),
+            ("secretId=x&jsonKey=", "invalid_json_key"),
+            ("secretId=x&jsonKey=a%0Ab", "invalid_json_key"),
+            ("secretId=x&jsonKey=a&jsonKey=b", "duplicate_parameter"),
         ];
         for (query, code) in refused {
             let error = SecretQuery::parse(query, None).expect_err(query);
@@ -291,7 +359,11 @@ mod tests {
         let path =
             SecretQuery::parse("versionStage=AWSPREVIOUS", Some(percent_decode_lossy("app%2Fdb"))).expect("valid");
         assert_eq!((path.secret_id.as_str(), path.version), ("app/db", Version::Stage("AWSPREVIOUS".into())));
+        let keyed =
+            SecretQuery::parse("jsonKey=pass%20word", Some("app/db".into())).expect("the path form takes jsonKey");
+        assert_eq!(keyed.json_key.as_deref(), Some("pass word"));
         let twice = SecretQuery::parse("secretId=other", Some("app/db".into())).expect_err("secretId with a path id");
+
         assert_eq!(twice.code, Code::UnknownParameter);
         assert_eq!(SecretQuery::parse("", Some(String::new())).expect_err("empty").code, Code::MissingSecretId);
     }
