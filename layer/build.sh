@@ -7,8 +7,13 @@
 #   layer/build.sh --artifacts-dir DIR ARCH the binary to DIR/extensions/scoped-secrets, no zip
 #                                           (what `sam build` asks of layer/Makefile)
 #
+# Beside the zips: SHA256SUMS (`sha256sum -c SHA256SUMS` checks them). Each binary carries its
+# SBOM: cargo-auditable embeds the dependency tree it was built from (crates, versions, sources)
+# in a `.dep-v0` section (docs/release.md says how to read it).
+#
 # TARGET is $CARGO_TARGET_DIR, else target/. The toolchain (rustup musl targets, zig and
-# cargo-zigbuild from PyPI) is installed by layer/toolchain.sh on first use.
+# cargo-zigbuild from PyPI, cargo-auditable from crates.io) is installed by layer/toolchain.sh
+# on first use.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
@@ -37,10 +42,21 @@ triple() {
 
 source "$ROOT/layer/toolchain.sh"
 
+# The commit the binary names in its logs, metrics and user agent (extension/src/version.rs
+# reads it with option_env!). Set here rather than by a build.rs, which would run git on every
+# build of every crate depending on the extension; rustc tracks the variable, so a new commit
+# rebuilds the binary. `-dirty`: tracked files differ from that commit. Outside a git checkout
+# (a source archive) the binary names none. Set SCOPED_SECRETS_GIT_COMMIT to override; set it
+# empty to build without one (and skip the rebuild each commit costs while iterating).
+if [[ -z "${SCOPED_SECRETS_GIT_COMMIT+set}" ]] && commit="$(git -C "$ROOT" rev-parse --short=12 HEAD 2>/dev/null)"; then
+  git -C "$ROOT" diff --quiet HEAD -- 2>/dev/null || commit+="-dirty"
+  export SCOPED_SECRETS_GIT_COMMIT="$commit"
+fi
+
 target_args=()
 for arch in "${arches[@]}"; do target_args+=(--target "$(triple "$arch")"); done
-echo "==> cargo zigbuild --release -p scoped-secrets ${target_args[*]}"
-(cd "$ROOT" && cargo zigbuild --release --locked -p scoped-secrets "${target_args[@]}")
+echo "==> cargo auditable zigbuild --release -p scoped-secrets ${target_args[*]} (commit ${SCOPED_SECRETS_GIT_COMMIT:-none})"
+(cd "$ROOT" && cargo auditable zigbuild --release --locked -p scoped-secrets "${target_args[@]}")
 
 if [[ -n "$artifacts_dir" ]]; then
   install -D -m 0755 "$TARGET_DIR/$(triple "${arches[0]}")/release/scoped-secrets" \
@@ -70,3 +86,12 @@ os.replace(tmp, path)
 PY
   printf '==> %s: %s bytes (binary %s bytes)\n' "$zip" "$(stat -c %s "$zip")" "$(stat -c %s "$binary")"
 done
+# Every zip in the directory (an architecture built earlier keeps its line), in sha256sum's own
+# format, names sorted bytewise.
+(
+  cd "$TARGET_DIR/layer"
+  LC_ALL=C sha256sum scoped-secrets-*.zip >SHA256SUMS.tmp
+  mv SHA256SUMS.tmp SHA256SUMS
+)
+echo "==> $TARGET_DIR/layer/SHA256SUMS"
+cat "$TARGET_DIR/layer/SHA256SUMS"

@@ -6,10 +6,13 @@
 # - cargo-zigbuild and zig, both from PyPI, into target/zig-venv: zig is the C cross compiler
 #   for ring's C and assembly and the linker for both targets, with musl's headers built in,
 #   so one x86_64 machine builds both architectures without a sysroot or a Docker image.
+# - cargo-auditable from crates.io (`cargo install --locked`, into cargo's bin directory): it
+#   embeds the binary's dependency tree as its SBOM (docs/release.md).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 ZIGLANG_VERSION="0.17.0"
 CARGO_ZIGBUILD_VERSION="0.24.0"
+CARGO_AUDITABLE_VERSION="0.7.7"
 ZIG_VENV="$ROOT/target/zig-venv"
 LAYER_TARGETS=(x86_64-unknown-linux-musl aarch64-unknown-linux-musl)
 
@@ -39,3 +42,10 @@ PY
 fi
 # cargo-zigbuild finds zig as `python3 -m ziglang` with the venv's python first on PATH.
 export PATH="$ZIG_VENV/bin:$PATH"
+
+# `cargo auditable` prints cargo's own version, so the install list is what tells.
+if ! cargo install --list | grep -qx "cargo-auditable v$CARGO_AUDITABLE_VERSION:"; then
+  echo "==> cargo install --locked cargo-auditable $CARGO_AUDITABLE_VERSION"
+  # Not into the workspace's target directory, when the caller set one.
+  env -u CARGO_TARGET_DIR cargo install --locked cargo-auditable --version "$CARGO_AUDITABLE_VERSION"
+fi

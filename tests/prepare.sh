@@ -19,6 +19,8 @@ NODE_SDK_DIR="$ROOT/target/node-sdk"
 
 # The fuzz targets' runner (tests/fuzz.sh); RUSTC_BOOTSTRAP=1 lets it use the stable toolchain.
 CARGO_FUZZ_VERSION="0.13.1"
+# The supply-chain checks (deny.toml; tests/run.sh runs `cargo deny check licenses bans sources`).
+CARGO_DENY_VERSION="0.20.2"
 
 pinned_venv "$SAM_VENV" "aws-sam-cli==$AWS_SAM_CLI_VERSION" "cfn-lint==$CFN_LINT_VERSION"
 pinned_venv "$EXAMPLES_VENV" "awslambdaric==$AWSLAMBDARIC_VERSION" "boto3==$BOTO3_VERSION"
@@ -62,6 +64,14 @@ fi
 if [[ "$(cargo fuzz --version 2>/dev/null)" != "cargo-fuzz $CARGO_FUZZ_VERSION" ]]; then
   echo "==> installing cargo-fuzz $CARGO_FUZZ_VERSION"
   cargo install --locked cargo-fuzz --version "$CARGO_FUZZ_VERSION"
+fi
+
+if ! cargo install --list | grep -qx "cargo-deny v$CARGO_DENY_VERSION:"; then
+  echo "==> installing cargo-deny $CARGO_DENY_VERSION"
+  # Once per machine: about 10 CPU-minutes on two cores. It has no cargo features to turn off,
+  # and its release profile (fat LTO) is not the cost: without LTO it took 97% of the CPU time
+  # (docs/release.md, "What it costs").
+  env -u CARGO_TARGET_DIR cargo install --locked cargo-deny --version "$CARGO_DENY_VERSION"
 fi
 
 echo "==> building the layer (x86_64 and arm64; the tests run the x86_64 extension from it)"

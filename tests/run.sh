@@ -12,6 +12,10 @@ echo "==> docs against the code (tests/check-docs.sh)"
 tests/check-docs.sh
 echo "==> cargo clippy"
 cargo clippy --locked --workspace --all-targets -- -D warnings
+# Licenses, bans and sources of the dependency graph (deny.toml). Not advisories: their database
+# is fetched from GitHub, which CI cannot reach (deny.toml, docs/release.md).
+echo "==> cargo deny check licenses bans sources"
+cargo deny --locked check licenses bans sources
 echo "==> cargo test"
 cargo test --locked --workspace -- --test-threads=2
 echo "==> fuzzing (tests/fuzz.sh: ${SCOPED_SECRETS_FUZZ_SECONDS:-20} s per target)"

@@ -30,14 +30,20 @@ pub fn upstream_retries() -> aws_config::retry::RetryConfig {
         .with_max_backoff(MAX_BACKOFF)
 }
 
-/// The AWS SDK's shared configuration as the extension loads it: the configured region and one
-/// HTTP stack. The execution role's credentials come from the process environment, unless the
+/// The AWS SDK's shared configuration as the extension loads it: the configured region, one
+/// HTTP stack, and the app name that puts scoped-secrets and its version in every call's user
+/// agent. The execution role's credentials come from the process environment, unless the
 /// caller sets them (the benchmark times the emulator through this same client path).
 pub fn sdk_loader(config: &Config) -> aws_config::ConfigLoader {
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
+    let loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new(config.region.clone()))
         .retry_config(upstream_retries())
-        .http_client(SharedHttpClient::new(DeferredRoots(https_client(config))))
+        .http_client(SharedHttpClient::new(DeferredRoots(https_client(config))));
+    // CloudTrail records the user agent: each AssumeRole and secret read names this build.
+    match crate::version::app_name() {
+        Some(app_name) => loader.app_name(app_name),
+        None => loader,
+    }
 }
 
 /// hyper 1 + rustls on ring: one TLS stack, no aws-lc build.

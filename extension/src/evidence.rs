@@ -154,6 +154,8 @@ fn emf(namespace: &str, function_name: &str, window: &Window, extra: &[(&str, u6
     }
     let timestamp = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
     root.insert("FunctionName".into(), json!(function_name));
+    // Which build wrote it: properties, not dimensions (no metric is split by version).
+    root.extend(crate::version::emf_properties().map(|(name, value)| (name.to_owned(), json!(value))));
     root.insert(
         "_aws".into(),
         json!({
@@ -182,6 +184,7 @@ mod tests {
         assert_eq!(metrics["Namespace"], "NS");
         assert_eq!(metrics["Dimensions"], json!([["FunctionName"]]));
         assert_eq!(document["FunctionName"], "f");
+        assert_eq!(document["ScopedSecretsVersion"], crate::version::VERSION, "which build, as a property");
         for metric in metrics["Metrics"].as_array().expect("metrics") {
             let name = metric["Name"].as_str().expect("name");
             assert!(!document[name].is_null(), "{name} declared but absent");

@@ -20,6 +20,7 @@
 //! - [`aws`]: the SDK as the extension configures it for its own calls.
 //! - [`hardening`], [`allocator`]: no core dumps, not dumpable, memory lock, every freed heap
 //!   block wiped.
+//! - [`version`]: the crate version and git commit in the logs, the metrics and the user agent.
 //!
 //! [`run`] wires them: register → configure (or `init/error`) → `ready` → the lifecycle loop.
 
@@ -42,6 +43,7 @@ pub mod session;
 pub mod sigv4;
 pub mod telemetry;
 pub mod tenant;
+pub mod version;
 
 #[cfg(test)]
 mod testing;

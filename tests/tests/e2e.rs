@@ -33,6 +33,8 @@ mod sdk_protocol;
 mod template;
 #[path = "e2e/template_iam.rs"]
 mod template_iam;
+#[path = "e2e/version.rs"]
+mod version;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -199,6 +199,8 @@ impl Extension {
         tracing::info!(
             event = "ready",
             extension = %name,
+            version = crate::version::VERSION,
+            git_commit = crate::version::git_commit(),
             environment_id = %self.factory.environment_id().unwrap_or_else(|| "drawn_after_restore".to_owned()),
             initialization_type = self.config.initialization_type.as_str(),
             tenant_scoped = self.tenancy.is_scoped(),

@@ -76,11 +76,8 @@ impl Extension {
         let mut terminate = terminate_signal();
         let mode = self.config.initialization_type;
         let waits_for_end = self.config.end_of_invocation == EndOfInvocation::RuntimeDone;
-        // An init scope exists (on-demand, provisioned concurrency) or a SnapStart INIT runs.
-        let mut init_open = matches!(
-            mode,
-            InitializationType::OnDemand | InitializationType::ProvisionedConcurrency | InitializationType::SnapStart
-        );
+        // Every mode has an INIT; its scope ends when telemetry reports the runtime's INIT done.
+        let mut init_open = true;
         let mut restored = mode != InitializationType::SnapStart;
         let mut running: Option<Running> = None;
         // The long poll stays in flight across signals: dropping it would cancel the request.
@@ -287,6 +284,8 @@ impl Extension {
             target: "audit",
             event = "shutdown",
             reason,
+            version = crate::version::VERSION,
+            git_commit = crate::version::git_commit(),
             sessions_started = issued,
             sessions_ended = ledger.ended.load(Relaxed),
             session_open_at_shutdown = ended_session.is_some(),

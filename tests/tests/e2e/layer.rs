@@ -1,7 +1,9 @@
 //! The layer zips as Lambda unpacks them (`layer/build.sh`): one executable at
 //! `extensions/scoped-secrets`, a static ELF of the right machine, that starts and fails cleanly
 //! outside Lambda, natively on x86_64 and under `qemu-aarch64` for arm64. And the arm64 binary,
-//! under qemu, serving a function in the local Lambda environment against MiniStack.
+//! under qemu, serving a function in the local Lambda environment against MiniStack. And what a
+//! user verifies a zip with: `SHA256SUMS` beside the zips, and the dependency tree embedded in
+//! each binary by cargo-auditable (its SBOM).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -10,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use object::elf;
 use object::read::elf::{ElfFile64, FileHeader, ProgramHeader};
+use object::{Object as _, ObjectSection as _};
 use scoped_secrets_tests::lambda::{Options, Program, target_dir};
 use scoped_secrets_tests::{Stack, sha256_hex};
 use serde_json::Value;
@@ -179,4 +182,116 @@ fn remove_extracted(program: &Program) {
     if let Some(dir) = binary.parent().map(PathBuf::from) {
         let _ = std::fs::remove_dir_all(dir);
     }
+}
+
+/// `SHA256SUMS` lists every zip `layer/build.sh` left in the directory, in `sha256sum`'s format,
+/// and each checksum is right: checked here and by `sha256sum --check`, as a user would.
+#[test]
+fn sha256sums_lists_every_layer_zip_with_its_checksum() -> anyhow::Result<()> {
+    use sha2::Digest as _;
+    let dir = target_dir().join("layer");
+    let sums = std::fs::read_to_string(dir.join("SHA256SUMS"))
+        .map_err(|e| anyhow::anyhow!("{}/SHA256SUMS: {e} (layer/build.sh writes it)", dir.display()))?;
+    let mut listed = Vec::new();
+    for line in sums.lines() {
+        // Text mode: the hash, two spaces, the file name.
+        let (hash, name) = line.split_once("  ").ok_or_else(|| anyhow::anyhow!("not sha256sum's format: {line:?}"))?;
+        assert!(hash.len() == 64 && hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')), "{line:?}");
+        assert!(!name.contains('/'), "a name beside SHA256SUMS: {name}");
+        let bytes = std::fs::read(dir.join(name))?;
+        let actual: String = sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hash, actual, "{name}");
+        listed.push(name.to_owned());
+    }
+    let mut zips: Vec<String> = std::fs::read_dir(&dir)?
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter(|name| name.starts_with("scoped-secrets-") && name.ends_with(".zip"))
+        .collect();
+    zips.sort();
+    assert_eq!(listed, zips, "every zip, sorted, once");
+    for arch in &ARCHES {
+        assert!(listed.contains(&format!("scoped-secrets-{}.zip", arch.name)), "{}", arch.name);
+    }
+    let check = std::process::Command::new("sha256sum")
+        .args(["--check", "--strict", "SHA256SUMS"])
+        .current_dir(&dir)
+        .output()?;
+    assert!(check.status.success(), "sha256sum --check: {}", String::from_utf8_lossy(&check.stdout));
+    Ok(())
+}
+
+/// The name and version of every package in `Cargo.lock`.
+fn locked_packages() -> anyhow::Result<std::collections::BTreeSet<(String, String)>> {
+    let lock = std::fs::read_to_string(scoped_secrets_tests::ministack::workspace_root().join("Cargo.lock"))?;
+    let mut packages = std::collections::BTreeSet::new();
+    let mut name = None;
+    for line in lock.lines() {
+        if let Some(value) = line.strip_prefix("name = ") {
+            name = Some(value.trim_matches('"').to_owned());
+        } else if let (Some(value), Some(name)) = (line.strip_prefix("version = "), name.take()) {
+            packages.insert((name, value.trim_matches('"').to_owned()));
+        }
+    }
+    Ok(packages)
+}
+
+/// Each layer binary carries its SBOM: cargo-auditable's `.dep-v0` section, zlib-compressed
+/// JSON of the packages compiled into it, as `cargo audit bin`, Trivy, Syft or Grype read it.
+/// It names this crate at the version the binary reports, the AWS SDK and the TLS stack at the
+/// versions `Cargo.lock` pins, and nothing the tests alone use.
+#[test]
+fn each_layer_binary_embeds_the_dependency_tree_it_was_built_from() -> anyhow::Result<()> {
+    use std::io::Read as _;
+    let locked = locked_packages()?;
+    for arch in &ARCHES {
+        let (_, bytes) = layer_entry(arch)?;
+        let file = ElfFile64::<object::Endianness>::parse(bytes.as_slice())?;
+        let section = file
+            .section_by_name(".dep-v0")
+            .ok_or_else(|| anyhow::anyhow!("{}: no .dep-v0 section (built without cargo auditable?)", arch.name))?;
+        let mut json = String::new();
+        flate2::read::ZlibDecoder::new(section.data()?).read_to_string(&mut json)?;
+        let audit: Value = serde_json::from_str(&json)?;
+        let packages = audit["packages"].as_array().ok_or_else(|| anyhow::anyhow!("{}: no packages", arch.name))?;
+        let find = |name: &str| packages.iter().find(|p| p["name"] == name);
+        let root = find("scoped-secrets").ok_or_else(|| anyhow::anyhow!("{}: no scoped-secrets", arch.name))?;
+        assert_eq!(root["version"], scoped_secrets::version::VERSION, "{}", arch.name);
+        assert_eq!((root["root"].as_bool(), root["source"].as_str()), (Some(true), Some("local")), "{}", arch.name);
+        for package in packages {
+            let (name, version) =
+                (package["name"].as_str().unwrap_or_default(), package["version"].as_str().unwrap_or_default());
+            assert!(
+                locked.contains(&(name.to_owned(), version.to_owned())),
+                "{}: {name} {version} is not in Cargo.lock",
+                arch.name
+            );
+            if name != "scoped-secrets" {
+                assert_eq!(package["source"], "crates.io", "{}: {name}", arch.name);
+            }
+        }
+        for shipped in [
+            "aws-sdk-sts",
+            "aws-sdk-secretsmanager",
+            "aws-sdk-iam",
+            "aws-sigv4",
+            "rustls",
+            "ring",
+            "hyper",
+            "tokio",
+            "zeroize",
+        ] {
+            assert!(find(shipped).is_some(), "{}: {shipped} is in the binary's SBOM", arch.name);
+        }
+        for test_only in ["scoped-secrets-tests", "lambda-simulator", "zip", "aws-lc-rs"] {
+            assert!(find(test_only).is_none(), "{}: {test_only} is not in the binary", arch.name);
+        }
+        // layer/sbom.py, the reader docs/release.md gives users, reads the same tree from the zip.
+        let zip = target_dir().join("layer").join(format!("scoped-secrets-{}.zip", arch.name));
+        let script = scoped_secrets_tests::ministack::workspace_root().join("layer/sbom.py");
+        let printed = std::process::Command::new("python3").arg(script).arg(&zip).output()?;
+        assert!(printed.status.success(), "{}: {}", arch.name, String::from_utf8_lossy(&printed.stderr));
+        assert_eq!(serde_json::from_slice::<Value>(&printed.stdout)?, audit, "{}: layer/sbom.py", arch.name);
+        eprintln!("{}: SBOM of {} packages, {} bytes compressed", arch.name, packages.len(), section.size());
+    }
+    Ok(())
 }

@@ -374,3 +374,50 @@ async fn the_tenant_example_has_its_own_roles_and_a_tenant_scoped_allowlist() ->
     assert!(scoped_secrets::policy::check_fits(&list).is_ok());
     Ok(())
 }
+
+/// `sam publish` reads `AWS::ServerlessRepo::Application`: its SemanticVersion is the version the
+/// binary reports (`scoped_secrets::version::VERSION`, the crate version), and each field has
+/// the shape the Serverless Application Repository accepts, so publishing fails on nothing here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_serverless_repo_metadata_names_the_crate_version_and_publishable_fields() -> anyhow::Result<()> {
+    let template = template_json().await?;
+    let application = &template["Metadata"]["AWS::ServerlessRepo::Application"];
+    assert_eq!(
+        application["SemanticVersion"],
+        scoped_secrets::version::VERSION,
+        "template.yaml vs extension/Cargo.toml"
+    );
+    let text = |field: &str| application[field].as_str().unwrap_or_else(|| panic!("{field} is missing"));
+    assert_eq!(text("Name"), "scoped-secrets");
+    assert!(text("Name").bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+    let author = text("Author");
+    assert!(
+        author.len() <= 127
+            && author.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !author.starts_with('-')
+            && !author.ends_with('-')
+            && !author.contains("--"),
+        "SAR's Author pattern: {author}"
+    );
+    assert!((1..=256).contains(&text("Description").len()), "SAR's Description limit");
+    assert_eq!(text("SpdxLicenseId"), "Apache-2.0", "the workspace's license");
+    for file in ["LicenseUrl", "ReadmeUrl"] {
+        assert!(workspace_root().join(text(file)).is_file(), "{file}: {} is a file sam package uploads", text(file));
+    }
+    assert!(
+        std::fs::read_to_string(workspace_root().join(text("LicenseUrl")))?.contains("Apache License\n"),
+        "LicenseUrl holds the Apache License"
+    );
+    for url in ["HomePageUrl", "SourceCodeUrl"] {
+        assert!(text(url).starts_with("https://"), "{url}");
+    }
+    let labels: Vec<&str> = application["Labels"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    assert!((1..=10).contains(&labels.len()), "SAR takes up to 10 labels: {labels:?}");
+    for label in labels {
+        assert!(
+            label.len() <= 127 && label.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-_:/@".contains(&b)),
+            "SAR's label pattern: {label}"
+        );
+    }
+    Ok(())
+}
