@@ -74,7 +74,6 @@ pub(super) async fn get_parameters(reader: &ReadPath, body: &[u8]) -> Result<Res
     for name in &input.names {
         let checked: Result<(), Refusal> = match Target::of(name) {
             Ok(Target::Reference(_)) if !decrypt => Err(Refusal::of(Code::InvalidReference)),
-
             Ok(target) => {
                 let (kind, id) = target.allowlisted_as();
                 reader.check(kind, id).await.map_err(|e| Refusal::of(e.code()))

@@ -22,6 +22,7 @@ use super::upstream::classify;
 use super::value::SecretValue;
 use super::{BATCH_LIMIT, Secrets};
 use crate::config::allowlist::{Allowlist, EntryIndex};
+use crate::domain::code::Code;
 use crate::domain::error::ReadError;
 use crate::domain::item::{Kind, Wanted};
 use crate::domain::parameter::ParameterVersion;
@@ -164,7 +165,7 @@ impl Secrets {
             };
             session.mark_succeeded();
             for name in output.invalid_parameters.unwrap_or_default() {
-                tracing::warn!(event = "prefetch_error", request_id = %scope.label(), parameter = %name, code = "ParameterNotFound");
+                tracing::warn!(event = "prefetch_error", request_id = %scope.label(), parameter = %name, code = Code::ParameterNotFound.as_str());
             }
             for item in output.parameters.unwrap_or_default() {
                 let value = ParameterValue::from_sdk(item);
