@@ -27,6 +27,8 @@ mod layer;
 mod memory;
 #[path = "e2e/modes.rs"]
 mod modes;
+#[path = "e2e/parameter_modes.rs"]
+mod parameter_modes;
 #[path = "e2e/parameters.rs"]
 mod parameters;
 #[path = "e2e/sdk_protocol.rs"]
