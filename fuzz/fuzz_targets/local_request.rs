@@ -72,7 +72,6 @@ fuzz_target!(|data: &[u8]| {
             assert!(!query.name.is_empty() && query.name.len() <= MAX_NAME_CHARS);
             assert!(!query.name.chars().any(char::is_control));
         }
-
         Err((refusal, _api)) => {
             let status = status_of(refusal.code);
             assert!(status.is_client_error(), "a routing refusal is a 4xx: {status}");
