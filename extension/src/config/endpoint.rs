@@ -37,6 +37,7 @@ pub(super) fn endpoints(env: &Env, port: u16) -> Result<AwsEndpoints, ConfigErro
         match slot {
             0 => {
                 endpoints.secrets_manager = Some(url.to_owned());
+                endpoints.ssm = Some(url.to_owned());
                 endpoints.sts.get_or_insert_with(|| url.to_owned());
                 endpoints.iam.get_or_insert_with(|| url.to_owned());
             }

@@ -15,8 +15,9 @@ pub mod token;
 
 pub use self::env::Env;
 pub use self::token::LocalToken;
-use crate::config::allowlist::{Allowlist, AllowlistError};
+use crate::config::allowlist::Allowlist;
 use crate::domain::arn::{RoleArn, is_region};
+use crate::domain::item::Kind;
 
 /// A configuration value that was rejected, with a sentence that says why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -105,6 +106,8 @@ pub struct AwsEndpoints {
     /// `AWS_ENDPOINT_URL` only: `AWS_ENDPOINT_URL_SECRETS_MANAGER` points the *function* at
     /// this extension, and following it would make the extension call itself.
     pub secrets_manager: Option<String>,
+    /// `AWS_ENDPOINT_URL` only, for the same reason (`AWS_ENDPOINT_URL_SSM`).
+    pub ssm: Option<String>,
     /// `AWS_ENDPOINT_URL_IAM`, else `AWS_ENDPOINT_URL`, else the SDK's default (deny mode only).
     pub iam: Option<String>,
 }
@@ -114,7 +117,7 @@ pub struct AwsEndpoints {
 pub struct Config {
     /// The role each session assumes.
     pub role_arn: RoleArn,
-    /// The secrets the function may read, with their local aliases.
+    /// The secrets and parameters the function may read, with their local aliases.
     pub allowlist: Allowlist,
     /// Local API port on 127.0.0.1.
     pub port: u16,
@@ -175,6 +178,7 @@ pub mod var {
     #![allow(missing_docs)]
     pub const ROLE_ARN: &str = "SCOPED_SECRETS_ROLE_ARN";
     pub const SECRETS: &str = "SCOPED_SECRETS_SECRETS";
+    pub const PARAMETERS: &str = "SCOPED_SECRETS_PARAMETERS";
     pub const PORT: &str = "SCOPED_SECRETS_PORT";
     pub const CACHE_TTL: &str = "SCOPED_SECRETS_CACHE_TTL";
     pub const PREFETCH: &str = "SCOPED_SECRETS_PREFETCH";
@@ -206,8 +210,16 @@ impl Config {
         if !is_region(&region) {
             return Err(ConfigError::new("AWS_REGION", "must be a region name such as us-east-1."));
         }
-        let allowlist = Allowlist::parse(required(env, var::SECRETS)?, &role_arn, &region)
-            .map_err(|e: AllowlistError| ConfigError::new(var::SECRETS, e.to_string()))?;
+        let (secrets, parameters) = (env.get(var::SECRETS).unwrap_or(""), env.get(var::PARAMETERS).unwrap_or(""));
+        let allowlist = Allowlist::parse_lists(secrets, parameters, &role_arn, &region).map_err(|(kind, error)| {
+            ConfigError::new(if kind == Kind::Secret { var::SECRETS } else { var::PARAMETERS }, error.to_string())
+        })?;
+        if allowlist.is_empty() {
+            return Err(ConfigError::new(
+                var::SECRETS,
+                format!("and {} are both empty; list at least one secret or parameter.", var::PARAMETERS),
+            ));
+        }
         let allowlist = match env.get(var::KMS_KEYS).map(str::trim).filter(|v| !v.is_empty()) {
             Some(raw) => allowlist.with_kms(
                 kms::kms_grant(raw, &role_arn, &region).map_err(|reason| ConfigError::new(var::KMS_KEYS, reason))?,

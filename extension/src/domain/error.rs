@@ -49,7 +49,8 @@ impl SessionError {
     }
 }
 
-/// Why a secret could not be served. `Clone`: callers that joined one fetch share its failure.
+/// Why a secret or parameter could not be served. `Clone`: callers that joined one fetch share
+/// its failure.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ReadError {
     /// Not in the allowlist: nothing was asked of AWS.
@@ -58,6 +59,15 @@ pub enum ReadError {
     /// Secrets Manager has no such secret or version.
     #[error("the secret or version does not exist")]
     NotFound,
+    /// The parameter is not in the allowlist: nothing was asked of AWS.
+    #[error("the parameter is not in the allowlist")]
+    ParameterNotAllowed,
+    /// Parameter Store has no such parameter.
+    #[error("the parameter does not exist")]
+    ParameterNotFound,
+    /// Parameter Store has no such version or label of the parameter.
+    #[error("the parameter version or label does not exist")]
+    ParameterVersionNotFound,
     /// AWS refused the session (the role's or the session's policy).
     #[error("AWS refused access with the session's credentials ({code})")]
     AccessDenied {
@@ -121,6 +131,9 @@ impl ReadError {
         match self {
             ReadError::NotAllowed => Code::SecretNotAllowed,
             ReadError::NotFound => Code::SecretNotFound,
+            ReadError::ParameterNotAllowed => Code::ParameterNotAllowed,
+            ReadError::ParameterNotFound => Code::ParameterNotFound,
+            ReadError::ParameterVersionNotFound => Code::ParameterVersionNotFound,
             ReadError::AccessDenied { .. } => Code::UpstreamAccessDenied,
             ReadError::InvalidRequest { .. } => Code::InvalidRequest,
             ReadError::Throttled => Code::UpstreamThrottled,
@@ -149,6 +162,9 @@ mod tests {
         let errors = [
             ReadError::NotAllowed,
             ReadError::NotFound,
+            ReadError::ParameterNotAllowed,
+            ReadError::ParameterNotFound,
+            ReadError::ParameterVersionNotFound,
             ReadError::AccessDenied { code: "AccessDeniedException".into() },
             ReadError::InvalidRequest { code: "InvalidParameterException".into() },
             ReadError::Throttled,

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{self, Config, Env, FunctionCredentialSource, InitializationType, RevocationMode};
+use crate::domain::item::Kind;
 use crate::evidence::Evidence;
 use crate::extensions_api::{self, Registered};
 use crate::hardening::Hardening;
@@ -81,8 +82,14 @@ impl Extension {
         if let Some(unknown) = &config.unrecognised_initialization_type {
             tracing::warn!(event = "unknown_initialization_type", value = %unknown, running_as = "on-demand");
         }
-        policy::check_fits(&config.allowlist)
-            .map_err(|reason| failure("Extension.ConfigInvalid", format!("{} would {reason}", config::var::SECRETS)))?;
+        policy::check_fits(&config.allowlist).map_err(|reason| {
+            let lists = match (config.allowlist.count(Kind::Secret), config.allowlist.count(Kind::Parameter)) {
+                (_, 0) => config::var::SECRETS.to_owned(),
+                (0, _) => config::var::PARAMETERS.to_owned(),
+                _ => format!("{} and {} together", config::var::SECRETS, config::var::PARAMETERS),
+            };
+            failure("Extension.ConfigInvalid", format!("{lists} would {reason}"))
+        })?;
         let config = Arc::new(config);
         let address = SocketAddr::from(([127, 0, 0, 1], config.port));
         let listener = TcpListener::bind(address).await.map_err(|error| {
@@ -197,7 +204,9 @@ impl Extension {
             initialization_type = self.config.initialization_type.as_str(),
             tenant_scoped = self.tenancy.is_scoped(),
             port = self.config.port,
-            secrets = self.config.allowlist.len() as u64,
+            secrets = self.config.allowlist.count(Kind::Secret) as u64,
+            parameters = self.config.allowlist.count(Kind::Parameter) as u64,
+
             start_to_ready_us = started.elapsed().as_micros() as u64,
             core_dumps_disabled = hardening.core_dumps_disabled,
             not_dumpable = hardening.not_dumpable,

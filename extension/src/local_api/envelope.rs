@@ -28,6 +28,13 @@ impl Refusal {
     }
 }
 
+/// A refusal and the id it concerned, if the request got far enough to name one (the AWS JSON
+/// protocols' handlers return it; the caller audits and answers it).
+pub type Refused = (Refusal, Option<String>);
+
+/// The content type of the Secrets Manager and Systems Manager JSON protocols.
+pub const AMZ_JSON: &str = "application/x-amz-json-1.1";
+
 impl From<Code> for Refusal {
     fn from(code: Code) -> Self {
         Self::of(code)

@@ -1,11 +1,12 @@
-//! The one read path both protocols call once they have parsed a request: the allowlist, the
-//! tenant's confirmation, the store (cache or a fetch with the invocation's session), the
-//! evidence, and the audit line for every allow and every deny.
+//! The one read path both protocols call once they have parsed a request, for secrets and
+//! parameters alike: the allowlist (each kind matched among its own entries), the tenant's
+//! confirmation, the store (cache or a fetch with the invocation's session), the evidence, and
+//! the audit line for every allow and every deny.
 //!
-//! Every line names the invocation's request id and the requested id (never a value); a
-//! requested id (or a caller's request id) that carries the local token or a long piece of it,
-//! however it was decoded on the way in, is never written as it is
-//! ([`LocalToken::appears_in`]).
+//! Every line names the invocation's request id, the kind of item and the requested id (never a
+//! value): `secret_id` for a secret, `parameter` for a parameter. A requested id (or a caller's
+//! request id) that carries the local token or a long piece of it, however it was decoded on the
+//! way in, is never written as it is ([`LocalToken::appears_in`]).
 //!
 //! Every wait of one request (for the tenant, for an invocation, for its session) ends at one
 //! deadline, [`Read::deadline`]: a request is bounded by one wait timeout in all, plus the
@@ -20,11 +21,15 @@ use crate::config::LocalToken;
 use crate::domain::api::Api;
 use crate::domain::code::Code;
 use crate::domain::error::ReadError;
+use crate::domain::item::{Kind, Wanted};
+use crate::domain::parameter::ParameterVersion;
 use crate::domain::text::printable;
 use crate::domain::version::Version;
 use crate::evidence::Evidence;
 use crate::invocation::Invocations;
 use crate::secrets::Secrets;
+use crate::secrets::parameter::ParameterValue;
+use crate::secrets::served::Item;
 use crate::secrets::value::SecretValue;
 use crate::tenant::Tenancy;
 
@@ -52,7 +57,8 @@ pub struct ReadPath {
 /// One read as a protocol parsed it.
 #[derive(Debug, Clone, Copy)]
 pub struct Read<'a> {
-    /// The requested id (alias, name or ARN), as the caller wrote it.
+    /// The requested id (alias, name or ARN), as the caller wrote it; a parameter's without its
+    /// `:version` or `:label`.
     pub secret_id: &'a str,
     /// The face of the API.
     pub api: Api,
@@ -79,11 +85,58 @@ impl ReadPath {
     /// # Errors
     /// [`ReadError`]; the caller answers in its own protocol and calls [`ReadPath::audit_deny`].
     pub async fn read(&self, read: Read<'_>, version: Version) -> Result<Arc<SecretValue>, ReadError> {
+        match self.read_item(read, Wanted::Secret(version)).await? {
+            Item::Secret(value) => Ok(value),
+            Item::Parameter(_) => Err(ReadError::Upstream { kind: "a parameter where a secret was due".into() }),
+        }
+    }
+
+    /// Reads `version` of the parameter `read` names, decrypted or not, as [`ReadPath::read`]
+    /// reads a secret.
+    ///
+    /// # Errors
+    /// [`ReadError`]; the caller answers in its own protocol and calls
+    /// [`ReadPath::audit_parameter_deny`].
+    pub async fn read_parameter(
+        &self,
+        read: Read<'_>,
+        version: ParameterVersion,
+        decrypt: bool,
+    ) -> Result<Arc<ParameterValue>, ReadError> {
+        match self.read_item(read, Wanted::Parameter { version, decrypt }).await? {
+            Item::Parameter(value) => Ok(value),
+            Item::Secret(_) => Err(ReadError::Upstream { kind: "a secret where a parameter was due".into() }),
+        }
+    }
+
+    /// Whether `requested` names an allowlisted item of `kind` (waiting, bounded, for the
+    /// tenant), so a `GetParameters` can refuse whole before anything is asked of AWS.
+    ///
+    /// # Errors
+    /// [`ReadError::NotAllowed`] or [`ReadError::ParameterNotAllowed`], or why the allowlist is
+    /// not known.
+    pub async fn check(&self, kind: Kind, requested: &str, deadline: Instant) -> Result<(), ReadError> {
+        let allowlist = self.tenancy.allowlist(deadline).await?;
+        match kind {
+            Kind::Secret => allowlist.find(requested).map(|_| ()).ok_or(ReadError::NotAllowed),
+            Kind::Parameter => allowlist.find_parameter(requested).map(|_| ()).ok_or(ReadError::ParameterNotAllowed),
+        }
+    }
+
+    async fn read_item(&self, read: Read<'_>, wanted: Wanted) -> Result<Item, ReadError> {
         let allowlist = self.tenancy.allowlist(read.deadline).await?;
-        let entry = allowlist.find(read.secret_id).ok_or(ReadError::NotAllowed)?;
-        // A complete ARN other than the configured id (an entry configured by name matches any
+        let kind = wanted.kind();
+        let entry = match kind {
+            Kind::Secret => allowlist.find(read.secret_id).ok_or(ReadError::NotAllowed)?,
+            Kind::Parameter => allowlist.find_parameter(read.secret_id).ok_or(ReadError::ParameterNotAllowed)?,
+        };
+        // A complete ARN other than the configured id (a secret configured by name matches any
         // suffix): served only if it is the secret's actual ARN, learnt from AWS's answer.
-        let by_arn = allowlist.entry(entry).is_some_and(|e| e.is_named_by_arn(read.secret_id));
+        let by_arn = kind == Kind::Secret && allowlist.entry(entry).is_some_and(|e| e.is_named_by_arn(read.secret_id));
+        let decrypt = match &wanted {
+            Wanted::Parameter { decrypt, .. } => Some(*decrypt),
+            Wanted::Secret(_) => None,
+        };
         if self.tenancy.is_scoped() {
             // Served only once the platform has named this invocation's tenant as ours.
             let scope = self.invocations.current_scope_until(read.deadline).await?;
@@ -91,36 +144,71 @@ impl ReadPath {
                 self.tenancy.wait_confirmed(scope.label(), read.deadline).await?;
             }
         }
-        let served = self.secrets.get(entry, version, read.refresh, read.deadline).await?;
-        if by_arn && served.value.arn() != read.secret_id {
-            // AWS would find no secret with that ARN (or another one): not this one's value.
-            return Err(ReadError::NotFound);
-        }
-        if read.stage_of_id.is_some_and(|stage| !served.value.has_stage(stage)) {
-            return Err(ReadError::VersionStageMismatch);
+        let served = self.secrets.get(entry, wanted, read.refresh, read.deadline).await?;
+        if let Item::Secret(secret) = &served.value {
+            if by_arn && secret.arn() != read.secret_id {
+                // AWS would find no secret with that ARN (or another one): not this one's value.
+                return Err(ReadError::NotFound);
+            }
+            if read.stage_of_id.is_some_and(|stage| !secret.has_stage(stage)) {
+                return Err(ReadError::VersionStageMismatch);
+            }
         }
         self.evidence.read(entry, read.api);
         let request_id = match read.caller {
             Some(caller) => self.logged(caller),
             None => served.scope.unwrap_or_else(|| self.invocations.label()),
         };
-        tracing::info!(
-            target: "audit",
-            event = "allow",
-            request_id = %request_id,
-            request_id_asserted = read.caller.is_some(),
-            api = read.api.as_str(),
-            secret_id = %printable(read.secret_id),
-            version_id = served.value.version_id(),
-            source = served.source.as_str(),
-            refresh = read.refresh,
-        );
+        let version_id = served.value.version_id();
+        match decrypt {
+            None => tracing::info!(
+                target: "audit",
+                event = "allow",
+                request_id = %request_id,
+                request_id_asserted = read.caller.is_some(),
+                api = read.api.as_str(),
+                kind = kind.as_str(),
+                secret_id = %printable(read.secret_id),
+                version_id = &*version_id,
+                source = served.source.as_str(),
+                refresh = read.refresh,
+            ),
+            Some(decrypt) => tracing::info!(
+                target: "audit",
+                event = "allow",
+                request_id = %request_id,
+                request_id_asserted = read.caller.is_some(),
+                api = read.api.as_str(),
+                kind = kind.as_str(),
+                parameter = %printable(read.secret_id),
+                version = &*version_id,
+                with_decryption = decrypt,
+                source = served.source.as_str(),
+            ),
+        }
         Ok(served.value)
     }
 
     /// The audit line (and counters) for a refused request. `secret_id` is the requested id,
     /// given only once the request proved it holds the token.
     pub async fn audit_deny(&self, api: Api, caller: Option<&str>, secret_id: Option<&str>, code: Code, status: u16) {
+        self.deny(Kind::Secret, api, caller, secret_id, code, status).await;
+    }
+
+    /// [`ReadPath::audit_deny`] for a request that named a parameter (`name`, once the request
+    /// proved it holds the token or signature).
+    pub async fn audit_parameter_deny(
+        &self,
+        api: Api,
+        caller: Option<&str>,
+        name: Option<&str>,
+        code: Code,
+        status: u16,
+    ) {
+        self.deny(Kind::Parameter, api, caller, name, code, status).await;
+    }
+
+    async fn deny(&self, kind: Kind, api: Api, caller: Option<&str>, secret_id: Option<&str>, code: Code, status: u16) {
         // Attributed to the invocation the request belongs to, even when it raced its INVOKE.
         let request_id = match caller {
             Some(caller) => self.logged(caller),
@@ -128,16 +216,30 @@ impl ReadPath {
         };
         self.evidence.deny(code);
         let secret_id = secret_id.map(|id| self.logged(id)).unwrap_or_default();
-        tracing::info!(
-            target: "audit",
-            event = "deny",
-            request_id = %request_id,
-            request_id_asserted = caller.is_some(),
-            api = api.as_str(),
-            secret_id = %secret_id,
-            code = code.as_str(),
-            status,
-        );
+        match kind {
+            Kind::Secret => tracing::info!(
+                target: "audit",
+                event = "deny",
+                request_id = %request_id,
+                request_id_asserted = caller.is_some(),
+                api = api.as_str(),
+                kind = kind.as_str(),
+                secret_id = %secret_id,
+                code = code.as_str(),
+                status,
+            ),
+            Kind::Parameter => tracing::info!(
+                target: "audit",
+                event = "deny",
+                request_id = %request_id,
+                request_id_asserted = caller.is_some(),
+                api = api.as_str(),
+                kind = kind.as_str(),
+                parameter = %secret_id,
+                code = code.as_str(),
+                status,
+            ),
+        }
     }
 
     /// Caller text as an audit line may show it. A caller that sends its own token as an id

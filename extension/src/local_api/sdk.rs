@@ -1,12 +1,16 @@
-//! The Secrets Manager protocol on the local endpoint, for unchanged SDK code.
+//! The AWS JSON protocols on the local endpoint, for unchanged SDK code: Secrets Manager's, and
+//! (in [`super::ssm`]) Systems Manager's.
 //!
-//! Every current AWS SDK honours `AWS_ENDPOINT_URL_SECRETS_MANAGER`; pointed here, it sends
-//! `POST /` with `X-Amz-Target: secretsmanager.<Operation>` and an `application/x-amz-json-1.1`
-//! body, SigV4-signed with the function's own credentials. This module verifies the signature
-//! ([`crate::sigv4`]), serves `GetSecretValue` and `BatchGetSecretValue` through the same
-//! [`ReadPath`] as the GET API, and answers errors the way the SDKs understand them: HTTP 400
-//! with `{"__type": TYPE, "message": …}` (the type must be in the body), or a 5xx where an SDK
-//! retry is the right outcome; [`sdk_form`] gives each code its status and type.
+//! Every current AWS SDK honours `AWS_ENDPOINT_URL_SECRETS_MANAGER` and `AWS_ENDPOINT_URL_SSM`;
+//! pointed here, it sends `POST /` with `X-Amz-Target: secretsmanager.<Operation>` (or
+//! `AmazonSSM.<Operation>`) and an `application/x-amz-json-1.1` body, SigV4-signed with the
+//! function's own credentials for that service. This module verifies the signature
+//! ([`crate::sigv4`]), serves `GetSecretValue` and `BatchGetSecretValue` (and hands
+//! `GetParameter` and `GetParameters` to [`super::ssm`]) through the same [`ReadPath`] as the
+//! GET API, and answers errors the way the SDKs understand them: HTTP 400 with
+//! `{"__type": TYPE, "message": …}` (the type must be in the body), or a 5xx where an SDK retry
+//! is the right outcome; [`sdk_form`] (and [`super::ssm::ssm_form`]) give each code its status
+//! and type.
 //! See <https://docs.aws.amazon.com/secretsmanager/latest/apireference/API_GetSecretValue.html>.
 
 use std::sync::Arc;
@@ -22,8 +26,9 @@ use serde::Deserialize;
 use serde_json::Value;
 use zeroize::Zeroizing;
 
-use super::envelope::{Refusal, check_host, refuse_absolute_target, refuse_forwarded};
+use super::envelope::{AMZ_JSON, Refusal, Refused, check_host, refuse_absolute_target, refuse_forwarded};
 use super::read::{Read, ReadPath};
+use super::ssm;
 use crate::domain::api::Api;
 use crate::domain::code::Code;
 use crate::domain::version::{self, Version};
@@ -38,8 +43,40 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(5);
 /// `BatchGetSecretValue` takes at most this many ids, as in AWS.
 const MAX_BATCH: usize = 20;
-/// The content type of the Secrets Manager JSON protocol.
-const AMZ_JSON: &str = "application/x-amz-json-1.1";
+
+/// Which AWS JSON protocol a request speaks, from its `X-Amz-Target`: it decides the service
+/// the signature must be for, and the wire form of every refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// `secretsmanager.<Operation>` (and anything unknown).
+    SecretsManager,
+    /// `AmazonSSM.<Operation>`.
+    Ssm,
+}
+
+impl Protocol {
+    /// The protocol `headers` name.
+    pub fn of(headers: &http::HeaderMap) -> Self {
+        let target = headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or_default();
+        if target.starts_with("AmazonSSM.") { Protocol::Ssm } else { Protocol::SecretsManager }
+    }
+
+    /// The SigV4 signing name.
+    pub fn service(self) -> &'static str {
+        match self {
+            Protocol::SecretsManager => "secretsmanager",
+            Protocol::Ssm => "ssm",
+        }
+    }
+
+    /// Each code's status and error type in this protocol.
+    pub fn form(self, code: Code) -> (StatusCode, &'static str) {
+        match self {
+            Protocol::SecretsManager => sdk_form(code),
+            Protocol::Ssm => ssm::ssm_form(code),
+        }
+    }
+}
 
 /// What signatures are verified against: the function's own credentials and region.
 #[derive(Debug)]
@@ -67,21 +104,24 @@ struct BatchGetSecretValueInput {
     next_token: Option<String>,
 }
 
-/// A refusal and the id it concerned, if the request got far enough to name one.
-type Refused = (Refusal, Option<String>);
-
 /// Answers one `POST /`.
 pub async fn handle<B>(reader: &ReadPath, signatures: &Signatures, request: Request<B>) -> Response<Full<Bytes>>
 where
     B: Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    match answer(reader, signatures, request).await {
+    let protocol = Protocol::of(request.headers());
+    match answer(reader, signatures, protocol, request).await {
         Ok(response) => response,
-        Err((refusal, secret_id)) => {
-            let (status, _) = sdk_form(refusal.code);
-            reader.audit_deny(Api::Sdk, None, secret_id.as_deref(), refusal.code, status.as_u16()).await;
-            error_response(refusal)
+        Err((refusal, id)) => {
+            let status = protocol.form(refusal.code).0.as_u16();
+            match protocol {
+                Protocol::SecretsManager => {
+                    reader.audit_deny(Api::Sdk, None, id.as_deref(), refusal.code, status).await
+                }
+                Protocol::Ssm => reader.audit_parameter_deny(Api::Sdk, None, id.as_deref(), refusal.code, status).await,
+            }
+            error_response(protocol, refusal)
         }
     }
 }
@@ -89,6 +129,7 @@ where
 async fn answer<B>(
     reader: &ReadPath,
     signatures: &Signatures,
+    protocol: Protocol,
     request: Request<B>,
 ) -> Result<Response<Full<Bytes>>, Refused>
 where
@@ -116,15 +157,8 @@ where
         return Err(refused(Refusal::of(Code::NoFunctionCredentials)));
     };
     let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let verified = sigv4::verify(
-        parts.method.as_str(),
-        path_and_query,
-        &parts.headers,
-        &body,
-        &credentials,
-        &signatures.region,
-        SystemTime::now(),
-    );
+    let signed = sigv4::Signed { method: parts.method.as_str(), path_and_query, headers: &parts.headers, body: &body };
+    let verified = sigv4::verify(signed, &credentials, &signatures.region, protocol.service(), SystemTime::now());
     if let Err(why) = verified {
         tracing::debug!(event = "signature_refused", cause = %why);
         let code = match why {
@@ -143,6 +177,8 @@ where
     match target {
         "secretsmanager.GetSecretValue" => get_secret_value(reader, &body, deadline).await,
         "secretsmanager.BatchGetSecretValue" => batch_get_secret_value(reader, &body, deadline).await,
+        "AmazonSSM.GetParameter" => ssm::get_parameter(reader, &body, deadline).await,
+        "AmazonSSM.GetParameters" => ssm::get_parameters(reader, &body, deadline).await,
         _ => Err(refused(Refusal::of(Code::UnsupportedOperation))),
     }
 }
@@ -267,8 +303,11 @@ pub fn sdk_form(code: Code) -> (StatusCode, &'static str) {
         | Code::SignatureMalformed
         | Code::SignatureMismatch
         | Code::SecretNotAllowed
+        | Code::ParameterNotAllowed
         | Code::UpstreamAccessDenied => (S::BAD_REQUEST, "AccessDeniedException"),
-        Code::SecretNotFound => (S::BAD_REQUEST, "ResourceNotFoundException"),
+        Code::SecretNotFound | Code::ParameterNotFound | Code::ParameterVersionNotFound => {
+            (S::BAD_REQUEST, "ResourceNotFoundException")
+        }
         Code::UpstreamThrottled => (S::BAD_REQUEST, "ThrottlingException"),
         Code::InvalidParameter
         | Code::InvalidQuery
@@ -280,7 +319,16 @@ pub fn sdk_form(code: Code) -> (StatusCode, &'static str) {
         | Code::ConflictingVersion
         | Code::InvalidVersionStage
         | Code::InvalidVersionId
-        | Code::InvalidRequestId => (S::BAD_REQUEST, "InvalidParameterException"),
+        | Code::InvalidRequestId
+        | Code::InvalidJsonKey
+        | Code::MissingName
+        | Code::InvalidName
+        | Code::InvalidParameterVersion
+        | Code::InvalidLabel
+        | Code::InvalidWithDecryption
+        | Code::InvalidReference
+        | Code::SecretNotJsonObject
+        | Code::JsonKeyNotFound => (S::BAD_REQUEST, "InvalidParameterException"),
         Code::MethodNotAllowed
         | Code::BodyNotAllowed
         | Code::AbsoluteTarget
@@ -309,8 +357,9 @@ pub fn sdk_form(code: Code) -> (StatusCode, &'static str) {
     }
 }
 
-fn error_response(refusal: Refusal) -> Response<Full<Bytes>> {
-    let (status, kind) = sdk_form(refusal.code);
+fn error_response(protocol: Protocol, refusal: Refusal) -> Response<Full<Bytes>> {
+    let (status, kind) = protocol.form(refusal.code);
+
     let body = serde_json::json!({ "__type": kind, "message": refusal.message }).to_string();
     let mut response = json_response(status, Bytes::from(body), AMZ_JSON);
     response.headers_mut().insert("x-amzn-errortype", HeaderValue::from_static(kind));

@@ -6,8 +6,11 @@
 //! key's lock and then finds the first one's value, or, if that call failed, its failure (so N
 //! waiters wait one upstream call, not N in turn). The lock is held only across the upstream
 //! call itself: the waits for an invocation and for its session happen before it (see
-//! [`super::Secrets::get`]). Dropping a value (expiry, wipe, eviction) wipes it:
-//! [`SecretValue`] holds its bytes in zeroizing memory.
+//! [`super::Secrets::get`]). Dropping a value (expiry, wipe, eviction) wipes it: [`Item`] holds
+//! its bytes in zeroizing memory. A key is an allowlist entry (secrets and parameters share one
+//! index space) and what was asked of it ([`Wanted`]): a secret's version, or a parameter's
+//! version with or without decryption. A `String` or `StringList` parameter reads the same
+//! either way, so it is stored under both.
 //!
 //! Locks: the map is behind a std `Mutex` (held for a lookup or an insert, never across an
 //! `.await`); each key's single-flight lock is a tokio `Mutex` (held across the fetch).
@@ -20,24 +23,24 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::value::{SecretValue, Served, Source};
+use super::served::{Item, Served, Source};
 use crate::config::allowlist::EntryIndex;
 use crate::domain::error::ReadError;
-use crate::domain::version::Version;
+use crate::domain::item::Wanted;
 use crate::invocation::Invocations;
 use crate::invocation::scope::Scope;
 
-/// What is cached: one version of one allowlisted secret.
+/// What is cached: one version of one allowlisted item.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Key {
     /// The allowlist entry.
     pub entry: EntryIndex,
-    /// The version asked for.
-    pub version: Version,
+    /// What was asked of it.
+    pub wanted: Wanted,
 }
 
 struct Cached {
-    value: Arc<SecretValue>,
+    value: Item,
     fetched_at: Instant,
     generation: u64,
 }
@@ -90,7 +93,7 @@ impl Cache {
     pub async fn get_or_fetch<F, Fut>(&self, key: Key, refresh: bool, fetch: F) -> Result<Served, ReadError>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<(Arc<SecretValue>, Arc<Scope>), ReadError>>,
+        Fut: Future<Output = Result<(Item, Arc<Scope>), ReadError>>,
     {
         if let Some(value) = self.fresh(&key).filter(|_| !refresh) {
             return Ok(Served { value, source: Source::Cache, scope: None });
@@ -110,7 +113,7 @@ impl Cache {
         *flight.failure.lock().unwrap_or_else(PoisonError::into_inner) = fetched.as_ref().err().cloned();
         flight.finished.fetch_add(1, Ordering::AcqRel);
         let (value, scope) = fetched?;
-        self.store(&scope, key, Arc::clone(&value));
+        self.store(&scope, key, value.clone());
         Ok(Served { value, source: Source::Aws, scope: Some(scope.label().to_owned()) })
     }
 
@@ -134,13 +137,22 @@ impl Cache {
     /// Keeps `value` for `key`, unless `scope` has ended (then it is dropped and wiped, never
     /// cached past its end). A per-fetch scope is no invocation: with TTL 0 its values serve
     /// their own request only.
-    pub fn store(&self, scope: &Scope, key: Key, value: Arc<SecretValue>) {
+    pub fn store(&self, scope: &Scope, key: Key, value: Item) {
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         // Checked under the map's lock, so an end that races this store is seen by one of them.
         if scope.has_ended() || (self.ttl.is_zero() && scope.is_per_fetch()) {
             return;
         }
-        entries.insert(key, Cached { value, fetched_at: Instant::now(), generation: scope.generation() });
+        let (fetched_at, generation) = (Instant::now(), scope.generation());
+        if let (Wanted::Parameter { version, decrypt }, Item::Parameter(parameter)) = (&key.wanted, &value)
+            && !parameter.is_secure()
+        {
+            // The same answer with or without decryption: either request finds it.
+            let other =
+                Key { entry: key.entry, wanted: Wanted::Parameter { version: version.clone(), decrypt: !decrypt } };
+            entries.insert(other, Cached { value: value.clone(), fetched_at, generation });
+        }
+        entries.insert(key, Cached { value, fetched_at, generation });
         drop(entries);
         self.stored.notify_one();
     }
@@ -206,7 +218,7 @@ impl Cache {
         self.fresh(key).map(|value| Served { value, source: Source::Cache, scope: None })
     }
 
-    fn fresh(&self, key: &Key) -> Option<Arc<SecretValue>> {
+    fn fresh(&self, key: &Key) -> Option<Item> {
         let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         let cached = entries.get(key)?;
         let fresh = if self.ttl.is_zero() {
@@ -214,7 +226,7 @@ impl Cache {
         } else {
             cached.fetched_at.elapsed() < self.ttl
         };
-        fresh.then(|| Arc::clone(&cached.value))
+        fresh.then(|| cached.value.clone())
     }
 
     fn flight(&self, key: &Key) -> Arc<Flight> {
@@ -242,13 +254,17 @@ impl std::fmt::Debug for KeyGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::parameter::ParameterVersion;
+    use crate::domain::version::Version;
     use crate::invocation::Start;
+    use crate::secrets::parameter::ParameterValue;
+    use crate::secrets::value::SecretValue;
     use crate::testing;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::SystemTime;
 
-    fn value(version: &str) -> Arc<SecretValue> {
-        Arc::new(SecretValue::from_parts(
+    fn value(version: &str) -> Item {
+        Item::Secret(Arc::new(SecretValue::from_parts(
             Some("arn:aws:secretsmanager:us-east-1:123456789012:secret:app/db-AbC123".into()),
             Some("app/db".into()),
             Some(version.into()),
@@ -256,11 +272,11 @@ mod tests {
             None,
             None,
             None,
-        ))
+        )))
     }
 
     fn key() -> Key {
-        Key { entry: 0, version: Version::Current }
+        Key { entry: 0, wanted: Wanted::Secret(Version::Current) }
     }
 
     async fn setup(ttl: Duration) -> (Arc<Cache>, Arc<Invocations>, Arc<Scope>) {
@@ -275,7 +291,7 @@ mod tests {
         scope: &Arc<Scope>,
         version: &'static str,
         delay: Duration,
-    ) -> impl Future<Output = Result<(Arc<SecretValue>, Arc<Scope>), ReadError>> {
+    ) -> impl Future<Output = Result<(Item, Arc<Scope>), ReadError>> {
         calls.fetch_add(1, Ordering::SeqCst);
         let scope = Arc::clone(scope);
         async move {
@@ -312,9 +328,10 @@ mod tests {
         let (a, b) = tokio::join!(cache.get_or_fetch(key(), false, slow), cache.get_or_fetch(key(), false, slow));
         let (a, b) = (a.expect("a"), b.expect("b"));
         assert_eq!(calls.load(Ordering::SeqCst), 1, "one upstream call for both");
-        assert!(Arc::ptr_eq(&a.value, &b.value));
+        let (Item::Secret(a_value), Item::Secret(b_value)) = (&a.value, &b.value) else { panic!("secrets") };
+        assert!(Arc::ptr_eq(a_value, b_value));
         assert_eq!([a.source, b.source].iter().filter(|s| **s == Source::Cache).count(), 1);
-        let other = Key { entry: 0, version: Version::Stage("AWSPREVIOUS".into()) };
+        let other = Key { entry: 0, wanted: Wanted::Secret(Version::Stage("AWSPREVIOUS".into())) };
         cache.get_or_fetch(other, false, || fetch(&calls, &scope, "v0", Duration::ZERO)).await.expect("other");
         assert_eq!(calls.load(Ordering::SeqCst), 2, "another version is another key");
     }
@@ -388,7 +405,7 @@ mod tests {
     async fn the_prefetch_locks_only_what_is_missing() {
         let (cache, _, scope) = setup(Duration::from_secs(300)).await;
         cache.store(&scope, key(), value("v1"));
-        let other = Key { entry: 1, version: Version::Current };
+        let other = Key { entry: 1, wanted: Wanted::Secret(Version::Current) };
         let locked = cache.lock_missing(vec![key(), other.clone()]).await;
         assert_eq!(locked.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(), vec![other.clone()]);
         let calls = AtomicUsize::new(0);
@@ -399,5 +416,28 @@ mod tests {
         drop(locked);
         assert_eq!(waiting.await.expect("served").value.version_id(), "batch");
         assert_eq!(calls.load(Ordering::SeqCst), 0, "no second fetch");
+    }
+
+    fn parameter(kind: aws_sdk_ssm::types::ParameterType) -> Item {
+        Item::Parameter(Arc::new(ParameterValue::from_sdk(
+            aws_sdk_ssm::types::Parameter::builder().name("/app/config").r#type(kind).value("v").version(1).build(),
+        )))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn parameters_are_keyed_by_decryption_unless_their_value_is_the_same_either_way() {
+        let (cache, _, scope) = setup(Duration::from_secs(300)).await;
+        let key =
+            |entry, decrypt| Key { entry, wanted: Wanted::Parameter { version: ParameterVersion::Latest, decrypt } };
+        cache.store(&scope, key(1, true), parameter(aws_sdk_ssm::types::ParameterType::String));
+        cache.store(&scope, key(2, true), parameter(aws_sdk_ssm::types::ParameterType::SecureString));
+        assert!(cache.fresh(&key(1, false)).is_some(), "a String reads the same without decryption");
+        assert!(cache.fresh(&key(2, false)).is_none(), "a SecureString's ciphertext is another answer");
+        assert!(cache.fresh(&key(2, true)).is_some());
+        let version =
+            Key { entry: 2, wanted: Wanted::Parameter { version: ParameterVersion::Number(1), decrypt: true } };
+        assert!(cache.fresh(&version).is_none(), "another version is another key");
+        assert!(cache.fresh(&Key { entry: 1, wanted: Wanted::Secret(Version::Current) }).is_none());
+        assert_eq!(cache.len(), 3);
     }
 }

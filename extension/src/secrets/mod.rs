@@ -1,13 +1,18 @@
-//! The store: secrets fetched with the current scope's session into zeroizing memory, and the
-//! cache they are served from.
+//! The store: secrets and parameters fetched with the current scope's session into zeroizing
+//! memory, and the cache they are served from.
 //!
 //! A read goes through [`Secrets::get`]: the cache ([`cache`]) answers, or one fetch per key
-//! (single flight) asks Secrets Manager with the scope's session. At INVOKE, [`Secrets::prefetch`]
-//! fetches every allowlisted secret that is missing or stale with `BatchGetSecretValue`, 20 per
-//! call, the calls in parallel, while the function starts.
+//! (single flight) asks Secrets Manager (`GetSecretValue`) or Parameter Store (`GetParameter`)
+//! with the scope's session. At INVOKE, [`Secrets::prefetch`] fetches every allowlisted item
+//! that is missing or stale while the function starts: secrets with `BatchGetSecretValue` (20 a
+//! call), parameters with `GetParameters` (10 a call), all the calls in parallel.
 //! See <https://docs.aws.amazon.com/secretsmanager/latest/apireference/API_BatchGetSecretValue.html>.
 
 pub mod cache;
+pub mod parameter;
+mod prefetch;
+pub mod served;
+mod upstream;
 pub mod value;
 
 use std::fmt;
@@ -15,14 +20,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use aws_sdk_secretsmanager as secretsmanager;
-use secretsmanager::error::{ProvideErrorMetadata, SdkError};
-use secretsmanager::operation::get_secret_value::GetSecretValueOutput;
-
 use self::cache::{Cache, Key};
-use self::value::{SecretValue, Served, Source};
+use self::served::{Item, Served, Source};
+use self::upstream::classify;
+use self::value::SecretValue;
 use crate::config::allowlist::EntryIndex;
 use crate::domain::error::ReadError;
+use crate::domain::item::Wanted;
 use crate::domain::version::Version;
 use crate::evidence::Evidence;
 use crate::invocation::Invocations;
@@ -76,8 +80,8 @@ impl Secrets {
         &self.cache
     }
 
-    /// The allowlisted secret `entry` at `version`, from the cache or from AWS; `refresh` skips
-    /// the cache for this read (a failure leaves the cache as it was). Every wait (for an
+    /// What `wanted` asks of the allowlisted item `entry`, from the cache or from AWS; `refresh`
+    /// skips the cache for this read (a failure leaves the cache as it was). Every wait (for an
     /// invocation, for its session) ends at `deadline` and happens before the key's
     /// single-flight lock is taken, so concurrent readers wait side by side, not in turn; the
     /// lock then covers one upstream call.
@@ -91,11 +95,11 @@ impl Secrets {
     pub async fn get(
         &self,
         entry: EntryIndex,
-        version: Version,
+        wanted: Wanted,
         refresh: bool,
         deadline: tokio::time::Instant,
     ) -> Result<Served, ReadError> {
-        let key = Key { entry, version: version.clone() };
+        let key = Key { entry, wanted };
         let served = if refresh { None } else { self.cache.fresh_served(&key) };
         let served = match served {
             Some(served) => Ok(served),
@@ -140,7 +144,7 @@ impl Secrets {
             self.evidence.waited(waiting.elapsed());
             let served = self
                 .cache
-                .get_or_fetch(key.clone(), refresh, || self.fetch(key.entry, &key.version, &scope, &session))
+                .get_or_fetch(key.clone(), refresh, || self.fetch(key.entry, &key.wanted, &scope, &session))
                 .await;
             scope.release(&session).await;
             drop(session);
@@ -156,25 +160,25 @@ impl Secrets {
         }
     }
 
-    /// One fetch with `scope`'s `session`: one `GetSecretValue`, and, when AWS refuses
-    /// credentials that worked before (a revocation by another environment of this function),
-    /// one renewal and one more try.
+    /// One fetch with `scope`'s `session`: one `GetSecretValue` or `GetParameter`, and, when AWS
+    /// refuses credentials that worked before (a revocation by another environment of this
+    /// function), one renewal and one more try.
     async fn fetch(
         &self,
         entry: EntryIndex,
-        version: &Version,
+        wanted: &Wanted,
         scope: &Arc<Scope>,
         session: &Arc<Session>,
-    ) -> Result<(Arc<SecretValue>, Arc<Scope>), ReadError> {
+    ) -> Result<(Item, Arc<Scope>), ReadError> {
         let allowlist = self.tenancy.current().ok_or(ReadError::TenantUnknown)?;
-        let secret_id = allowlist.entry(entry).map(|e| e.secret_id().to_owned()).unwrap_or_default();
-        let output = match self.fetch_one(session, &secret_id, version).await {
+        let id = allowlist.entry(entry).map(|e| e.upstream_id().to_owned()).unwrap_or_default();
+        let item = match self.fetch_one(session, &id, wanted).await {
             Err(refused @ ReadError::AccessDenied { .. }) if session.has_succeeded() => {
                 match scope.renew_after_denial(session).await {
                     Ok(Some(renewed)) => {
-                        let output = self.fetch_one(&renewed, &secret_id, version).await;
+                        let item = self.fetch_one(&renewed, &id, wanted).await;
                         scope.release(&renewed).await;
-                        output
+                        item
                     }
                     Ok(None) => Err(refused),
                     Err(error) => Err(error),
@@ -182,157 +186,49 @@ impl Secrets {
             }
             other => other,
         };
-        let output = output?;
-        let value = Arc::new(SecretValue::from_parts(
-            output.arn,
-            output.name,
-            output.version_id,
-            output.secret_string,
-            output.secret_binary,
-            output.version_stages,
-            output.created_date,
-        ));
-        Ok((value, Arc::clone(scope)))
+        Ok((item?, Arc::clone(scope)))
     }
 
-    async fn fetch_one(
-        &self,
-        session: &Session,
-        secret_id: &str,
-        version: &Version,
-    ) -> Result<GetSecretValueOutput, ReadError> {
-        let mut request = session.client().get_secret_value().secret_id(secret_id);
-        request = match version {
-            Version::Current => request,
-            Version::Stage(stage) => request.version_stage(stage),
-            Version::Id(id) => request.version_id(id),
-        };
+    async fn fetch_one(&self, session: &Session, id: &str, wanted: &Wanted) -> Result<Item, ReadError> {
         self.counters.upstream_calls.fetch_add(1, Relaxed);
         let started = Instant::now();
-        let output = request.send().await.map_err(|e| classify(&e));
+        let item = match wanted {
+            Wanted::Secret(version) => get_secret(session, id, version).await.map(|v| Item::Secret(Arc::new(v))),
+            Wanted::Parameter { version, decrypt } => {
+                parameter::get(session, id, version, *decrypt).await.map(|v| Item::Parameter(Arc::new(v)))
+            }
+        };
         self.evidence.fetch(started.elapsed());
-        let output = output?;
+        let item = item?;
         session.mark_succeeded();
-        Ok(output)
+        Ok(item)
     }
+}
 
-    /// Fetches every allowlisted secret whose current version is missing or stale, in as few
-    /// `BatchGetSecretValue` calls as AWS allows, the calls in parallel. Failures are logged and
-    /// left for the requests themselves to report.
-    pub async fn prefetch(&self, scope: &Arc<Scope>) {
-        let deadline = tokio::time::Instant::now() + self.invocations.wait_timeout();
-        let allowlist = match self.tenancy.allowlist(deadline).await {
-            Ok(allowlist) => allowlist,
-            Err(error) => {
-                tracing::warn!(event = "prefetch_failed", request_id = %scope.label(), cause = %error);
-                return;
-            }
-        };
-        let keys: Vec<Key> = allowlist
-            .iter()
-            .map(|(entry, _)| Key { entry, version: Version::Current })
-            .filter(|key| self.cache.fresh_served(key).is_none())
-            .collect();
-        if keys.is_empty() {
-            return;
-        }
-        // The session first, with no key locked: a request for one of these secrets meanwhile
-        // waits for the same session, not behind the prefetch's wait for it.
-        let session = match scope.session().await {
-            Ok(session) => session,
-            Err(error) => {
-                tracing::warn!(event = "prefetch_failed", request_id = %scope.label(), cause = %error);
-                return;
-            }
-        };
-        // Held until the batch is stored: a request for one of these waits for it instead of
-        // fetching it a second time.
-        let locked = self.cache.lock_missing(keys).await;
-        let wanted: Vec<(EntryIndex, String)> = locked
-            .iter()
-            .filter_map(|(key, _)| Some((key.entry, allowlist.entry(key.entry)?.secret_id().to_owned())))
-            .collect();
-        if wanted.is_empty() {
-            scope.release(&session).await;
-            return;
-        }
-        let calls = wanted.chunks(BATCH_LIMIT).map(|chunk| {
-            let ids: Vec<String> = chunk.iter().map(|(_, id)| id.clone()).collect();
-            self.counters.upstream_calls.fetch_add(1, Relaxed);
-            session.client().batch_get_secret_value().set_secret_id_list(Some(ids)).send()
-        });
-        for result in futures_util::future::join_all(calls).await {
-            let output = match result {
-                Ok(output) => output,
-                Err(error) => {
-                    tracing::warn!(event = "prefetch_failed", request_id = %scope.label(), cause = %classify(&error));
-                    continue;
-                }
-            };
-            session.mark_succeeded();
-            for error in output.errors.unwrap_or_default() {
-                tracing::warn!(
-                    event = "prefetch_error",
-                    request_id = %scope.label(),
-                    secret_id = error.secret_id.as_deref().unwrap_or(""),
-                    code = error.error_code.as_deref().unwrap_or(""),
-                );
-            }
-            for item in output.secret_values.unwrap_or_default() {
-                let value = SecretValue::from_parts(
-                    item.arn,
-                    item.name,
-                    item.version_id,
-                    item.secret_string,
-                    item.secret_binary,
-                    item.version_stages,
-                    item.created_date,
-                );
-                let entry = wanted
-                    .iter()
-                    .find(|(_, id)| *id == value.arn() || *id == value.name())
-                    .map(|(entry, _)| *entry)
-                    .or_else(|| allowlist.find(value.arn()));
-                if let Some(entry) = entry {
-                    self.counters.fetched.fetch_add(1, Relaxed);
-                    self.cache.store(scope, Key { entry, version: Version::Current }, Arc::new(value));
-                }
-            }
-        }
-        scope.release(&session).await;
-        drop(locked);
-    }
+/// One `GetSecretValue` with `session`, the value moved into zeroizing memory.
+async fn get_secret(session: &Session, secret_id: &str, version: &Version) -> Result<SecretValue, ReadError> {
+    let client = session.client().ok_or_else(|| ReadError::Upstream { kind: "no Secrets Manager client".into() })?;
+    let mut request = client.get_secret_value().secret_id(secret_id);
+    request = match version {
+        Version::Current => request,
+        Version::Stage(stage) => request.version_stage(stage),
+        Version::Id(id) => request.version_id(id),
+    };
+    let output = request.send().await.map_err(|e| classify(&e))?;
+    Ok(SecretValue::from_parts(
+        output.arn,
+        output.name,
+        output.version_id,
+        output.secret_string,
+        output.secret_binary,
+        output.version_stages,
+        output.created_date,
+    ))
 }
 
 /// Whether `scope` is the init phase's (the scope before any invocation).
 fn is_init(scope: &Scope) -> bool {
     scope.generation() == 0 && scope.label() == "init"
-}
-
-fn classify<E: ProvideErrorMetadata + fmt::Debug, R: fmt::Debug>(error: &SdkError<E, R>) -> ReadError {
-    match error {
-        SdkError::TimeoutError(_) => ReadError::UpstreamTimeout,
-        SdkError::DispatchFailure(failure) if failure.is_timeout() => ReadError::UpstreamTimeout,
-        SdkError::DispatchFailure(_) => ReadError::Upstream { kind: "connection failed".into() },
-        SdkError::ServiceError(service) => {
-            let mut code = service.err().code().unwrap_or("Unknown").to_owned();
-            code.retain(|c| c.is_ascii_alphanumeric());
-            match code.as_str() {
-                "ResourceNotFoundException" => ReadError::NotFound,
-                "AccessDeniedException"
-                | "AccessDenied"
-                | "UnrecognizedClientException"
-                | "ExpiredTokenException"
-                | "InvalidSignatureException" => ReadError::AccessDenied { code },
-                "ThrottlingException" | "TooManyRequestsException" | "RequestLimitExceeded" => ReadError::Throttled,
-                "InvalidParameterException" | "InvalidRequestException" | "ValidationException" => {
-                    ReadError::InvalidRequest { code }
-                }
-                _ => ReadError::Upstream { kind: code },
-            }
-        }
-        _ => ReadError::Upstream { kind: "unexpected answer".into() },
-    }
 }
 
 #[cfg(test)]
@@ -351,7 +247,7 @@ mod tests {
                 let secrets = Arc::clone(secrets);
                 tokio::spawn(async move {
                     let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
-                    let read = secrets.get(0, Version::Current, false, deadline).await;
+                    let read = secrets.get(0, Wanted::Secret(Version::Current), false, deadline).await;
                     (read.map(|_| ()).map_err(|e| e.code()), started.elapsed())
                 })
             })
