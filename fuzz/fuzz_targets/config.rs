@@ -88,11 +88,13 @@ fuzz_target!(|data: &[u8]| {
                 let found = find(&config.allowlist, entry);
                 assert!(found == Some(index) || (found.is_none() && entry.id().contains("{tenant}")));
             }
-            let resolved = config.allowlist.for_tenant("t0");
-            for (_, entry) in resolved.iter() {
-                let found = find(&resolved, entry).and_then(|i| resolved.entry(i));
-                assert_eq!(found.map(|e| e.resource()), Some(entry.resource()), "{:?}", entry.id());
-                assert_eq!(found.map(Entry::kind), Some(entry.kind()));
+            // `None`: the tenant id would make one name answer to two entries of a kind.
+            if let Some(resolved) = config.allowlist.for_tenant("t0") {
+                for (_, entry) in resolved.iter() {
+                    let found = find(&resolved, entry).and_then(|i| resolved.entry(i));
+                    assert_eq!(found.map(|e| e.resource()), Some(entry.resource()), "{:?}", entry.id());
+                    assert_eq!(found.map(Entry::kind), Some(entry.kind()));
+                }
             }
             assert!(config.local_token.matches(TOKEN.as_bytes()));
         }
