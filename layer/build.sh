@@ -44,16 +44,11 @@ triple() {
 
 source "$ROOT/layer/toolchain.sh"
 
-# The commit the binary names in its logs, metrics and user agent (extension/src/version.rs
-# reads it with option_env!). Set here rather than by a build.rs, which would run git on every
-# build of every crate depending on the extension; rustc tracks the variable, so a new commit
-# rebuilds the binary. `-dirty`: tracked files differ from that commit. Outside a git checkout
-# (a source archive) the binary names none. Set SCOPED_SECRETS_GIT_COMMIT to override; set it
-# empty to build without one (and skip the rebuild each commit costs while iterating).
-if [[ -z "${SCOPED_SECRETS_GIT_COMMIT+set}" ]] && commit="$(git -C "$ROOT" rev-parse --short=12 HEAD 2>/dev/null)"; then
-  git -C "$ROOT" diff --quiet HEAD -- 2>/dev/null || commit+="-dirty"
-  export SCOPED_SECRETS_GIT_COMMIT="$commit"
-fi
+# The commit the binary names (layer/commit.sh). Set here rather than by a build.rs, which would
+# run git on every build of every crate depending on the extension; rustc tracks the variable,
+# so a new commit rebuilds the binary. Set SCOPED_SECRETS_GIT_COMMIT to override; set it empty
+# to build without one (and skip the rebuild each commit costs while iterating).
+source "$ROOT/layer/commit.sh"
 
 target_args=()
 for arch in "${arches[@]}"; do target_args+=(--target "$(triple "$arch")"); done

@@ -74,6 +74,10 @@ if ! cargo install --list | grep -qx "cargo-deny v$CARGO_DENY_VERSION:"; then
   env -u CARGO_TARGET_DIR cargo install --locked cargo-deny --version "$CARGO_DENY_VERSION"
 fi
 
+# One commit name for the whole run: the layer built here, the version test's expectation and
+# the layer `sam build` makes in the template test agree even if a tracked file changes while
+# the suite runs (else the tree turns -dirty, and that test rebuilds the extension and times out).
+source "$ROOT/layer/commit.sh"
 echo "==> building the layer (x86_64 and arm64; the tests run the x86_64 extension from it)"
 "$ROOT/layer/build.sh"
 echo "==> building the release example functions"

@@ -1,11 +1,16 @@
 // Example function: ordinary AWS SDK for JavaScript v3 code, unchanged. With the scoped-secrets
-// layer attached and AWS_ENDPOINT_URL_SECRETS_MANAGER=http://127.0.0.1:2773 set, the SDK's
-// GetSecretValue and BatchGetSecretValue calls are answered by the extension (SigV4-checked,
-// allowlisted, per-invocation scoped) instead of by Secrets Manager with the execution role.
+// layer attached and AWS_ENDPOINT_URL_SECRETS_MANAGER=http://127.0.0.1:2773 and
+// AWS_ENDPOINT_URL_SSM=http://127.0.0.1:2773 set, the SDK's GetSecretValue,
+// BatchGetSecretValue, GetParameter and GetParameters calls are answered by the extension
+// (SigV4-checked, allowlisted, per-invocation scoped) instead of by Secrets Manager and
+// Parameter Store with the execution role.
 //
 // Events: {"op": "get", "secretId": "app/db"} (optional "versionId"),
 // {"op": "batch", "secretIds": [...]}, {"op": "put", "secretId": "app/db"} (refused: the local
-// endpoint serves reads only). Answers carry SHA-256 digests and SDK error codes, never a value.
+// endpoint serves reads only), {"op": "param", "name": "/app/config"} (optional "decrypt"; a
+// version or label goes in the name: "/app/config:2"), {"op": "params", "names": [...]}
+// (optional "decrypt"), {"op": "put-param", "name": "/app/config"} (refused). Answers carry
+// SHA-256 digests and SDK error codes, never a value.
 //
 // {"op": "forge", "how": "wrong-key" | "tampered-body" | "stale"} is not something a function
 // does: it sends what a forger would (a request signed with a wrong secret key, a body changed
@@ -18,9 +23,12 @@ const {
   BatchGetSecretValueCommand,
   PutSecretValueCommand,
 } = require("@aws-sdk/client-secrets-manager");
+const { SSMClient, GetParameterCommand, GetParametersCommand, PutParameterCommand } = require("@aws-sdk/client-ssm");
 
-// The standard client: the SDK reads AWS_ENDPOINT_URL_SECRETS_MANAGER like every other setting.
+// The standard clients: the SDK reads AWS_ENDPOINT_URL_SECRETS_MANAGER and AWS_ENDPOINT_URL_SSM
+// like every other setting.
 const client = new SecretsManagerClient({});
+const ssm = new SSMClient({});
 
 exports.handler = async (event = {}) => {
   const op = event.op ?? "get";
@@ -40,6 +48,19 @@ exports.handler = async (event = {}) => {
         return { put: "accepted" };
       case "forge":
         return described(await forge(event));
+      case "param": {
+        const answer = await ssm.send(new GetParameterCommand({ Name: event.name, WithDecryption: !!event.decrypt }));
+        return parameter(answer.Parameter);
+      }
+      case "params": {
+        const answer = await ssm.send(
+          new GetParametersCommand({ Names: event.names ?? [], WithDecryption: !!event.decrypt }),
+        );
+        return { parameters: (answer.Parameters ?? []).map(parameter), invalid: answer.InvalidParameters ?? [] };
+      }
+      case "put-param":
+        await ssm.send(new PutParameterCommand({ Name: event.name, Value: "overwritten", Type: "String", Overwrite: true }));
+        return { put: "accepted" };
       default:
         return { error: "UnknownOp", message: op };
     }
@@ -93,6 +114,16 @@ async function forge(event) {
     default:
       throw new Error(`unknown forgery ${event.how}`);
   }
+}
+
+function parameter(p) {
+  return {
+    name: p.Name ?? null,
+    type: p.Type ?? null,
+    version: p.Version ?? null,
+    selector: p.Selector ?? null,
+    sha256: digest(p.Value),
+  };
 }
 
 function digest(text) {

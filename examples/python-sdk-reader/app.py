@@ -1,11 +1,15 @@
 """Example function: ordinary boto3 code, unchanged. With the scoped-secrets layer attached and
-AWS_ENDPOINT_URL_SECRETS_MANAGER=http://127.0.0.1:2773 set, boto3's GetSecretValue and
-BatchGetSecretValue calls are answered by the extension (SigV4-checked, allowlisted,
-per-invocation scoped) instead of by Secrets Manager with the execution role.
+AWS_ENDPOINT_URL_SECRETS_MANAGER=http://127.0.0.1:2773 and AWS_ENDPOINT_URL_SSM=http://127.0.0.1:2773
+set, boto3's GetSecretValue, BatchGetSecretValue, GetParameter and GetParameters calls are
+answered by the extension (SigV4-checked, allowlisted, per-invocation scoped) instead of by
+Secrets Manager and Parameter Store with the execution role.
 
 Events: {"op": "get", "secretId": "app/db"} (optional "versionId"),
 {"op": "batch", "secretIds": [...]}, {"op": "put", "secretId": "app/db"} (refused: the local
-endpoint serves reads only). Answers carry SHA-256 digests and SDK error codes, never a value.
+endpoint serves reads only), {"op": "param", "name": "/app/config"} (optional "decrypt"; a
+version or label goes in the name: "/app/config:2"), {"op": "params", "names": [...]}
+(optional "decrypt"), {"op": "put-param", "name": "/app/config"} (refused). Answers carry
+SHA-256 digests and SDK error codes, never a value.
 
 {"op": "forge", "how": "wrong-key" | "tampered-body" | "stale"} is not something a function
 does: it sends what a forger would (a request signed with a wrong secret key, a body changed
@@ -24,8 +28,10 @@ import botocore.compat
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-# The standard client: boto3 reads AWS_ENDPOINT_URL_SECRETS_MANAGER like every other setting.
+# The standard clients: boto3 reads AWS_ENDPOINT_URL_SECRETS_MANAGER and AWS_ENDPOINT_URL_SSM
+# like every other setting.
 client = boto3.client("secretsmanager")
+ssm = boto3.client("ssm")
 
 
 def handler(event, context):
@@ -51,6 +57,18 @@ def handler(event, context):
             return {"put": "accepted"}
         if op == "forge":
             return described(forge(event))
+        if op == "param":
+            answer = ssm.get_parameter(Name=event["name"], WithDecryption=bool(event.get("decrypt")))
+            return parameter(answer["Parameter"])
+        if op == "params":
+            answer = ssm.get_parameters(Names=event.get("names", []), WithDecryption=bool(event.get("decrypt")))
+            return {
+                "parameters": [parameter(p) for p in answer.get("Parameters", [])],
+                "invalid": answer.get("InvalidParameters", []),
+            }
+        if op == "put-param":
+            ssm.put_parameter(Name=event["name"], Value="overwritten", Type="String", Overwrite=True)
+            return {"put": "accepted"}
         return {"error": "UnknownOp", "message": op}
     except ClientError as error:
         return {"error": error.response["Error"].get("Code"), "message": error.response["Error"].get("Message")}
@@ -102,6 +120,16 @@ def forge(event):
         with mock.patch.object(botocore.auth, "get_current_datetime", return_value=six_minutes_ago):
             return get(forger, event)
     raise ValueError(f"unknown forgery {how!r}")
+
+
+def parameter(p):
+    return {
+        "name": p.get("Name"),
+        "type": p.get("Type"),
+        "version": p.get("Version"),
+        "selector": p.get("Selector"),
+        "sha256": digest(p.get("Value")),
+    }
 
 
 def digest(text):

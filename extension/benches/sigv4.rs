@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use aws_sigv4::http_request::{SignableBody, SignableRequest, SignatureLocation, SigningSettings, sign};
 use http::HeaderMap;
-use scoped_secrets::sigv4::{FunctionCredentials, verify};
+use scoped_secrets::sigv4::{FunctionCredentials, Signed, verify};
 
 fn main() {
     let token = "IQoJb3JpZ2luX2VjE".repeat(40); // a session token of realistic length
@@ -43,14 +43,15 @@ fn main() {
         map.insert(http::HeaderName::from_bytes(name.as_bytes()).expect("name"), value.parse().expect("value"));
     }
     let credentials = FunctionCredentials::new("ASIAEXAMPLE", "secret-key", Some(&token));
-    assert!(verify("POST", "/", &map, body, &credentials, "us-east-1", now).is_ok());
+    let signed = Signed { method: "POST", path_and_query: "/", headers: &map, body };
+    assert!(verify(signed, &credentials, "us-east-1", "secretsmanager", now).is_ok());
 
     let per_batch = 2_000;
     let mut samples: Vec<Duration> = (0..31)
         .map(|_| {
             let started = Instant::now();
             for _ in 0..per_batch {
-                std::hint::black_box(verify("POST", "/", &map, body, &credentials, "us-east-1", now)).expect("valid");
+                std::hint::black_box(verify(signed, &credentials, "us-east-1", "secretsmanager", now)).expect("valid");
             }
             started.elapsed() / per_batch
         })

@@ -3,15 +3,30 @@
 //! may keep.
 //!
 //! Every listener binds loopback only and serves HTTP/1 through hyper, with a cap on
-//! concurrent connections (the rest wait in the kernel's backlog), a header timeout and a cap
-//! on a request's head. At shutdown the loop stops accepting and lets open connections finish
-//! their current request, bounded by [`ConnectionLimits::graceful_close`]. The loop is generic
-//! over the answer's body, so the proxy streams what the local API and telemetry buffer.
+//! concurrent connections, a header timeout (which also closes a keep-alive connection left
+//! idle between requests), a cap on a request's head, and a write timeout: a client that stops
+//! reading its answers (a pipelining client that never reads) is cut off once a write has
+//! stalled that long, so it cannot keep its slot. When every slot is taken, a new connection
+//! takes the slot of the oldest one that is waiting on its client: first one that was read dry
+//! without a whole request head and is older than [`HEAD_GRACE`] (a real client sends its head
+//! at once, and a connection not read yet is never cut), else one waiting for its next request
+//! or stalled writing, after an answer; a connection whose request is being handled is never
+//! cut. So local clients that connect and wait cannot starve a listener. At shutdown the loop
+//! stops accepting and lets open connections finish their current request, bounded by
+//! [`ConnectionLimits::graceful_close`]. The loop is generic over the answer's body, so the
+//! proxy streams what the local API and telemetry buffer; the proxy alone has no header or
+//! write timeout (a runtime's connection idles while its function runs, as with Lambda's own
+//! Runtime API).
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::error::Error as StdError;
 use std::future::Future;
-use std::sync::Arc;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,28 +34,35 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::{Body, Incoming};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, TryAcquireError};
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// How long an open connection may take to finish its request once shutdown begins (the default).
+/// How long an open connection may take to finish its request once shutdown begins.
 pub const GRACEFUL_CLOSE: Duration = Duration::from_millis(500);
 /// How long the loop waits after a failed `accept` (out of file descriptors and the like).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
+/// How long a new connection may take to send its head before it can lose its slot.
+pub const HEAD_GRACE: Duration = Duration::from_millis(100);
+/// While a connection waits for a slot, how often the loop looks again for one to free.
+const EVICT_RETRY: Duration = Duration::from_millis(25);
 
 /// Bounds on the accept loop and each connection.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
-    /// Connections served at once; the rest wait in the kernel's backlog.
+    /// Connections served at once; past it a new one takes an idle one's slot, or waits.
     pub max_connections: usize,
-    /// Time allowed for a request's headers to arrive, counted from when the connection is
-    /// ready for its next request (so it also closes idle keep-alive connections); `None`: no
-    /// limit (the Runtime API proxy: a runtime's connection is idle for as long as its function
-    /// runs, as it may be with Lambda's own Runtime API).
+    /// Time allowed for a request's headers to arrive, and for a keep-alive connection to
+    /// stay idle between requests; `None`: no limit (the Runtime API proxy).
     pub header_timeout: Option<Duration>,
     /// Read buffer, so the cap on a request's head (hyper answers 431 above it).
     pub max_head_bytes: usize,
+    /// How long one write may stall (the client not reading) before the connection is closed;
+    /// `None`: no limit (the Runtime API proxy).
+    pub write_timeout: Option<Duration>,
     /// How long open connections may take to finish their current request once shutdown begins.
     pub graceful_close: Duration,
 }
@@ -51,8 +73,85 @@ impl Default for ConnectionLimits {
             max_connections: 128,
             header_timeout: Some(Duration::from_secs(5)),
             max_head_bytes: 16 * 1024,
+            write_timeout: Some(Duration::from_secs(5)),
             graceful_close: GRACEFUL_CLOSE,
         }
+    }
+}
+
+/// Where a connection is, for choosing which one gives up its slot.
+const NEW: u8 = 0;
+const SERVING: u8 = 1;
+const AFTER: u8 = 2;
+
+/// One open connection as the accept loop sees it.
+#[derive(Debug)]
+struct Slot {
+    /// [`NEW`]: no whole request head yet; [`SERVING`]: a request is being handled;
+    /// [`AFTER`]: idle, or writing its answer, after at least one request.
+    state: AtomicU8,
+    /// The last read found nothing to read: the connection waits on its client.
+    read_dry: AtomicBool,
+    /// A write is stalled: the client is not reading.
+    write_stalled: AtomicBool,
+    /// When the connection was accepted.
+    opened: Instant,
+    /// Cancelled to take the connection's slot for a new one.
+    evict: CancellationToken,
+}
+
+impl Slot {
+    /// Whether the connection may give up its slot: it waits on its client, not on us.
+    fn is_waiting_on_client(&self, now: Instant) -> Option<u8> {
+        let state = self.state.load(Ordering::Acquire);
+        let dry = self.read_dry.load(Ordering::Acquire);
+        let waiting = match state {
+            NEW => dry && now.duration_since(self.opened) >= HEAD_GRACE,
+            AFTER => dry || self.write_stalled.load(Ordering::Acquire),
+            _ => false,
+        };
+        (waiting && !self.evict.is_cancelled()).then_some(state)
+    }
+}
+
+/// The open connections, oldest first (a std `Mutex`: held for a push or a scan, never across
+/// an `.await`).
+#[derive(Debug, Default)]
+struct Slots(Mutex<VecDeque<Weak<Slot>>>);
+
+impl Slots {
+    fn open(&self) -> Arc<Slot> {
+        let slot = Arc::new(Slot {
+            state: AtomicU8::new(NEW),
+            read_dry: AtomicBool::new(false),
+            write_stalled: AtomicBool::new(false),
+            opened: Instant::now(),
+            evict: CancellationToken::new(),
+        });
+        let mut slots = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        slots.retain(|slot| slot.strong_count() > 0);
+        slots.push_back(Arc::downgrade(&slot));
+        slot
+    }
+
+    /// Cuts the oldest connection waiting on its client without a whole head, else the oldest
+    /// one waiting on its client after an answer. Returns whether one was cut.
+    fn evict_one(&self) -> bool {
+        let mut slots = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        slots.retain(|slot| slot.strong_count() > 0);
+        let now = Instant::now();
+        for wanted in [NEW, AFTER] {
+            let found = slots
+                .iter()
+                .position(|slot| slot.upgrade().is_some_and(|s| s.is_waiting_on_client(now) == Some(wanted)));
+            if let Some(index) = found {
+                if let Some(slot) = slots.remove(index).and_then(|weak| weak.upgrade()) {
+                    slot.evict.cancel();
+                }
+                return true;
+            }
+        }
+        false
     }
 }
 
@@ -91,15 +190,9 @@ where
     E: Into<BoxError>,
 {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let slots = Arc::new(Slots::default());
     let tracker = TaskTracker::new();
     loop {
-        let permit = tokio::select! {
-            () = shutdown.cancelled() => break,
-            permit = Arc::clone(&permits).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_closed) => break,
-            },
-        };
         let stream = tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -112,22 +205,53 @@ where
                 }
             },
         };
+        // Every slot taken: one not being served makes room, else this one waits (and the
+        // next ones in the kernel's backlog) while the loop keeps looking for one to free.
+        let permit = loop {
+            match Arc::clone(&permits).try_acquire_owned() {
+                Ok(permit) => break Some(permit),
+                Err(TryAcquireError::Closed) => break None,
+                Err(TryAcquireError::NoPermits) => {
+                    slots.evict_one();
+                    tokio::select! {
+                        () = shutdown.cancelled() => break None,
+                        permit = Arc::clone(&permits).acquire_owned() => break permit.ok(),
+                        () = tokio::time::sleep(EVICT_RETRY) => {}
+                    }
+                }
+            }
+        };
+        let Some(permit) = permit else { break };
         let _ = stream.set_nodelay(true);
+        let slot = slots.open();
         let handler = handler.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
             let _permit = permit;
-            let service = hyper::service::service_fn(handler);
+            let state = Arc::clone(&slot);
+            let service = hyper::service::service_fn(move |request| {
+                state.state.store(SERVING, Ordering::Release);
+                let response = handler(request);
+                let state = Arc::clone(&state);
+                async move {
+                    let response = response.await;
+                    state.state.store(AFTER, Ordering::Release);
+                    response
+                }
+            });
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_timeout)
                 .max_buf_size(limits.max_head_bytes.max(8_192))
                 .keep_alive(true);
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            let io = TokioIo::new(WriteDeadline::watched(stream, limits.write_timeout, Arc::clone(&slot)));
+            let connection = builder.serve_connection(io, service);
             tokio::pin!(connection);
             tokio::select! {
                 _ = connection.as_mut() => {}
+                // Dropped: closed without an answer.
+                () = slot.evict.cancelled() => {}
                 () = shutdown.cancelled() => {
                     connection.as_mut().graceful_shutdown();
                     let _ = tokio::time::timeout(limits.graceful_close, connection).await;
@@ -138,6 +262,83 @@ where
     drop(listener);
     tracker.close();
     tracker.wait().await;
+}
+
+/// A stream whose writes fail with `TimedOut` once one has been pending for `timeout`: the
+/// peer stopped reading. Reads are untouched (hyper's header timeout bounds them); they and
+/// the writes only tell the accept loop whether the connection waits on its client.
+#[derive(Debug)]
+pub struct WriteDeadline<S> {
+    inner: S,
+    timeout: Option<Duration>,
+    stalled: Option<Pin<Box<Sleep>>>,
+    slot: Option<Arc<Slot>>,
+}
+
+impl<S> WriteDeadline<S> {
+    /// `inner` with writes bounded by `timeout`.
+    pub fn new(inner: S, timeout: Duration) -> Self {
+        Self { inner, timeout: Some(timeout), stalled: None, slot: None }
+    }
+
+    fn watched(inner: S, timeout: Option<Duration>, slot: Arc<Slot>) -> Self {
+        Self { inner, timeout, stalled: None, slot: Some(slot) }
+    }
+
+    /// After a write-side poll: progress clears the stall; pending starts (or checks) it.
+    fn bound<T>(&mut self, polled: Poll<io::Result<T>>, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        if let Some(slot) = &self.slot {
+            slot.write_stalled.store(polled.is_pending(), Ordering::Release);
+        }
+        if polled.is_ready() {
+            self.stalled = None;
+            return polled;
+        }
+        let Some(timeout) = self.timeout else { return polled };
+        let stalled = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        ready!(stalled.as_mut().poll(cx));
+        Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "the peer stopped reading")))
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for WriteDeadline<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Some(slot) = &self.slot {
+            slot.read_dry.store(polled.is_pending(), Ordering::Release);
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.bound(polled, cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.bound(polled, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.bound(polled, cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.bound(polled, cx)
+    }
 }
 
 /// An answer with `content_type` that no cache may keep.
@@ -155,4 +356,75 @@ pub fn status_response(status: StatusCode) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::new()));
     *response.status_mut() = status;
     response
+}
+
+/// An empty answer with `status` after which the connection is closed.
+pub fn closing_response(status: StatusCode) -> Response<Full<Bytes>> {
+    let mut response = status_response(status);
+    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_the_peer_never_reads_fails_at_the_write_timeout() {
+        // A 64-byte pipe whose other end never reads: the second write stalls.
+        let (near, _far) = tokio::io::duplex(64);
+        let mut stream = WriteDeadline::new(near, Duration::from_secs(5));
+        stream.write_all(&[0u8; 64]).await.expect("fits the pipe");
+        let started = tokio::time::Instant::now();
+        let error = stream.write_all(&[0u8; 1]).await.expect_err("nobody reads");
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn progress_restarts_the_write_timeout() {
+        let (near, mut far) = tokio::io::duplex(64);
+        let mut stream = WriteDeadline::new(near, Duration::from_secs(5));
+        let reader = tokio::spawn(async move {
+            // Reads 64 bytes every 4 s: slow, but never 5 s without progress.
+            let mut buffer = [0u8; 64];
+            let mut total = 0;
+            while total < 256 {
+                tokio::time::sleep(Duration::from_secs(4)).await;
+                total += tokio::io::AsyncReadExt::read(&mut far, &mut buffer).await.expect("read");
+            }
+        });
+        stream.write_all(&[0u8; 256]).await.expect("a slow reader is not a stalled one");
+        reader.await.expect("joined");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_slot_given_up_is_one_waiting_on_its_client_never_one_being_served() {
+        let slots = Slots::default();
+        let dry = |slot: &Slot| slot.read_dry.store(true, Ordering::Release);
+        let (idle, serving, silent, unread, stalled) =
+            (slots.open(), slots.open(), slots.open(), slots.open(), slots.open());
+        idle.state.store(AFTER, Ordering::Release);
+        dry(&idle);
+        serving.state.store(SERVING, Ordering::Release);
+        dry(&serving);
+        dry(&silent);
+        stalled.state.store(AFTER, Ordering::Release);
+        stalled.write_stalled.store(true, Ordering::Release);
+        tokio::time::advance(HEAD_GRACE).await;
+        let just_opened = slots.open();
+        dry(&just_opened);
+        assert!(slots.evict_one());
+        assert!(silent.evict.is_cancelled(), "first: read dry without a head, past its grace");
+        assert!(slots.evict_one());
+        assert!(idle.evict.is_cancelled(), "then: idle after its answer");
+        assert!(slots.evict_one());
+        assert!(stalled.evict.is_cancelled(), "or stalled writing it");
+        assert!(!slots.evict_one(), "never one being served, one not read yet, or one just opened");
+        assert!(!serving.evict.is_cancelled() && !unread.evict.is_cancelled() && !just_opened.evict.is_cancelled());
+        tokio::time::advance(HEAD_GRACE).await;
+        assert!(slots.evict_one(), "once its grace is over");
+        assert!(just_opened.evict.is_cancelled() && !unread.evict.is_cancelled());
+    }
 }

@@ -3,7 +3,8 @@
 //! A [`Session`] is one `AssumeRole` on the configured role with a session policy from
 //! [`crate::policy`], bound to the invocation's end. Its credentials live only inside the SDK's
 //! `Credentials` type, which holds them in `Zeroizing` strings, and inside the Secrets Manager
-//! client built for this session alone; dropping the session drops both and wipes them.
+//! and Systems Manager clients built for this session alone (each only when the allowlist has
+//! items of its kind); dropping the session drops them and wipes the credentials.
 //! See <https://docs.aws.amazon.com/STS/latest/APIReference/API_AssumeRole.html>.
 
 use std::fmt;
@@ -12,20 +13,23 @@ use std::time::{Duration, SystemTime};
 
 use aws_credential_types::Credentials;
 use aws_sdk_secretsmanager as secretsmanager;
+use aws_sdk_ssm as ssm;
 use aws_sdk_sts as sts;
 
 use crate::config::Config;
 use crate::domain::error::SessionError;
+use crate::domain::item::Kind;
 use crate::domain::session_name;
 use crate::evidence::Evidence;
 use crate::policy;
 use crate::tenant::Tenancy;
 
-/// Builds sessions: holds the STS client (execution-role credentials) and the template for
-/// per-session Secrets Manager clients.
+/// Builds sessions: holds the STS client (execution-role credentials) and the templates for
+/// per-session Secrets Manager and Systems Manager clients.
 pub struct SessionFactory {
     sts: sts::Client,
     secrets_manager: secretsmanager::config::Builder,
+    ssm: ssm::config::Builder,
     config: Arc<Config>,
     tenancy: Arc<Tenancy>,
     /// `None` until drawn: a SnapStart INIT draws nothing random before restore.
@@ -53,15 +57,18 @@ impl SessionFactory {
             .connect_timeout(config.upstream_timeout.min(Duration::from_secs(2)))
             .build();
         // Endpoints are always set explicitly (None = the SDK's own resolution), so the
-        // service-specific variable meant for the function (AWS_ENDPOINT_URL_SECRETS_MANAGER,
-        // pointing here) is never followed: the extension would call itself.
+        // service-specific variables meant for the function (AWS_ENDPOINT_URL_SECRETS_MANAGER,
+        // AWS_ENDPOINT_URL_SSM, pointing here) are never followed: the extension would call itself.
         let mut sts = sts::config::Builder::from(sdk).timeout_config(timeouts.clone());
         sts.set_endpoint_url(config.endpoints.sts.clone());
-        let mut secrets_manager = secretsmanager::config::Builder::from(sdk).timeout_config(timeouts);
+        let mut secrets_manager = secretsmanager::config::Builder::from(sdk).timeout_config(timeouts.clone());
         secrets_manager.set_endpoint_url(config.endpoints.secrets_manager.clone());
+        let mut ssm = ssm::config::Builder::from(sdk).timeout_config(timeouts);
+        ssm.set_endpoint_url(config.endpoints.ssm.clone());
         Self {
             sts: sts::Client::from_conf(sts.build()),
             secrets_manager,
+            ssm,
             config,
             tenancy,
             environment_id: Mutex::new(environment_id),
@@ -125,14 +132,26 @@ impl SessionFactory {
             Credentials::new(access_key_id, secret_access_key, Some(session_token), expiry, "scoped-session");
         // No identity cache: clients built from one SdkConfig share its lazy cache, which would
         // keep every session's credentials alive (unwiped) after the session is dropped. A
-        // session's credentials are static; there is nothing to cache.
-        let client = secretsmanager::Client::from_conf(
-            self.secrets_manager
-                .clone()
-                .credentials_provider(credentials)
-                .identity_cache(secretsmanager::config::IdentityCache::no_cache())
-                .build(),
-        );
+        // session's credentials are static; there is nothing to cache. Each client only for a
+        // kind the allowlist has.
+        let secrets_manager = (allowlist.count(Kind::Secret) > 0).then(|| {
+            secretsmanager::Client::from_conf(
+                self.secrets_manager
+                    .clone()
+                    .credentials_provider(credentials.clone())
+                    .identity_cache(secretsmanager::config::IdentityCache::no_cache())
+                    .build(),
+            )
+        });
+        let ssm = (allowlist.count(Kind::Parameter) > 0).then(|| {
+            ssm::Client::from_conf(
+                self.ssm
+                    .clone()
+                    .credentials_provider(credentials)
+                    .identity_cache(ssm::config::IdentityCache::no_cache())
+                    .build(),
+            )
+        });
         tracing::info!(
             target: "audit",
             event = "session_started",
@@ -141,7 +160,7 @@ impl SessionFactory {
             policy_end = %crate::domain::time::iso8601_ceil(end),
             assume_role_ms = started.elapsed().as_millis() as u64,
         );
-        Ok(Session { name, end, client, role_id, succeeded: std::sync::atomic::AtomicBool::new(false) })
+        Ok(Session { name, end, secrets_manager, ssm, role_id, succeeded: std::sync::atomic::AtomicBool::new(false) })
     }
 }
 
@@ -158,11 +177,12 @@ pub fn new_environment_id() -> String {
     bytes.iter().map(|b| char::from(ALPHABET[usize::from(b % 32)])).collect()
 }
 
-/// One invocation's credentials and the client that uses them. Dropping it wipes them.
+/// One invocation's credentials and the clients that use them. Dropping it wipes them.
 pub struct Session {
     name: String,
     end: SystemTime,
-    client: secretsmanager::Client,
+    secrets_manager: Option<secretsmanager::Client>,
+    ssm: Option<ssm::Client>,
     role_id: Option<String>,
     succeeded: std::sync::atomic::AtomicBool,
 }
@@ -194,9 +214,16 @@ impl Session {
         self.role_id.as_deref()
     }
 
-    /// The Secrets Manager client signing with this session's credentials.
-    pub fn client(&self) -> &secretsmanager::Client {
-        &self.client
+    /// The Secrets Manager client signing with this session's credentials (`None` when the
+    /// allowlist has no secret).
+    pub fn client(&self) -> Option<&secretsmanager::Client> {
+        self.secrets_manager.as_ref()
+    }
+
+    /// The Systems Manager client signing with this session's credentials (`None` when the
+    /// allowlist has no parameter).
+    pub fn ssm(&self) -> Option<&ssm::Client> {
+        self.ssm.as_ref()
     }
 }
 

@@ -4,8 +4,9 @@
 //! checked exactly: re-sign it with `aws-sigv4` over the headers its own `Authorization` lists
 //! (a minimum set is required), the body bytes actually received (never the client's
 //! `x-amz-content-sha256`), the time in `X-Amz-Date` (±5 minutes), the `Host` as received, and
-//! compare the signatures in constant time. The credential scope must name this region and
-//! `secretsmanager`, and the access key must be the function's.
+//! compare the signatures in constant time. The credential scope must name this region and the
+//! service the request's `X-Amz-Target` belongs to (`secretsmanager` or `ssm`), and the access
+//! key must be the function's.
 //! See <https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_sigv4-create-signed-request.html>.
 
 use std::fmt;
@@ -172,19 +173,31 @@ pub enum Refused {
     BadSignature,
 }
 
-/// Verifies one request.
+/// The request to verify, as received.
+#[derive(Debug, Clone, Copy)]
+pub struct Signed<'a> {
+    /// `POST`.
+    pub method: &'a str,
+    /// Path and query, as received.
+    pub path_and_query: &'a str,
+    /// Every header, as received.
+    pub headers: &'a HeaderMap,
+    /// The body bytes received.
+    pub body: &'a [u8],
+}
+
+/// Verifies one request signed for `service` (`secretsmanager`, `ssm`) in `region`.
 ///
 /// # Errors
 /// The reason it is refused.
 pub fn verify(
-    method: &str,
-    path_and_query: &str,
-    headers: &HeaderMap,
-    body: &[u8],
+    request: Signed<'_>,
     credentials: &FunctionCredentials,
     region: &str,
+    service: &str,
     now: SystemTime,
 ) -> Result<(), Refused> {
+    let Signed { method, path_and_query, headers, body } = request;
     let authorization = single(headers, "authorization").ok_or(Refused::MalformedAuthorization)?;
     let parsed = Authorization::parse(authorization).ok_or(Refused::MalformedAuthorization)?;
     let mut required: Vec<&str> = REQUIRED.to_vec();
@@ -205,7 +218,7 @@ pub fn verify(
     }
     if parsed.date != &date_text[..8]
         || parsed.region != region
-        || parsed.service != "secretsmanager"
+        || parsed.service != service
         || parsed.terminator != "aws4_request"
     {
         return Err(Refused::WrongScope);
@@ -244,7 +257,7 @@ pub fn verify(
     let params = aws_sigv4::sign::v4::SigningParams::builder()
         .identity(&identity)
         .region(region)
-        .name("secretsmanager")
+        .name(service)
         .time(time)
         .settings(settings)
         .build()
@@ -376,8 +389,11 @@ mod tests {
         let now = SystemTime::now();
         let body = br#"{"SecretId":"app/db"}"#;
         let (headers, credentials) = signed("secret-1", body, now);
+        fn request<'a>(headers: &'a HeaderMap, body: &'a [u8]) -> Signed<'a> {
+            Signed { method: "POST", path_and_query: "/", headers, body }
+        }
         let check = |headers: &HeaderMap, body: &[u8], now: SystemTime| {
-            verify("POST", "/", headers, body, &credentials, "us-east-1", now)
+            verify(request(headers, body), &credentials, "us-east-1", "secretsmanager", now)
         };
         assert_eq!(check(&headers, body, now), Ok(()));
         assert_eq!(check(&headers, br#"{"SecretId":"app/api"}"#, now), Err(Refused::BadSignature), "tampered body");
@@ -393,14 +409,19 @@ mod tests {
         let mut no_auth = headers.clone();
         no_auth.remove("authorization");
         assert_eq!(check(&no_auth, body, now), Err(Refused::MalformedAuthorization));
-        let wrong_region = verify("POST", "/", &headers, body, &credentials, "eu-west-1", now);
+        let wrong_region = verify(request(&headers, body), &credentials, "eu-west-1", "secretsmanager", now);
         assert_eq!(wrong_region, Err(Refused::WrongScope));
+        let other_service = verify(request(&headers, body), &credentials, "us-east-1", "ssm", now);
+        assert_eq!(other_service, Err(Refused::WrongScope), "signed for Secrets Manager, presented as SSM");
         let other_function = FunctionCredentials::new("AKIDOTHER", "secret-1", Some("token-1"));
         assert_eq!(
-            verify("POST", "/", &headers, body, &other_function, "us-east-1", now),
+            verify(request(&headers, body), &other_function, "us-east-1", "secretsmanager", now),
             Err(Refused::WrongAccessKey)
         );
         let other_token = FunctionCredentials::new("AKIDEXAMPLE", "secret-1", Some("token-2"));
-        assert_eq!(verify("POST", "/", &headers, body, &other_token, "us-east-1", now), Err(Refused::BadSignature));
+        assert_eq!(
+            verify(request(&headers, body), &other_token, "us-east-1", "secretsmanager", now),
+            Err(Refused::BadSignature)
+        );
     }
 }

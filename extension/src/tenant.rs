@@ -1,30 +1,40 @@
 //! Tenant isolation mode: one execution environment serves one tenant, and allowlist entries
 //! written with `{tenant}` (`tenants/{tenant}/db`) reach that tenant's secrets only.
 //!
-//! The tenant id comes from the platform itself: the `tenantId` of the first telemetry
-//! `platform.start` record (the INVOKE event does not carry it). It is validated before it
-//! enters an ARN pattern or the local allowlist ([`TenantId::parse`]); until it is known,
-//! reads wait for it (bounded). A second, different tenant id in the same environment breaks
-//! the mode's invariant: [`Tenancy::observe`] says so, nothing is served any more, and the
-//! extension wipes everything and reports `exit/error`. Because that record arrives through
-//! the Telemetry API (buffered, ≥ 25 ms), each invocation's reads also wait for the
-//! invocation's own `platform.start` ([`Tenancy::wait_confirmed`]): nothing is served to an
-//! invocation before the platform has named its tenant as this environment's.
+//! The tenant id comes from the platform itself: the `tenantId` of a `platform.start` telemetry
+//! record (the INVOKE event does not carry it), and it counts only for the invocation being
+//! served: the lifecycle names that invocation at INVOKE ([`Tenancy::serve`]), a record for it
+//! is decided at once, a record that arrived before its INVOKE waits (the newest few, bounded)
+//! until the INVOKE names it, and a record for any other id (the init phase's label, an
+//! invocation long over, one never served) decides nothing. Ids are bounded before they are
+//! kept. The first tenant decided is validated before it enters an ARN pattern or the local
+//! allowlist ([`TenantId::parse`], and it must not make two entries answer to one name); until
+//! it is known, reads wait for it (bounded). A second, different tenant id breaks the mode's
+//! invariant: nothing is served any more, and the `broken` token tells the lifecycle to wipe
+//! everything and report `exit/error`. Each invocation's reads also wait for the invocation's
+//! own record ([`Tenancy::wait_confirmed`]): nothing is served to an invocation before the
+//! platform has named its tenant as this environment's.
 //! See <https://docs.aws.amazon.com/lambda/latest/dg/tenant-isolation.html>.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::allowlist::Allowlist;
 use crate::domain::error::ReadError;
-use crate::domain::tenant::TenantId;
+use crate::domain::request_id::is_request_id;
+use crate::domain::tenant::{MAX_TENANT_ID_CHARS, TenantId};
+
+/// How many records naming an invocation not served yet are kept (each id at most 64 bytes).
+const EARLY: usize = 4;
 
 /// What the environment knows about its tenant.
 #[derive(Debug, Clone)]
 enum State {
-    /// No `platform.start` with a tenant id yet.
+    /// No tenant decided yet.
     Unknown,
     /// The allowlist resolved for the tenant.
     Known(Arc<Allowlist>),
@@ -41,10 +51,47 @@ pub enum Observed {
     First(TenantId),
     /// The same tenant again (every `platform.start` carries it).
     Same,
-    /// The first id seen, and not a valid one.
+    /// The first id decided, and not a valid one.
     Refused(&'static str),
     /// Another tenant than the first: the invariant is broken.
     Changed,
+    /// For an invocation not being served: kept until its INVOKE names it.
+    Pending,
+    /// Not a request id: nothing kept.
+    Ignored,
+}
+
+/// A tenant id as kept: its text (at most 64 bytes), or only the length of a longer one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Candidate {
+    Text(String),
+    TooLong(usize),
+}
+
+impl Candidate {
+    fn of(raw: &str) -> Self {
+        if raw.len() > MAX_TENANT_ID_CHARS { Candidate::TooLong(raw.len()) } else { Candidate::Text(raw.to_owned()) }
+    }
+
+    fn chars(&self) -> usize {
+        match self {
+            Candidate::Text(text) => text.len(),
+            Candidate::TooLong(len) => *len,
+        }
+    }
+}
+
+/// The invocation being served and what the platform said about it.
+#[derive(Debug, Default)]
+struct Books {
+    /// The first tenant id decided (valid or not), to tell "the same" from "another".
+    first: Option<Candidate>,
+    /// The invocation being served, as the lifecycle named it.
+    serving: Option<String>,
+    /// Whether the serving invocation's own record named this environment's tenant.
+    confirmed: bool,
+    /// Records for invocations not being served (yet), newest last.
+    early: VecDeque<(String, Candidate)>,
 }
 
 /// The allowlist as the environment's tenant makes it.
@@ -53,32 +100,30 @@ pub struct Tenancy {
     template: Arc<Allowlist>,
     scoped: bool,
     state: watch::Sender<State>,
-    /// The first raw id seen, valid or not, to tell "the same" from "another".
-    first: std::sync::Mutex<Option<String>>,
-    /// The environment's tenant, once a valid id was seen first (kept for the report after a
-    /// second tenant broke the environment).
-    tenant: std::sync::OnceLock<TenantId>,
-    /// Request ids whose `platform.start` named this environment's tenant (the newest).
-    confirmed: std::sync::Mutex<std::collections::VecDeque<String>>,
-    /// Bumped on every observation, to wake [`Tenancy::wait_confirmed`].
+    /// A std `Mutex`: held to read or update the books, never across an `.await`.
+    books: Mutex<Books>,
+    /// The environment's tenant, once a valid id was decided first (kept for the report after
+    /// a second tenant broke the environment).
+    tenant: OnceLock<TenantId>,
+    /// Bumped on every decision, to wake [`Tenancy::wait_confirmed`].
     observed: watch::Sender<u64>,
+    /// Cancelled when a second tenant appears: the lifecycle then wipes and exits.
+    broken: CancellationToken,
 }
 
-/// How many confirmed request ids are remembered.
-const CONFIRMED: usize = 64;
-
 impl Tenancy {
-    /// Over the configured allowlist; without `{tenant}` entries it is used as it is.
-    pub fn new(template: Allowlist) -> Self {
+    /// Over the configured allowlist; without `{tenant}` entries it is used as it is. `broken`
+    /// is cancelled if a second tenant appears.
+    pub fn new(template: Allowlist, broken: CancellationToken) -> Self {
         let scoped = template.has_tenant_entries();
         Self {
             template: Arc::new(template),
             scoped,
             state: watch::Sender::new(State::Unknown),
-            first: std::sync::Mutex::new(None),
-            tenant: std::sync::OnceLock::new(),
-            confirmed: std::sync::Mutex::default(),
+            books: Mutex::default(),
+            tenant: OnceLock::new(),
             observed: watch::Sender::new(0),
+            broken,
         }
     }
 
@@ -104,17 +149,18 @@ impl Tenancy {
         }
     }
 
-    /// The allowlist in force, waiting up to `wait` for the tenant.
+    /// The allowlist in force, waiting until `deadline` for the tenant.
     ///
     /// # Errors
     /// [`ReadError::TenantUnknown`] after the wait, [`ReadError::TenantRefused`] or
     /// [`ReadError::TenantChanged`] at once.
-    pub async fn allowlist(&self, wait: Duration) -> Result<Arc<Allowlist>, ReadError> {
+    pub async fn allowlist(&self, deadline: Instant) -> Result<Arc<Allowlist>, ReadError> {
         if !self.scoped {
             return Ok(Arc::clone(&self.template));
         }
         let mut receiver = self.state.subscribe();
-        let settled = tokio::time::timeout(wait, receiver.wait_for(|state| !matches!(state, State::Unknown))).await;
+        let settled =
+            tokio::time::timeout_at(deadline, receiver.wait_for(|state| !matches!(state, State::Unknown))).await;
         let state = match settled {
             Ok(Ok(state)) => state.clone(),
             Ok(Err(_)) | Err(_) => return Err(ReadError::TenantUnknown),
@@ -132,13 +178,14 @@ impl Tenancy {
         self.tenant.get()
     }
 
-    /// Waits (bounded) until the `platform.start` of invocation `request_id` has named this
-    /// environment's tenant.
+    /// Waits (until `deadline`) until the platform's record for invocation `request_id` has
+    /// named this environment's tenant. Only the invocation being served can be confirmed: any
+    /// other label (the init phase's, an invocation that is over) is refused at once.
     ///
     /// # Errors
-    /// [`ReadError::TenantUnknown`] after the wait, [`ReadError::TenantRefused`] or
-    /// [`ReadError::TenantChanged`] as soon as that is the state.
-    pub async fn wait_confirmed(&self, request_id: &str, wait: Duration) -> Result<(), ReadError> {
+    /// [`ReadError::TenantUnknown`] after the wait or for another label,
+    /// [`ReadError::TenantRefused`] or [`ReadError::TenantChanged`] as soon as that is the state.
+    pub async fn wait_confirmed(&self, request_id: &str, deadline: Instant) -> Result<(), ReadError> {
         let mut receiver = self.observed.subscribe();
         let confirmed = async {
             loop {
@@ -150,58 +197,110 @@ impl Tenancy {
                 if let Some(error) = settled {
                     return Err(error);
                 }
-                let seen = {
-                    let confirmed = self.confirmed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                    confirmed.iter().any(|id| id == request_id)
-                };
-                if seen {
-                    return Ok(());
+                {
+                    let books = self.books();
+                    if books.serving.as_deref() != Some(request_id) {
+                        return Err(ReadError::TenantUnknown);
+                    }
+                    if books.confirmed {
+                        return Ok(());
+                    }
                 }
                 if receiver.changed().await.is_err() {
                     return Err(ReadError::TenantUnknown);
                 }
             }
         };
-        tokio::time::timeout(wait, confirmed).await.unwrap_or(Err(ReadError::TenantUnknown))
+        tokio::time::timeout_at(deadline, confirmed).await.unwrap_or(Err(ReadError::TenantUnknown))
     }
 
-    /// Takes in the `tenantId` of invocation `request_id`'s `platform.start` record.
-    pub fn observe(&self, raw: &str, request_id: Option<&str>) -> Observed {
-        let observed = self.classify(raw);
-        if let (Observed::First(_) | Observed::Same, Some(request_id)) = (&observed, request_id) {
-            let mut confirmed = self.confirmed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if confirmed.len() == CONFIRMED {
-                confirmed.pop_front();
-            }
-            confirmed.push_back(request_id.to_owned());
+    /// INVOKE: `request_id` is the invocation being served from now on. A record that named it
+    /// before is decided now. Returns that decision, if there was one.
+    pub fn serve(&self, request_id: &str) -> Option<Observed> {
+        let mut books = self.books();
+        books.serving = Some(request_id.to_owned());
+        books.confirmed = false;
+        let early = books.early.iter().position(|(id, _)| id == request_id)?;
+        let (_, candidate) = books.early.remove(early)?;
+        Some(self.decide(&mut books, request_id, candidate))
+    }
+
+    /// Takes in the `tenantId` the platform gave for invocation `request_id`: decided at once
+    /// for the invocation being served, kept (bounded) for one not served yet.
+    pub fn observe(&self, raw: &str, request_id: &str) -> Observed {
+        if !is_request_id(request_id) {
+            return Observed::Ignored;
         }
+        let candidate = Candidate::of(raw);
+        let mut books = self.books();
+        if books.serving.as_deref() == Some(request_id) {
+            return self.decide(&mut books, request_id, candidate);
+        }
+        books.early.retain(|(id, _)| id != request_id);
+        if books.early.len() == EARLY {
+            books.early.pop_front();
+        }
+        books.early.push_back((request_id.to_owned(), candidate));
+        Observed::Pending
+    }
+
+    fn books(&self) -> std::sync::MutexGuard<'_, Books> {
+        self.books.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Decides what `candidate`, named for the serving invocation `request_id`, means; writes
+    /// the audit line and breaks the environment on a second tenant.
+    fn decide(&self, books: &mut Books, request_id: &str, candidate: Candidate) -> Observed {
+        let chars = candidate.chars() as u64;
+        let observed = match &books.first {
+            Some(first) if *first == candidate => Observed::Same,
+            Some(_) => {
+                self.state.send_replace(State::Changed);
+                Observed::Changed
+            }
+            None => {
+                books.first = Some(candidate.clone());
+                match self.resolve(&candidate) {
+                    Ok((tenant, allowlist)) => {
+                        let _ = self.tenant.set(tenant.clone());
+                        self.state.send_replace(State::Known(Arc::new(allowlist)));
+                        Observed::First(tenant)
+                    }
+                    Err(why) => {
+                        self.state.send_replace(State::Refused);
+                        Observed::Refused(why)
+                    }
+                }
+            }
+        };
+        books.confirmed = matches!(observed, Observed::First(_) | Observed::Same);
         self.observed.send_modify(|count| *count += 1);
+        match &observed {
+            Observed::First(tenant) => {
+                tracing::info!(target: "audit", event = "tenant_known", request_id, tenant_id = tenant.as_str());
+            }
+            Observed::Refused(why) => {
+                // The platform's text is not echoed: only its length and what is wrong with it.
+                tracing::warn!(target: "audit", event = "tenant_refused", request_id, tenant_id_chars = chars, reason = why);
+            }
+            Observed::Changed => {
+                tracing::error!(target: "audit", event = "tenant_changed", request_id, tenant_id_chars = chars);
+                self.broken.cancel();
+            }
+            Observed::Same | Observed::Pending | Observed::Ignored => {}
+        }
         observed
     }
 
-    fn classify(&self, raw: &str) -> Observed {
-        let mut first = self.first.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        match first.as_deref() {
-            Some(seen) if seen == raw => return Observed::Same,
-            Some(_) => {
-                self.state.send_replace(State::Changed);
-                return Observed::Changed;
-            }
-            None => *first = Some(raw.to_owned()),
-        }
-        drop(first);
-        match TenantId::parse(raw) {
-            Ok(tenant) => {
-                let resolved = Arc::new(self.template.for_tenant(tenant.as_str()));
-                let _ = self.tenant.set(tenant.clone());
-                self.state.send_replace(State::Known(resolved));
-                Observed::First(tenant)
-            }
-            Err(why) => {
-                self.state.send_replace(State::Refused);
-                Observed::Refused(why)
-            }
-        }
+    /// The tenant and the allowlist it resolves, or why it cannot be this environment's.
+    fn resolve(&self, candidate: &Candidate) -> Result<(TenantId, Allowlist), &'static str> {
+        let Candidate::Text(raw) = candidate else { return Err("a tenant id is 1 to 64 characters") };
+        let tenant = TenantId::parse(raw)?;
+        let allowlist = self
+            .template
+            .for_tenant(tenant.as_str())
+            .ok_or("the tenant id would make two allowlist entries answer to one name")?;
+        Ok((tenant, allowlist))
     }
 }
 
@@ -209,10 +308,15 @@ impl Tenancy {
 mod tests {
     use super::*;
     use crate::domain::arn::RoleArn;
+    use std::time::Duration;
 
     fn tenancy(list: &str) -> Tenancy {
         let role = RoleArn::parse("arn:aws:iam::123456789012:role/r").expect("valid");
-        Tenancy::new(Allowlist::parse(list, &role, "us-east-1").expect("valid"))
+        Tenancy::new(Allowlist::parse(list, &role, "us-east-1").expect("valid"), CancellationToken::new())
+    }
+
+    fn after(millis: u64) -> Instant {
+        Instant::now() + Duration::from_millis(millis)
     }
 
     #[tokio::test(start_paused = true)]
@@ -220,49 +324,107 @@ mod tests {
         let tenancy = tenancy("db=tenants/{tenant}/db,shared/config");
         assert!(tenancy.is_scoped());
         assert!(tenancy.current().is_none());
-        let waited = tenancy.allowlist(Duration::from_millis(50)).await;
+        let waited = tenancy.allowlist(after(50)).await;
         assert!(matches!(waited, Err(ReadError::TenantUnknown)));
 
-        assert_eq!(tenancy.observe("blue", Some("r1")), Observed::First(TenantId::parse("blue").expect("valid")));
-        assert_eq!(tenancy.observe("blue", None), Observed::Same);
-        tenancy.wait_confirmed("r1", Duration::ZERO).await.expect("r1 named blue");
-        let unconfirmed = tenancy.wait_confirmed("r2", Duration::from_millis(50)).await;
-        assert!(matches!(unconfirmed, Err(ReadError::TenantUnknown)), "r2's platform.start has not come");
-        let allowlist = tenancy.allowlist(Duration::from_millis(50)).await.expect("known");
+        assert_eq!(tenancy.serve("r1"), None);
+        assert_eq!(tenancy.observe("blue", "r1"), Observed::First(TenantId::parse("blue").expect("valid")));
+        assert_eq!(tenancy.observe("blue", "r1"), Observed::Same);
+        tenancy.wait_confirmed("r1", after(0)).await.expect("r1 named blue");
+        let allowlist = tenancy.allowlist(after(50)).await.expect("known");
         assert_eq!(allowlist.find("db"), Some(0));
         assert_eq!(allowlist.find("tenants/blue/db"), Some(0));
         assert_eq!(allowlist.find("tenants/red/db"), None);
         assert_eq!(allowlist.find("tenants/{tenant}/db"), None);
         assert_eq!(allowlist.find("shared/config"), Some(1));
 
+        tenancy.serve("r2");
+        let unconfirmed = tenancy.wait_confirmed("r2", after(50)).await;
+        assert!(matches!(unconfirmed, Err(ReadError::TenantUnknown)), "r2's platform.start has not come");
         let tenancy = Arc::new(tenancy);
         let waiter = {
             let tenancy = Arc::clone(&tenancy);
-            tokio::spawn(async move { tenancy.wait_confirmed("r3", Duration::from_secs(5)).await })
+            tokio::spawn(async move { tenancy.wait_confirmed("r2", after(5_000)).await })
         };
         tokio::task::yield_now().await;
-        assert_eq!(tenancy.observe("red", Some("r3")), Observed::Changed);
+        assert_eq!(tenancy.observe("red", "r2"), Observed::Changed);
         let waited = waiter.await.expect("joined");
         assert!(matches!(waited, Err(ReadError::TenantChanged)), "the red invocation is never confirmed");
+        assert!(tenancy.broken.is_cancelled(), "the lifecycle is told");
         assert!(tenancy.current().is_none());
         assert_eq!(tenancy.tenant().map(TenantId::as_str), Some("blue"), "the environment's tenant stays on record");
-        assert!(matches!(tenancy.allowlist(Duration::ZERO).await, Err(ReadError::TenantChanged)));
+        assert!(matches!(tenancy.allowlist(after(0)).await, Err(ReadError::TenantChanged)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_the_invocation_being_served_can_name_the_tenant() {
+        let tenancy = tenancy("tenants/{tenant}/db");
+        // During INIT: a record naming the init label, or any id, decides nothing.
+        assert_eq!(tenancy.observe("red", "init"), Observed::Pending);
+        assert_eq!(tenancy.observe("red", "someone-else"), Observed::Pending);
+        assert!(tenancy.current().is_none());
+        assert!(matches!(tenancy.wait_confirmed("init", after(5_000)).await, Err(ReadError::TenantUnknown)));
+        // A record that came before its INVOKE is decided when the INVOKE names it.
+        assert_eq!(tenancy.observe("blue", "r1"), Observed::Pending);
+        assert_eq!(tenancy.serve("r1"), Some(Observed::First(TenantId::parse("blue").expect("valid"))));
+        tenancy.wait_confirmed("r1", after(0)).await.expect("confirmed");
+        // Confirmation is for the serving invocation only: the init label never.
+        let started = Instant::now();
+        assert!(matches!(tenancy.wait_confirmed("init", after(5_000)).await, Err(ReadError::TenantUnknown)));
+        assert_eq!(started.elapsed(), Duration::ZERO, "refused at once, not after a wait");
+        // A record for an id nobody serves changes nothing, whatever it names.
+        assert_eq!(tenancy.observe("red", "r0"), Observed::Pending);
+        assert_eq!(tenancy.observe("red", "not a request id"), Observed::Ignored);
+        assert_eq!(tenancy.observe("red", &"x".repeat(1 << 20)), Observed::Ignored);
+        assert!(!tenancy.broken.is_cancelled());
+        tenancy.wait_confirmed("r1", after(0)).await.expect("still confirmed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ids_are_bounded_before_they_are_kept() {
+        let tenancy = tenancy("tenants/{tenant}/db");
+        let huge = "b".repeat(1 << 20);
+        for index in 0..100 {
+            tenancy.observe(&huge, &format!("forged-{index}"));
+        }
+        {
+            let books = tenancy.books();
+            assert_eq!(books.early.len(), EARLY, "the newest few only");
+            assert!(books.early.iter().all(|(_, candidate)| *candidate == Candidate::TooLong(1 << 20)));
+        }
+        tenancy.serve("forged-99");
+        assert!(matches!(tenancy.allowlist(after(0)).await, Err(ReadError::TenantRefused)));
+        assert!(matches!(tenancy.books().first, Some(Candidate::TooLong(_))), "no more than its length kept");
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_hostile_first_tenant_resolves_nothing() {
         let tenancy = tenancy("tenants/{tenant}/db");
-        assert!(matches!(tenancy.observe("../x", Some("r1")), Observed::Refused(_)));
-        assert!(matches!(tenancy.allowlist(Duration::from_secs(5)).await, Err(ReadError::TenantRefused)));
-        assert!(matches!(tenancy.wait_confirmed("r1", Duration::from_secs(5)).await, Err(ReadError::TenantRefused)));
-        assert_eq!(tenancy.observe("../x", None), Observed::Same);
-        assert_eq!(tenancy.observe("blue", None), Observed::Changed);
+        tenancy.serve("r1");
+        assert!(matches!(tenancy.observe("../x", "r1"), Observed::Refused(_)));
+        assert!(matches!(tenancy.allowlist(after(5_000)).await, Err(ReadError::TenantRefused)));
+        assert!(matches!(tenancy.wait_confirmed("r1", after(5_000)).await, Err(ReadError::TenantRefused)));
+        assert_eq!(tenancy.observe("../x", "r1"), Observed::Same);
+        assert_eq!(tenancy.observe("blue", "r1"), Observed::Changed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tenant_id_equal_to_an_alias_is_refused() {
+        let tenancy = tenancy("db=app/db,{tenant}");
+        tenancy.serve("r1");
+        assert!(matches!(tenancy.observe("db", "r1"), Observed::Refused(_)), "`db` would answer to two secrets");
+        assert!(matches!(tenancy.allowlist(after(0)).await, Err(ReadError::TenantRefused)));
+        let other = self::tenancy("db=app/db,{tenant}");
+        other.serve("r1");
+        assert!(matches!(other.observe("blue", "r1"), Observed::First(_)));
+        let allowlist = other.allowlist(after(0)).await.expect("known");
+        assert_eq!((allowlist.find("db"), allowlist.find("blue")), (Some(0), Some(1)));
     }
 
     #[tokio::test(start_paused = true)]
     async fn without_placeholders_the_allowlist_needs_no_tenant() {
         let tenancy = tenancy("app/db");
         assert!(!tenancy.is_scoped());
-        assert_eq!(tenancy.allowlist(Duration::ZERO).await.expect("as configured").find("app/db"), Some(0));
+        assert_eq!(tenancy.allowlist(after(0)).await.expect("as configured").find("app/db"), Some(0));
     }
 }

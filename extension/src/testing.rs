@@ -38,7 +38,7 @@ pub async fn factory(config: Config) -> (Arc<SessionFactory>, Arc<Tenancy>, Arc<
         .credentials_provider(aws_credential_types::Credentials::new("AKIDEXAMPLE", "secret", None, None, "test"))
         .load()
         .await;
-    let tenancy = Arc::new(Tenancy::new(config.allowlist.clone()));
+    let tenancy = Arc::new(Tenancy::new(config.allowlist.clone(), tokio_util::sync::CancellationToken::new()));
     let evidence = Arc::new(Evidence::new(config.allowlist.len()));
     let factory = Arc::new(SessionFactory::new(
         &sdk,

@@ -11,7 +11,9 @@
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
+use scoped_secrets::config::allowlist::{Allowlist, Entry, EntryIndex};
 use scoped_secrets::config::{Config, Env, var};
+use scoped_secrets::domain::item::Kind;
 
 const TOKEN: &str = "IQoJb3JpZ2luX2VjEFuzzSessionToken0123456789";
 
@@ -43,6 +45,8 @@ const VARIABLES: &[&str] = &[
     "AWS_LAMBDA_FUNCTION_NAME",
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
+    var::PARAMETERS,
+    "AWS_ENDPOINT_URL_SSM",
 ];
 
 fuzz_target!(|data: &[u8]| {
@@ -77,18 +81,30 @@ fuzz_target!(|data: &[u8]| {
             assert!(config.upstream_timeout >= Duration::from_millis(100));
             assert!((1..=4_096).contains(&config.max_connections));
             assert!(!config.allowlist.is_empty());
-            // Every entry answers to its own id: fixed entries as configured, `{tenant}` entries
-            // once resolved (until then no request can name them), possibly to an equal entry.
+            // Every entry answers to its own id within its kind: fixed entries as configured,
+            // `{tenant}` entries once resolved (until then no request can name them), possibly
+            // to an equal entry.
             for (index, entry) in config.allowlist.iter() {
-                let found = config.allowlist.find(entry.secret_id());
-                assert!(found == Some(index) || (found.is_none() && entry.secret_id().contains("{tenant}")));
+                let found = find(&config.allowlist, entry);
+                assert!(found == Some(index) || (found.is_none() && entry.id().contains("{tenant}")));
             }
-            let resolved = config.allowlist.for_tenant("t0");
-            for (_, entry) in resolved.iter() {
-                let found = resolved.find(entry.secret_id()).and_then(|i| resolved.entry(i));
-                assert_eq!(found.map(|e| e.resource()), Some(entry.resource()), "{:?}", entry.secret_id());
+            // `None`: the tenant id would make one name answer to two entries of a kind.
+            if let Some(resolved) = config.allowlist.for_tenant("t0") {
+                for (_, entry) in resolved.iter() {
+                    let found = find(&resolved, entry).and_then(|i| resolved.entry(i));
+                    assert_eq!(found.map(|e| e.resource()), Some(entry.resource()), "{:?}", entry.id());
+                    assert_eq!(found.map(Entry::kind), Some(entry.kind()));
+                }
             }
             assert!(config.local_token.matches(TOKEN.as_bytes()));
         }
     }
 });
+
+/// The entry `allowlist` finds for `entry`'s own id, among the entries of its kind.
+fn find(allowlist: &Allowlist, entry: &Entry) -> Option<EntryIndex> {
+    match entry.kind() {
+        Kind::Secret => allowlist.find(entry.id()),
+        Kind::Parameter => allowlist.find_parameter(entry.id()),
+    }
+}

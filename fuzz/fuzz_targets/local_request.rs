@@ -3,8 +3,9 @@
 //! Input: a method line, a request-target line, then `name:value` header lines, as hyper
 //! would hand them over once it parsed the head (parts hyper would reject are skipped the same
 //! way: the `http` crate's own validation). Checked besides "never panics": a request is
-//! routed to a read only if it carries the token exactly once, uses GET, names a loopback
-//! host and no proxy, and its secret id is non-empty, bounded and free of control characters.
+//! routed to a read (of a secret or a parameter) only if it carries the token exactly once,
+//! uses GET, names a loopback host and no proxy, and its secret id or parameter name is
+//! non-empty, bounded and free of control characters.
 
 #![no_main]
 
@@ -12,6 +13,7 @@ use bytes::Bytes;
 use http_body_util::Empty;
 use libfuzzer_sys::fuzz_target;
 use scoped_secrets::config::{Config, Env};
+use scoped_secrets::domain::parameter::MAX_NAME_CHARS;
 use scoped_secrets::local_api::get::{MAX_SECRET_ID_BYTES, Route, TOKEN_HEADER, route, status_of};
 
 const TOKEN: &str = "IQoJb3JpZ2luX2VjEFuzzSessionToken0123456789";
@@ -49,17 +51,26 @@ fuzz_target!(|data: &[u8]| {
         builder = builder.header(name, value);
     }
     let Ok(request) = builder.body(Empty::<Bytes>::new()) else { return };
+    let routed_to_a_read = |request: &http::Request<Empty<Bytes>>| {
+        assert_eq!(request.method(), http::Method::GET);
+        let tokens: Vec<_> = request.headers().get_all(TOKEN_HEADER).iter().collect();
+        assert!(tokens.len() == 1 && tokens[0] == TOKEN, "routed to a read without the token");
+        assert!(!request.headers().contains_key("x-forwarded-for"));
+        assert!(!request.headers().contains_key(http::header::FORWARDED));
+        assert!(request.uri().authority().is_none() && request.uri().scheme().is_none());
+    };
     CONFIG.with(|config| match route(&request, &config.local_token) {
         Ok(Route::Ping) => assert_eq!(request.uri().path(), "/ping"),
         Ok(Route::Read { query, .. }) => {
-            assert_eq!(request.method(), http::Method::GET);
-            let tokens: Vec<_> = request.headers().get_all(TOKEN_HEADER).iter().collect();
-            assert!(tokens.len() == 1 && tokens[0] == TOKEN, "routed to a read without the token");
-            assert!(!request.headers().contains_key("x-forwarded-for"));
-            assert!(!request.headers().contains_key(http::header::FORWARDED));
-            assert!(request.uri().authority().is_none() && request.uri().scheme().is_none());
+            routed_to_a_read(&request);
             assert!(!query.secret_id.is_empty() && query.secret_id.len() <= MAX_SECRET_ID_BYTES);
             assert!(!query.secret_id.chars().any(char::is_control));
+        }
+        Ok(Route::Parameter { query }) => {
+            routed_to_a_read(&request);
+            assert_eq!(request.uri().path(), "/systemsmanager/parameters/get");
+            assert!(!query.name.is_empty() && query.name.len() <= MAX_NAME_CHARS);
+            assert!(!query.name.chars().any(char::is_control));
         }
         Err((refusal, _api)) => {
             let status = status_of(refusal.code);

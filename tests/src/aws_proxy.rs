@@ -145,16 +145,31 @@ pub struct SecretsManagerCall {
 impl SecretsManagerCall {
     /// Secret ids the request asked for: `SecretId`, or every `SecretIdList` entry.
     pub fn secret_ids(&self) -> Vec<String> {
+        self.strings(&["SecretId", "SecretIdList"])
+    }
+
+    /// Parameter names a Systems Manager request asked for: `Name`, or every `Names` entry.
+    pub fn parameter_names(&self) -> Vec<String> {
+        self.strings(&["Name", "Names"])
+    }
+
+    fn strings(&self, fields: &[&str]) -> Vec<String> {
         let mut ids = Vec::new();
-        if let Some(id) = self.request.get("SecretId").and_then(|v| v.as_str()) {
-            ids.push(id.to_owned());
-        }
-        if let Some(list) = self.request.get("SecretIdList").and_then(|v| v.as_array()) {
-            ids.extend(list.iter().filter_map(|v| v.as_str().map(str::to_owned)));
+        for field in fields {
+            match self.request.get(*field) {
+                Some(serde_json::Value::String(id)) => ids.push(id.clone()),
+                Some(serde_json::Value::Array(list)) => {
+                    ids.extend(list.iter().filter_map(|v| v.as_str().map(str::to_owned)));
+                }
+                _ => {}
+            }
         }
         ids
     }
 }
+
+/// A Systems Manager call (`X-Amz-Target: AmazonSSM.*`), in the same shape.
+pub type SsmCall = SecretsManagerCall;
 
 type Recorded = Arc<Mutex<Vec<Exchange>>>;
 type UpstreamClient = Client<HttpConnector, Full<Bytes>>;
@@ -266,10 +281,24 @@ impl AwsProxy {
 
     /// Secrets Manager calls (`X-Amz-Target: secretsmanager.*`), parsed.
     pub fn secrets_manager_calls(&self) -> Vec<SecretsManagerCall> {
+        self.json_calls("secretsmanager.")
+    }
+
+    /// Systems Manager calls (`X-Amz-Target: AmazonSSM.*`), parsed.
+    pub fn ssm_calls(&self) -> Vec<SsmCall> {
+        self.json_calls("AmazonSSM.")
+    }
+
+    /// Systems Manager calls of one operation (`"GetParameter"`, `"GetParameters"`).
+    pub fn ssm_calls_of(&self, operation: &str) -> Vec<SsmCall> {
+        self.ssm_calls().into_iter().filter(|call| call.operation == operation).collect()
+    }
+
+    fn json_calls(&self, prefix: &str) -> Vec<SecretsManagerCall> {
         self.exchanges()
             .iter()
             .filter_map(|exchange| {
-                let operation = exchange.target.as_deref()?.strip_prefix("secretsmanager.")?;
+                let operation = exchange.target.as_deref()?.strip_prefix(prefix)?;
                 let response: serde_json::Value = serde_json::from_slice(&exchange.response_body).unwrap_or_default();
                 let error_code = if (200..300).contains(&exchange.status) {
                     None

@@ -13,10 +13,17 @@
 //!   has registered and polled `/event/next`, as Lambda orders them.
 //! - **Telemetry as the modes shape it**: the front proxy takes the extension's Telemetry API
 //!   subscription, gives the simulator a relay of its own as the destination, and the relay
-//!   forwards every batch to the extension. In tenant isolation mode ([`Platform::tenant_id`])
-//!   the relay adds `tenantId` to each `platform.start` record, as Lambda does (the simulator
-//!   has no tenants); [`Environment::send_telemetry`] delivers records the simulator never
-//!   makes (SnapStart's `platform.restoreStart`, a second tenant's `platform.start`).
+//!   forwards every batch to the destination the extension subscribed with (its secret path
+//!   included). In tenant isolation mode ([`Platform::tenant_id`]) the relay adds `tenantId`
+//!   to each `platform.start` record, as Lambda does (the simulator has no tenants);
+//!   [`Environment::send_telemetry`] delivers records the simulator never makes (SnapStart's
+//!   `platform.restoreStart`, a second tenant's `platform.start`) to that destination, as
+//!   Lambda would; [`Environment::post_to_telemetry_listener`] sends elsewhere on the
+//!   listener, as a forger who does not know the path would.
+//! - **Orderings Lambda allows, made certain**: [`Platform::extension_invoke_delay`] lets the
+//!   function get its event before the extension, [`Platform::init_done_delay`] holds back
+//!   `platform.initRuntimeDone` (buffered telemetry), so a test can put a read in the window
+//!   between them.
 //! - **SnapStart's runtime hooks**: a runtime in `snap-start` mode calls
 //!   `/2018-06-01/runtime/restore/next` after its INIT; the simulator has no such route, so the
 //!   proxy answers it at once (the snapshot is restored immediately; no memory is snapshotted).
@@ -344,6 +351,13 @@ pub struct Platform {
     pub concurrent_runtime: bool,
     /// Keep the bytes of every event sent on `/next` and every result received.
     pub record_payloads: bool,
+    /// Hold each INVOKE event this long before the extension gets it (the runtime gets its
+    /// event at once): the extension learning of an invocation after its function, as it
+    /// can in Lambda, made certain instead of left to scheduling.
+    pub extension_invoke_delay: Option<Duration>,
+    /// Hold a telemetry batch holding `platform.initRuntimeDone` this long (Lambda buffers
+    /// telemetry, so the end of INIT can reach the extension after the first INVOKE).
+    pub init_done_delay: Option<Duration>,
 }
 
 /// The telemetry schema Lambda Managed Instances requires.
@@ -552,6 +566,20 @@ impl Environment {
         Ok(Ok(environment))
     }
 
+    /// Starts the function's runtime process and waits for its first `/invocation/next` only,
+    /// not for the extension to learn that INIT is over: an invocation enqueued now reaches a
+    /// runtime whose INIT the extension may still think is running (a cold start's first
+    /// invocation).
+    pub async fn start_function_unsettled(&mut self) -> anyhow::Result<()> {
+        let function = self.runtime.spawn(&self.env)?;
+        self.function = Some(function);
+        let simulator = self.simulator()?;
+        simulator
+            .wait_for(|| async { simulator.is_initialized().await }, Duration::from_secs(10))
+            .await
+            .map_err(|e| anyhow::anyhow!("the function did not initialise: {e}"))
+    }
+
     /// Starts the function's runtime process ([`Options::runtime`]; through the function's
     /// `AWS_LAMBDA_EXEC_WRAPPER` if Lambda would) and waits for its first `/invocation/next`.
     pub async fn start_function(&mut self) -> anyhow::Result<()> {
@@ -687,6 +715,24 @@ impl Environment {
             .body(Full::new(body))?;
         let response = self.front.state.client.request(request).await?;
         Ok(response.status().as_u16())
+    }
+
+    /// The extension's telemetry listener (`host:port` of the destination it subscribed).
+    pub fn telemetry_address(&self) -> Option<String> {
+        let destination = self.front.state.destination()?;
+        let rest = destination.strip_prefix("http://")?;
+        Some(rest.split('/').next()?.to_owned())
+    }
+
+    /// POSTs `body` to the extension's telemetry listener at `target` (a path of the caller's
+    /// choosing, not the subscribed one): what any local process, or an SSRF, could send.
+    /// Returns the status (0 if the connection was closed without one).
+    pub async fn post_to_telemetry_listener(&self, target: &str, body: Bytes) -> anyhow::Result<u16> {
+        let address = self.telemetry_address().context("the extension has not subscribed to telemetry")?;
+        let request = hyper::Request::post(format!("http://{address}{target}"))
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body))?;
+        Ok(self.front.state.client.request(request).await.map_or(0, |r| r.status().as_u16()))
     }
 
     /// Enqueues an invocation without waiting for it.
@@ -1100,11 +1146,19 @@ async fn forward(request: hyper::Request<Incoming>, state: &FrontState) -> hyper
             {
                 accepted.insert(request_id.clone(), Instant::now());
             }
-            if path == "/2020-01-01/extension/event/next"
-                && serde_json::from_slice::<Value>(&body).is_ok_and(|event| event["eventType"] == "SHUTDOWN")
+            let event_type = (path == "/2020-01-01/extension/event/next")
+                .then(|| serde_json::from_slice::<Value>(&body).ok())
+                .flatten()
+                .map(|event| event["eventType"].clone());
+            if event_type.as_ref().is_some_and(|t| t == "SHUTDOWN")
                 && let Ok(mut sent) = state.shutdown_sent.lock()
             {
                 *sent = Some(Instant::now());
+            }
+            if let (Some(delay), Some(true)) =
+                (state.platform.extension_invoke_delay, event_type.as_ref().map(|t| t == "INVOKE"))
+            {
+                tokio::time::sleep(delay).await;
             }
             hyper::Response::from_parts(parts, Full::new(body))
         }
@@ -1118,6 +1172,12 @@ async fn relay_telemetry(request: hyper::Request<Incoming>, state: &FrontState) 
     let body = request.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     if state.destination().is_none() {
         return status(hyper::StatusCode::SERVICE_UNAVAILABLE);
+    }
+    if let Some(delay) = state.platform.init_done_delay
+        && serde_json::from_slice::<Vec<Value>>(&body)
+            .is_ok_and(|events| events.iter().any(|e| e["type"] == "platform.initRuntimeDone"))
+    {
+        tokio::time::sleep(delay).await;
     }
     let tenant = state.tenant_id.lock().ok().and_then(|t| t.clone());
     let body = match (serde_json::from_slice::<Vec<Value>>(&body), tenant) {

@@ -23,6 +23,8 @@ pub mod examples;
 pub mod faults;
 pub mod lambda;
 pub mod ministack;
+#[cfg(test)]
+mod ministack_ssm;
 pub mod runtime_api;
 pub mod runtime_client;
 
@@ -82,9 +84,10 @@ impl Stack {
             ("SCOPED_SECRETS_ROLE_ARN".to_owned(), self.world.scoped_role_arn.clone()),
             ("SCOPED_SECRETS_SECRETS".to_owned(), allowlist.to_owned()),
             ("SCOPED_SECRETS_PORT".to_owned(), port.to_string()),
-            // Points the function's SDK at the extension. The extension sees it too and must
-            // never follow it (it would call itself): every test runs with it set.
+            // Point the function's SDK at the extension. The extension sees them too and must
+            // never follow them (it would call itself): every test runs with them set.
             ("AWS_ENDPOINT_URL_SECRETS_MANAGER".to_owned(), format!("http://127.0.0.1:{port}")),
+            ("AWS_ENDPOINT_URL_SSM".to_owned(), format!("http://127.0.0.1:{port}")),
         ]);
         for (name, value) in extra {
             env.retain(|(k, _)| k != name);

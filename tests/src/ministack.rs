@@ -1,4 +1,5 @@
-//! MiniStack: the local STS, IAM and Secrets Manager the end-to-end tests run against.
+//! MiniStack: the local STS, IAM, Secrets Manager and Parameter Store the end-to-end tests run
+//! against.
 //!
 //! [`MiniStack::start`] runs a fresh emulator (IAM enforced: `AUTH=true`) bound to a free
 //! loopback port, in its own process group, and kills it when dropped. [`MiniStack::world`]
@@ -232,8 +233,10 @@ impl MiniStack {
     ///   `sts:AssumeRole` on `scoped-role` (no Secrets Manager permission at all);
     /// - `scoped-role`, trusting only `exec-role`, `MaxSessionDuration` 3600, with an inline
     ///   policy allowing `secretsmanager:GetSecretValue` on
-    ///   `arn:aws:secretsmanager:us-east-1:123456789012:secret:<scope_prefix>*` and
-    ///   `secretsmanager:BatchGetSecretValue` on `*`;
+    ///   `arn:aws:secretsmanager:us-east-1:123456789012:secret:<scope_prefix>*`,
+    ///   `secretsmanager:BatchGetSecretValue` on `*`, and `ssm:GetParameter`/`ssm:GetParameters`
+    ///   on `arn:aws:ssm:us-east-1:123456789012:parameter/<scope_prefix>*` (parameters named
+    ///   `/<scope_prefix>…`);
     /// - the given secrets `(name, SecretString)`;
     /// - execution credentials: the admin assumes `exec-role` (session `lambda-exec`,
     ///   `DurationSeconds` 3600).
@@ -307,6 +310,11 @@ impl MiniStack {
                     "Effect": "Allow",
                     "Action": "secretsmanager:BatchGetSecretValue",
                     "Resource": "*"
+                },
+                {
+                    "Effect": "Allow",
+                    "Action": ["ssm:GetParameter", "ssm:GetParameters"],
+                    "Resource": format!("arn:aws:ssm:{REGION}:{ACCOUNT_ID}:parameter/{scope_prefix}*")
                 }
             ]
         });
@@ -370,6 +378,43 @@ impl MiniStack {
             .send()
             .await
             .with_context(|| format!("rotating secret {name}"))?;
+        Ok(())
+    }
+
+    /// `PutParameter` as the admin: creates `name` (or, with `overwrite`, a new version of it)
+    /// of `kind` (`String`, `StringList`, `SecureString`), encrypted with `key_id` if given.
+    /// Returns the version.
+    pub async fn put_parameter(
+        &self,
+        name: &str,
+        value: &str,
+        kind: &str,
+        key_id: Option<&str>,
+        overwrite: bool,
+    ) -> anyhow::Result<i64> {
+        let put = aws_sdk_ssm::Client::new(&self.admin_config())
+            .put_parameter()
+            .name(name)
+            .value(value)
+            .r#type(aws_sdk_ssm::types::ParameterType::from(kind))
+            .set_key_id(key_id.map(str::to_owned))
+            .overwrite(overwrite)
+            .send()
+            .await
+            .with_context(|| format!("putting parameter {name}"))?;
+        Ok(put.version())
+    }
+
+    /// `LabelParameterVersion` as the admin.
+    pub async fn label_parameter(&self, name: &str, version: i64, label: &str) -> anyhow::Result<()> {
+        aws_sdk_ssm::Client::new(&self.admin_config())
+            .label_parameter_version()
+            .name(name)
+            .parameter_version(version)
+            .labels(label)
+            .send()
+            .await
+            .with_context(|| format!("labelling {name}:{version}"))?;
         Ok(())
     }
 
@@ -497,6 +542,41 @@ pub async fn read_secret_as(endpoint: &str, creds: &StaticCredentials, secret_id
             Some(code) => code.to_owned(),
             None => format!("NoErrorCode: {}", aws_sdk_secretsmanager::error::DisplayErrorContext(&error)),
         }),
+    }
+}
+
+/// Calls `GetParameter` directly with `creds` against `endpoint` (with decryption).
+///
+/// `Ok(Value)`, or `Err(code)` with the AWS error code (e.g. `AccessDeniedException`,
+/// `ParameterNotFound`); an error without a code is `Err("NoErrorCode: <details>")`.
+pub async fn read_parameter_as(endpoint: &str, creds: &StaticCredentials, name: &str) -> Result<String, String> {
+    use aws_sdk_ssm::error::ProvideErrorMetadata as _;
+    let client = aws_sdk_ssm::Client::new(&creds.sdk_config(endpoint));
+    match client.get_parameter().name(name).with_decryption(true).send().await {
+        Ok(output) => output.parameter().and_then(|p| p.value()).map(str::to_owned).ok_or_else(|| "NoValue".to_owned()),
+        Err(error) => Err(match error.code() {
+            Some(code) => code.to_owned(),
+            None => format!("NoErrorCode: {}", aws_sdk_ssm::error::DisplayErrorContext(&error)),
+        }),
+    }
+}
+
+/// Calls `GetParameters` directly with `creds` against `endpoint` (with decryption): the
+/// values found and the names AWS reports invalid, or the error code.
+pub async fn read_parameters_as(
+    endpoint: &str,
+    creds: &StaticCredentials,
+    names: &[&str],
+) -> Result<(Vec<String>, Vec<String>), String> {
+    use aws_sdk_ssm::error::ProvideErrorMetadata as _;
+    let client = aws_sdk_ssm::Client::new(&creds.sdk_config(endpoint));
+    let names = names.iter().map(|n| (*n).to_owned()).collect();
+    match client.get_parameters().set_names(Some(names)).with_decryption(true).send().await {
+        Ok(output) => Ok((
+            output.parameters().iter().filter_map(|p| p.value().map(str::to_owned)).collect(),
+            output.invalid_parameters().to_vec(),
+        )),
+        Err(error) => Err(error.code().unwrap_or("NoErrorCode").to_owned()),
     }
 }
 

@@ -27,6 +27,12 @@ mod layer;
 mod memory;
 #[path = "e2e/modes.rs"]
 mod modes;
+#[path = "e2e/parameter_modes.rs"]
+mod parameter_modes;
+#[path = "e2e/parameters.rs"]
+mod parameters;
+#[path = "e2e/probe.rs"]
+mod probe;
 #[path = "e2e/runtime_proxy.rs"]
 mod runtime_proxy;
 #[path = "e2e/sdk_protocol.rs"]
@@ -369,6 +375,9 @@ async fn bad_configuration_fails_init_with_the_reason() -> anyhow::Result<()> {
     let stack = Stack::start().await?;
     let busy = std::net::TcpListener::bind("127.0.0.1:0")?;
     let busy_port = busy.local_addr()?.port().to_string();
+    // Each list fits alone; together they pass the session policy's 2,048 characters.
+    let long_secrets: String = (0..10).map(|i| format!("app/{}-{i}", "s".repeat(30))).collect::<Vec<_>>().join(",");
+    let long_parameters: String = (0..10).map(|i| format!("/app/{}-{i}", "p".repeat(30))).collect::<Vec<_>>().join(",");
     let cases: Vec<(Vec<(&str, &str)>, &str, &str)> = vec![
         (vec![("SCOPED_SECRETS_ROLE_ARN", "")], "Extension.ConfigInvalid", "SCOPED_SECRETS_ROLE_ARN is required"),
         (vec![("SCOPED_SECRETS_SECRETS", "app/*")], "Extension.ConfigInvalid", "SCOPED_SECRETS_SECRETS entry 1"),
@@ -388,6 +397,21 @@ async fn bad_configuration_fails_init_with_the_reason() -> anyhow::Result<()> {
             "SCOPED_SECRETS_KMS_KEYS entry 1 must be a KMS key ARN",
         ),
         (vec![("SCOPED_SECRETS_PORT", busy_port.as_str())], "Extension.BindFailed", "could not listen on 127.0.0.1:"),
+        (
+            vec![("SCOPED_SECRETS_PARAMETERS", "app/config")],
+            "Extension.ConfigInvalid",
+            "SCOPED_SECRETS_PARAMETERS entry 1",
+        ),
+        (
+            vec![("SCOPED_SECRETS_SECRETS", ""), ("SCOPED_SECRETS_PARAMETERS", "")],
+            "Extension.ConfigInvalid",
+            "SCOPED_SECRETS_SECRETS and SCOPED_SECRETS_PARAMETERS are both empty",
+        ),
+        (
+            vec![("SCOPED_SECRETS_SECRETS", &long_secrets), ("SCOPED_SECRETS_PARAMETERS", &long_parameters)],
+            "Extension.ConfigInvalid",
+            "SCOPED_SECRETS_SECRETS and SCOPED_SECRETS_PARAMETERS together would produce a session policy of",
+        ),
     ];
     for (overrides, error_type, reason) in cases {
         let port = scoped_secrets_tests::lambda::free_port()?.to_string();

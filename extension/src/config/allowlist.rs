@@ -1,11 +1,19 @@
-//! The secret allowlist: which secrets the function may read, under which local names, and
-//! the exact IAM resource each one becomes in a session policy.
+//! The allowlist: which secrets and parameters the function may read, under which local names,
+//! and the exact IAM resource each one becomes in a session policy.
 //!
 //! `SCOPED_SECRETS_SECRETS` is a comma-separated list of `secret` or `alias=secret`, where
 //! `secret` is a Secrets Manager name (`app/db`) or ARN. A name becomes the ARN pattern
 //! `arn:PARTITION:secretsmanager:REGION:ACCOUNT:secret:NAME-??????` (the six characters are
 //! the suffix Secrets Manager appends), in the scoped role's account; a complete ARN is used as
-//! it is, a partial one (no suffix) gets `-??????`. Nothing else is ever reachable.
+//! it is, a partial one (no suffix) gets `-??????`.
+//!
+//! `SCOPED_SECRETS_PARAMETERS` is the same for Parameter Store: `name` or `alias=name`, a name
+//! (`/app/db`, `Name`) or an ARN in the function's region. Each becomes its exact ARN
+//! (`…:parameter/app/db`, AWS's leading-slash rule), never a pattern. Nothing else is ever
+//! reachable.
+//!
+//! Both lists share one index space ([`EntryIndex`]): the secrets first, then the parameters,
+//! so counters and cache keys stay dense. A request is matched within its own kind only.
 //!
 //! In tenant isolation mode a name may contain `{tenant}` (`tenants/{tenant}/db`): such an
 //! entry answers no request until [`Allowlist::for_tenant`] resolves it with the validated
@@ -14,6 +22,8 @@
 use std::fmt;
 
 use crate::domain::arn::{RoleArn, is_account_id, is_region};
+use crate::domain::item::Kind;
+use crate::domain::parameter;
 use crate::domain::tenant::{MAX_TENANT_ID_CHARS, PLACEHOLDER};
 
 /// A rejected allowlist, as the end of a sentence starting with the variable's name.
@@ -23,7 +33,7 @@ pub enum AllowlistError {
     #[error("must list at least one secret name or ARN.")]
     Empty,
     /// An entry is not a valid name or ARN.
-    #[error("entry {position} is not a valid secret name or ARN: {why}.")]
+    #[error("entry {position} is not valid: {why}.")]
     Invalid {
         /// One-based position in the list.
         position: usize,
@@ -31,13 +41,13 @@ pub enum AllowlistError {
         why: &'static str,
     },
     /// Two entries share a name or alias.
-    #[error("entry {position} repeats a secret or alias that an earlier entry already uses.")]
+    #[error("entry {position} repeats a name or alias that an earlier entry already uses.")]
     Duplicate {
         /// One-based position in the list.
         position: usize,
     },
     /// More entries than one session policy can hold.
-    #[error("lists {count} secrets; at most {max} fit in one session policy.")]
+    #[error("lists {count} entries; at most {max} fit in one session policy.")]
     TooMany {
         /// How many were given.
         count: usize,
@@ -46,16 +56,22 @@ pub enum AllowlistError {
     },
 }
 
-/// At most this many secrets: the session policy (2,048 characters) must hold all their ARNs.
+/// At most this many entries per list: the session policy (2,048 characters) must hold all
+/// their ARNs (both lists together are measured at INIT).
 pub const MAX_ENTRIES: usize = 20;
 
-/// One allowlisted secret.
+/// One allowlisted secret or parameter.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Entry {
+    kind: Kind,
     alias: Option<String>,
-    /// The id sent to Secrets Manager: the configured name or ARN.
-    secret_id: String,
-    /// The secret's name, without ARN prefix or random suffix, for matching requests by name.
+    /// The configured name or ARN.
+    id: String,
+    /// What is sent to AWS: the configured id, except that a parameter ARN in the role's own
+    /// account is sent as its name (the API takes either; the ARN is needed only across accounts).
+    upstream_id: String,
+    /// For matching requests by name: a secret's name without ARN prefix or random suffix; a
+    /// parameter's name without its leading `/` (`/Name` and `Name` are one parameter).
     name: String,
     /// The IAM resource (ARN or ARN pattern) the session policy grants.
     resource: String,
@@ -64,9 +80,19 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// The id sent to Secrets Manager.
-    pub fn secret_id(&self) -> &str {
-        &self.secret_id
+    /// A secret or a parameter.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// The configured name or ARN, as the reports name it.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The id sent to AWS (`SecretId`, `Name`).
+    pub fn upstream_id(&self) -> &str {
+        &self.upstream_id
     }
 
     /// The local alias, if one was configured.
@@ -74,24 +100,45 @@ impl Entry {
         self.alias.as_deref()
     }
 
-    /// The IAM resource (ARN or pattern) that a session policy grants for this secret.
+    /// The IAM resource (ARN or pattern) that a session policy grants for this entry.
     pub fn resource(&self) -> &str {
         &self.resource
     }
 
-    /// Whether `name` would name this entry, resolved or not (for duplicate checks).
-    fn clashes_with(&self, name: &str) -> bool {
-        self.answers_to(name) || self.alias.as_deref() == Some(name) || self.secret_id == name
+    /// Whether `requested` (which names this entry) is a complete ARN other than the configured
+    /// id: it matched the entry's `-??????` pattern, so it is this secret only if it is the
+    /// secret's actual ARN, which only AWS's answer tells.
+    pub fn is_named_by_arn(&self, requested: &str) -> bool {
+        requested.starts_with("arn:") && requested != self.id
     }
 
-    /// Whether `requested` names this secret: its alias, configured id, bare name, or a full
-    /// ARN that the entry's resource pattern covers.
+    /// Whether `name` would name this entry, resolved or not (for duplicate checks).
+    fn clashes_with(&self, name: &str) -> bool {
+        self.answers_to(name) || self.alias.as_deref() == Some(name) || self.id == name
+    }
+
+    /// Whether one name could answer to both entries.
+    fn clashes(&self, other: &Entry) -> bool {
+        let names = [Some(other.id.as_str()), Some(other.name.as_str()), other.alias.as_deref()];
+        names.iter().flatten().any(|name| self.clashes_with(name))
+            || [Some(self.id.as_str()), self.alias.as_deref()].iter().flatten().any(|name| other.clashes_with(name))
+    }
+
+    /// Whether `requested` names this entry: its alias, configured id, bare name, or a full
+    /// ARN that the entry's resource covers.
     fn answers_to(&self, requested: &str) -> bool {
         if self.tenant_scoped {
             // Unresolved: no request can name it until the tenant is known.
             return false;
         }
-        if self.alias.as_deref() == Some(requested) || self.secret_id == requested || self.name == requested {
+        if self.alias.as_deref() == Some(requested) || self.id == requested {
+            return true;
+        }
+        if self.kind == Kind::Parameter {
+            let by_name = !requested.starts_with("arn:") && parameter::same_name(&self.name, requested);
+            return by_name || self.resource == requested;
+        }
+        if self.name == requested {
             return true;
         }
         match self.resource.strip_suffix("-??????") {
@@ -107,11 +154,12 @@ impl Entry {
 impl fmt::Debug for Entry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Names and ARNs are identifiers, not secrets: printing them is fine.
-        f.debug_struct("Entry").field("alias", &self.alias).field("secret_id", &self.secret_id).finish()
+        f.debug_struct("Entry").field("kind", &self.kind).field("alias", &self.alias).field("id", &self.id).finish()
     }
 }
 
-/// Index of an entry in the allowlist: the cache's key for "this secret".
+/// Index of an entry in the allowlist (secrets first, then parameters): the cache's key for
+/// "this item".
 pub type EntryIndex = usize;
 
 /// The parsed allowlist.
@@ -123,14 +171,22 @@ pub struct Allowlist {
     kms: Option<KmsGrant>,
 }
 
-/// `kms:Decrypt` on these keys, only through Secrets Manager in this region and only for the
-/// allowlisted secrets (their ARNs are the encryption context Secrets Manager sends to KMS).
+/// `kms:Decrypt` on these keys, only through Secrets Manager or Parameter Store in this region
+/// and only for the allowlisted items (their ARNs are the encryption context each service sends
+/// to KMS).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KmsGrant {
     /// Key ARNs.
     pub keys: Vec<String>,
-    /// `secretsmanager.REGION.amazonaws.com` (`.com.cn` in China), for `kms:ViaService`.
-    pub via_service: String,
+    /// `REGION.amazonaws.com` (`.com.cn` in China): `kms:ViaService` is `SERVICE.` and this.
+    pub region_domain: String,
+}
+
+impl KmsGrant {
+    /// The `kms:ViaService` value of `service` (`secretsmanager`, `ssm`) in this region.
+    pub fn via(&self, service: &str) -> String {
+        format!("{service}.{}", self.region_domain)
+    }
 }
 
 impl Allowlist {
@@ -139,30 +195,25 @@ impl Allowlist {
     /// # Errors
     /// The first entry at fault.
     pub fn parse(list: &str, role: &RoleArn, region: &str) -> Result<Self, AllowlistError> {
-        let raw: Vec<&str> = list.split(',').map(str::trim).filter(|e| !e.is_empty()).collect();
-        if raw.is_empty() {
+        let entries = parse_list(Kind::Secret, list, role, region)?;
+        if entries.is_empty() {
             return Err(AllowlistError::Empty);
         }
-        if raw.len() > MAX_ENTRIES {
-            return Err(AllowlistError::TooMany { count: raw.len(), max: MAX_ENTRIES });
-        }
-        let mut entries: Vec<Entry> = Vec::with_capacity(raw.len());
-        for (index, text) in raw.iter().enumerate() {
-            let position = index + 1;
-            let entry = parse_entry(text, role, region).map_err(|why| AllowlistError::Invalid { position, why })?;
-            let names = [Some(entry.secret_id.as_str()), Some(entry.name.as_str()), entry.alias.as_deref()];
-            let clash = entries.iter().any(|earlier| {
-                names.iter().flatten().any(|name| earlier.clashes_with(name))
-                    || [Some(earlier.secret_id.as_str()), earlier.alias.as_deref()]
-                        .iter()
-                        .flatten()
-                        .any(|name| entry.clashes_with(name))
-            });
-            if clash {
-                return Err(AllowlistError::Duplicate { position });
-            }
-            entries.push(entry);
-        }
+        Ok(Self { entries, kms: None })
+    }
+
+    /// Parses both lists, either of which may be empty (not both: the caller checks).
+    ///
+    /// # Errors
+    /// The list at fault and its first entry at fault.
+    pub fn parse_lists(
+        secrets: &str,
+        parameters: &str,
+        role: &RoleArn,
+        region: &str,
+    ) -> Result<Self, (Kind, AllowlistError)> {
+        let mut entries = parse_list(Kind::Secret, secrets, role, region).map_err(|e| (Kind::Secret, e))?;
+        entries.extend(parse_list(Kind::Parameter, parameters, role, region).map_err(|e| (Kind::Parameter, e))?);
         Ok(Self { entries, kms: None })
     }
 
@@ -178,9 +229,18 @@ impl Allowlist {
         self.kms.as_ref()
     }
 
-    /// The entry a local request names, if any.
+    /// The secret a local request names, if any.
     pub fn find(&self, requested: &str) -> Option<EntryIndex> {
-        self.entries.iter().position(|entry| entry.answers_to(requested))
+        self.find_kind(Kind::Secret, requested)
+    }
+
+    /// The parameter a local request names (without its `:version` or `:label`), if any.
+    pub fn find_parameter(&self, requested: &str) -> Option<EntryIndex> {
+        self.find_kind(Kind::Parameter, requested)
+    }
+
+    fn find_kind(&self, kind: Kind, requested: &str) -> Option<EntryIndex> {
+        self.entries.iter().position(|entry| entry.kind == kind && entry.answers_to(requested))
     }
 
     /// The entry at `index`.
@@ -193,9 +253,14 @@ impl Allowlist {
         self.entries.iter().enumerate()
     }
 
-    /// How many secrets are allowlisted.
+    /// How many entries are allowlisted, of both kinds.
     pub fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    /// How many entries of `kind` are allowlisted.
+    pub fn count(&self, kind: Kind) -> usize {
+        self.entries.iter().filter(|entry| entry.kind == kind).count()
     }
 
     /// Whether any entry contains `{tenant}`.
@@ -205,9 +270,11 @@ impl Allowlist {
 
     /// The allowlist with `{tenant}` replaced by `tenant` (already validated by
     /// [`crate::domain::tenant::TenantId::parse`], whose characters are a subset of a name's), entry
-    /// for entry, so indices stay the same.
-    pub fn for_tenant(&self, tenant: &str) -> Self {
-        let entries = self
+    /// for entry, so indices stay the same. `None` when the tenant id would make one name answer
+    /// to two entries (a tenant id equal to another entry's alias or name): no request could
+    /// tell which secret it means.
+    pub fn for_tenant(&self, tenant: &str) -> Option<Self> {
+        let entries: Vec<Entry> = self
             .entries
             .iter()
             .map(|entry| {
@@ -216,21 +283,50 @@ impl Allowlist {
                 }
                 let fill = |text: &str| text.replace(PLACEHOLDER, tenant);
                 Entry {
+                    kind: entry.kind,
                     alias: entry.alias.clone(),
-                    secret_id: fill(&entry.secret_id),
+                    id: fill(&entry.id),
+                    upstream_id: fill(&entry.upstream_id),
                     name: fill(&entry.name),
                     resource: fill(&entry.resource),
                     tenant_scoped: false,
                 }
             })
             .collect();
-        Self { entries, kms: self.kms.clone() }
+        // Within a kind: a secret and a parameter of one name are told apart by the protocol.
+        let ambiguous = entries
+            .iter()
+            .enumerate()
+            .any(|(index, entry)| entries[..index].iter().any(|e| e.kind == entry.kind && e.clashes(entry)));
+        (!ambiguous).then(|| Self { entries, kms: self.kms.clone() })
     }
 
-    /// Never true for a parsed allowlist; here for clippy's `len_without_is_empty`.
+    /// Whether both lists are empty (the configuration refuses that).
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
+}
+
+/// One list's entries, each checked against the earlier ones of its kind.
+fn parse_list(kind: Kind, list: &str, role: &RoleArn, region: &str) -> Result<Vec<Entry>, AllowlistError> {
+    let raw: Vec<&str> = list.split(',').map(str::trim).filter(|e| !e.is_empty()).collect();
+    if raw.len() > MAX_ENTRIES {
+        return Err(AllowlistError::TooMany { count: raw.len(), max: MAX_ENTRIES });
+    }
+    let mut entries: Vec<Entry> = Vec::with_capacity(raw.len());
+    for (index, text) in raw.iter().enumerate() {
+        let position = index + 1;
+        let parsed = match kind {
+            Kind::Secret => parse_entry(text, role, region),
+            Kind::Parameter => parse_parameter(text, role, region),
+        };
+        let entry = parsed.map_err(|why| AllowlistError::Invalid { position, why })?;
+        if entries.iter().any(|earlier| earlier.clashes(&entry)) {
+            return Err(AllowlistError::Duplicate { position });
+        }
+        entries.push(entry);
+    }
+    Ok(entries)
 }
 
 fn parse_entry(text: &str, role: &RoleArn, region: &str) -> Result<Entry, &'static str> {
@@ -260,14 +356,63 @@ fn parse_entry(text: &str, role: &RoleArn, region: &str) -> Result<Entry, &'stat
         let bare = if complete { &name[..name.len() - 7] } else { name };
         let resource = if complete { secret.to_owned() } else { format!("{secret}-??????") };
         let tenant_scoped = name.contains(PLACEHOLDER);
-        Ok(Entry { alias, secret_id: secret.to_owned(), name: bare.to_owned(), resource, tenant_scoped })
+        let (id, upstream_id) = (secret.to_owned(), secret.to_owned());
+        Ok(Entry { kind: Kind::Secret, alias, id, upstream_id, name: bare.to_owned(), resource, tenant_scoped })
     } else {
         check_name(secret)?;
         let resource =
             format!("arn:{}:secretsmanager:{region}:{}:secret:{secret}-??????", role.partition(), role.account_id());
         let tenant_scoped = secret.contains(PLACEHOLDER);
-        Ok(Entry { alias, secret_id: secret.to_owned(), name: secret.to_owned(), resource, tenant_scoped })
+        let (id, upstream_id) = (secret.to_owned(), secret.to_owned());
+        Ok(Entry { kind: Kind::Secret, alias, id, upstream_id, name: secret.to_owned(), resource, tenant_scoped })
     }
+}
+
+/// `name`, `alias=name` or an ARN (`arn:PARTITION:ssm:REGION:ACCOUNT:parameter/NAME`) in the
+/// function's region: the session's client is regional. Names never contain `=`, so any `=`
+/// introduces an alias.
+fn parse_parameter(text: &str, role: &RoleArn, region: &str) -> Result<Entry, &'static str> {
+    let (alias, configured) = match text.split_once('=') {
+        Some((alias, name)) if is_alias(alias.trim()) => (Some(alias.trim().to_owned()), name.trim()),
+        Some(_) => return Err("an alias is 1 to 64 of A-Z a-z 0-9 _ . -"),
+        None => (None, text),
+    };
+    let (name, account, partition) = match configured.strip_prefix("arn:") {
+        Some(rest) => {
+            let parts: Vec<&str> = rest.splitn(6, ':').collect();
+            let [partition, service, arn_region, account, resource] = parts.as_slice() else {
+                return Err("an ARN must look like arn:aws:ssm:REGION:ACCOUNT:parameter/NAME");
+            };
+            let Some(path) = resource.strip_prefix("parameter/") else {
+                return Err("an ARN must look like arn:aws:ssm:REGION:ACCOUNT:parameter/NAME");
+            };
+            if !matches!(*partition, "aws" | "aws-cn" | "aws-us-gov") || *service != "ssm" {
+                return Err("an ARN must look like arn:aws:ssm:REGION:ACCOUNT:parameter/NAME");
+            }
+            if *arn_region != region {
+                return Err("a parameter ARN must be in the function's region");
+            }
+            if !is_account_id(account) {
+                return Err("the ARN's account must be 12 digits");
+            }
+            // A name in a hierarchy keeps its leading slash; a flat name is the same either way.
+            let name = if path.contains('/') { format!("/{path}") } else { (*path).to_owned() };
+            (name, *account, *partition)
+        }
+        None => (configured.to_owned(), role.account_id(), role.partition()),
+    };
+    parameter::check_name(&name)?;
+    let own_account = account == role.account_id() && partition == role.partition();
+    let upstream_id = if own_account { name.clone() } else { configured.to_owned() };
+    Ok(Entry {
+        kind: Kind::Parameter,
+        alias,
+        id: configured.to_owned(),
+        upstream_id,
+        resource: parameter::arn(partition, region, account, &name),
+        tenant_scoped: name.contains(PLACEHOLDER),
+        name: name.trim_start_matches('/').to_owned(),
+    })
 }
 
 fn is_alias(text: &str) -> bool {
@@ -297,115 +442,4 @@ fn has_random_suffix(name: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn role() -> RoleArn {
-        RoleArn::parse("arn:aws:iam::123456789012:role/app-secrets").expect("valid role")
-    }
-
-    fn parse(list: &str) -> Result<Allowlist, AllowlistError> {
-        Allowlist::parse(list, &role(), "eu-west-1")
-    }
-
-    #[test]
-    fn names_become_suffix_patterns_in_the_roles_account_and_arns_stay_exact() {
-        let list = parse(
-            "db=app/db, arn:aws:secretsmanager:us-east-1:210987654321:secret:shared/key-AbC123,\
-             arn:aws:secretsmanager:us-east-1:210987654321:secret:partial",
-        )
-        .expect("valid");
-        let resources: Vec<&str> = list.iter().map(|(_, e)| e.resource()).collect();
-        assert_eq!(
-            resources,
-            [
-                "arn:aws:secretsmanager:eu-west-1:123456789012:secret:app/db-??????",
-                "arn:aws:secretsmanager:us-east-1:210987654321:secret:shared/key-AbC123",
-                "arn:aws:secretsmanager:us-east-1:210987654321:secret:partial-??????",
-            ]
-        );
-        assert_eq!(list.entry(0).and_then(Entry::alias), Some("db"));
-    }
-
-    #[test]
-    fn requests_match_by_alias_name_or_covered_arn_and_nothing_else() {
-        let list =
-            parse("db=app/db,arn:aws:secretsmanager:us-east-1:210987654321:secret:shared/key-AbC123").expect("valid");
-        let cases = [
-            ("db", Some(0)),
-            ("app/db", Some(0)),
-            ("arn:aws:secretsmanager:eu-west-1:123456789012:secret:app/db-Xy12Z9", Some(0)),
-            ("arn:aws:secretsmanager:eu-west-1:123456789012:secret:app/db-Xy12Z", None),
-            ("arn:aws:secretsmanager:eu-west-1:123456789012:secret:app/db-Xy12Z9/x", None),
-            ("arn:aws:secretsmanager:eu-west-1:999999999999:secret:app/db-Xy12Z9", None),
-            ("shared/key", Some(1)),
-            ("arn:aws:secretsmanager:us-east-1:210987654321:secret:shared/key-AbC123", Some(1)),
-            ("arn:aws:secretsmanager:us-east-1:210987654321:secret:shared/key-ZZZZZZ", None),
-            ("app/db2", None),
-            ("app/*", None),
-            ("", None),
-            ("DB", None),
-        ];
-        for (requested, expected) in cases {
-            assert_eq!(list.find(requested), expected, "{requested}");
-        }
-    }
-
-    #[test]
-    fn tenant_entries_answer_nothing_until_resolved_and_then_only_their_tenant() {
-        let list = parse("db=tenants/{tenant}/db,app/shared").expect("valid");
-        assert!(list.has_tenant_entries());
-        for unresolved in ["db", "tenants/{tenant}/db", "tenants/blue/db"] {
-            assert_eq!(list.find(unresolved), None, "{unresolved}");
-        }
-        let blue = list.for_tenant("blue");
-        assert!(!blue.has_tenant_entries());
-        assert_eq!(
-            blue.entry(0).map(Entry::resource),
-            Some("arn:aws:secretsmanager:eu-west-1:123456789012:secret:tenants/blue/db-??????")
-        );
-        assert_eq!(blue.find("db"), Some(0));
-        assert_eq!(blue.find("tenants/blue/db"), Some(0));
-        assert_eq!(blue.find("arn:aws:secretsmanager:eu-west-1:123456789012:secret:tenants/blue/db-AbC123"), Some(0));
-        assert_eq!(blue.find("tenants/red/db"), None);
-        assert_eq!(blue.find("app/shared"), Some(1));
-        assert!(!parse("app/db").expect("valid").has_tenant_entries());
-        for refused in
-            ["tenants/{tenant*}/db", "tenants/{other}/db", "tenants/{tenant", &format!("{}{{tenant}}", "n".repeat(449))]
-        {
-            assert!(parse(refused).is_err(), "{refused}");
-        }
-        assert!(parse(&format!("{}{{tenant}}", "n".repeat(448))).is_ok());
-    }
-
-    #[test]
-    fn malformed_lists_are_rejected_with_their_position() {
-        let cases = [
-            ("", AllowlistError::Empty),
-            (" , ", AllowlistError::Empty),
-            ("app/*", AllowlistError::Invalid { position: 1, why: "" }),
-            ("ok,app db", AllowlistError::Invalid { position: 2, why: "" }),
-            ("bad alias!=app/db", AllowlistError::Invalid { position: 1, why: "" }),
-            ("arn:aws:s3:::bucket", AllowlistError::Invalid { position: 1, why: "" }),
-            ("arn:aws:secretsmanager:us-east-1:1234:secret:x", AllowlistError::Invalid { position: 1, why: "" }),
-            ("arn:aws:secretsmanager:us-east-1:123456789012:secret:", AllowlistError::Invalid { position: 1, why: "" }),
-            ("app/db,app/db", AllowlistError::Duplicate { position: 2 }),
-            ("db=app/db,db=app/api", AllowlistError::Duplicate { position: 2 }),
-            ("x=app/db,x", AllowlistError::Duplicate { position: 2 }),
-        ];
-        for (list, expected) in cases {
-            let error = parse(list).expect_err(list);
-            match (&error, &expected) {
-                (AllowlistError::Invalid { position: a, .. }, AllowlistError::Invalid { position: b, .. }) => {
-                    assert_eq!(a, b, "{list}");
-                }
-                _ => assert_eq!(error, expected, "{list}"),
-            }
-        }
-        let too_many: Vec<String> = (0..=MAX_ENTRIES).map(|i| format!("s{i}")).collect();
-        assert_eq!(
-            parse(&too_many.join(",")),
-            Err(AllowlistError::TooMany { count: MAX_ENTRIES + 1, max: MAX_ENTRIES })
-        );
-    }
-}
+mod tests;

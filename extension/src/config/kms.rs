@@ -1,5 +1,5 @@
-//! `SCOPED_SECRETS_KMS_KEYS`: customer-managed KMS keys the allowlisted secrets are encrypted
-//! with, parsed into the grant each session policy carries.
+//! `SCOPED_SECRETS_KMS_KEYS`: customer-managed KMS keys the allowlisted secrets and
+//! `SecureString` parameters are encrypted with, parsed into the grant each session policy carries.
 
 use crate::config::allowlist::KmsGrant;
 use crate::domain::arn::{RoleArn, is_account_id};
@@ -9,7 +9,7 @@ const MAX_KMS_KEYS: usize = 5;
 
 /// `SCOPED_SECRETS_KMS_KEYS`: comma-separated key ARNs, or bare key ids in the role's account.
 /// Only keys (a KMS authorisation names the key, never an alias), in the function's partition
-/// and region (Secrets Manager decrypts with a key of the secret's own region).
+/// and region (Secrets Manager and Parameter Store decrypt with a key of the item's own region).
 pub(super) fn kms_grant(raw: &str, role: &RoleArn, region: &str) -> Result<KmsGrant, String> {
     let is_key_id = |id: &str| {
         let uuid = id.len() == 36
@@ -56,5 +56,5 @@ pub(super) fn kms_grant(raw: &str, role: &RoleArn, region: &str) -> Result<KmsGr
         return Err(format!("names {} keys; at most {MAX_KMS_KEYS}.", keys.len()));
     }
     let domain = if role.partition() == "aws-cn" { "amazonaws.com.cn" } else { "amazonaws.com" };
-    Ok(KmsGrant { keys, via_service: format!("secretsmanager.{region}.{domain}") })
+    Ok(KmsGrant { keys, region_domain: format!("{region}.{domain}") })
 }

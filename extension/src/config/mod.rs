@@ -8,14 +8,16 @@
 use std::time::Duration;
 
 pub mod allowlist;
+mod endpoint;
 pub mod env;
 mod kms;
 pub mod token;
 
 pub use self::env::Env;
 pub use self::token::LocalToken;
-use crate::config::allowlist::{Allowlist, AllowlistError};
+use crate::config::allowlist::Allowlist;
 use crate::domain::arn::{RoleArn, is_region};
+use crate::domain::item::Kind;
 
 /// A configuration value that was rejected, with a sentence that says why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -120,6 +122,8 @@ pub struct AwsEndpoints {
     /// `AWS_ENDPOINT_URL` only: `AWS_ENDPOINT_URL_SECRETS_MANAGER` points the *function* at
     /// this extension, and following it would make the extension call itself.
     pub secrets_manager: Option<String>,
+    /// `AWS_ENDPOINT_URL` only, for the same reason (`AWS_ENDPOINT_URL_SSM`).
+    pub ssm: Option<String>,
     /// `AWS_ENDPOINT_URL_IAM`, else `AWS_ENDPOINT_URL`, else the SDK's default (deny mode only).
     pub iam: Option<String>,
 }
@@ -129,7 +133,7 @@ pub struct AwsEndpoints {
 pub struct Config {
     /// The role each session assumes.
     pub role_arn: RoleArn,
-    /// The secrets the function may read, with their local aliases.
+    /// The secrets and parameters the function may read, with their local aliases.
     pub allowlist: Allowlist,
     /// Local API port on 127.0.0.1.
     pub port: u16,
@@ -192,6 +196,7 @@ pub mod var {
     #![allow(missing_docs)]
     pub const ROLE_ARN: &str = "SCOPED_SECRETS_ROLE_ARN";
     pub const SECRETS: &str = "SCOPED_SECRETS_SECRETS";
+    pub const PARAMETERS: &str = "SCOPED_SECRETS_PARAMETERS";
     pub const PORT: &str = "SCOPED_SECRETS_PORT";
     pub const CACHE_TTL: &str = "SCOPED_SECRETS_CACHE_TTL";
     pub const PREFETCH: &str = "SCOPED_SECRETS_PREFETCH";
@@ -252,8 +257,16 @@ impl Config {
         if !is_region(&region) {
             return Err(ConfigError::new("AWS_REGION", "must be a region name such as us-east-1."));
         }
-        let allowlist = Allowlist::parse(required(env, var::SECRETS)?, &role_arn, &region)
-            .map_err(|e: AllowlistError| ConfigError::new(var::SECRETS, e.to_string()))?;
+        let (secrets, parameters) = (env.get(var::SECRETS).unwrap_or(""), env.get(var::PARAMETERS).unwrap_or(""));
+        let allowlist = Allowlist::parse_lists(secrets, parameters, &role_arn, &region).map_err(|(kind, error)| {
+            ConfigError::new(if kind == Kind::Secret { var::SECRETS } else { var::PARAMETERS }, error.to_string())
+        })?;
+        if allowlist.is_empty() {
+            return Err(ConfigError::new(
+                var::SECRETS,
+                format!("and {} are both empty; list at least one secret or parameter.", var::PARAMETERS),
+            ));
+        }
         let allowlist = match env.get(var::KMS_KEYS).map(str::trim).filter(|v| !v.is_empty()) {
             Some(raw) => allowlist.with_kms(
                 kms::kms_grant(raw, &role_arn, &region).map_err(|reason| ConfigError::new(var::KMS_KEYS, reason))?,
@@ -296,7 +309,7 @@ impl Config {
                     (InitializationType::OnDemand, Some(printable))
                 }
             };
-        let endpoints = endpoints(env, port)?;
+        let endpoints = endpoint::endpoints(env, port)?;
         let end_of_invocation = match env.get(var::END_OF_INVOCATION).map(str::trim) {
             None | Some("auto") => EndOfInvocation::Auto,
             Some("runtime-done") => EndOfInvocation::RuntimeDone,
@@ -410,40 +423,6 @@ fn boolean(env: &Env, name: &'static str, default: bool) -> Result<bool, ConfigE
         Some("false" | "0" | "off" | "no") => Ok(false),
         Some(other) => Err(ConfigError::new(name, format!("must be true or false (got {other:?})."))),
     }
-}
-
-fn endpoints(env: &Env, port: u16) -> Result<AwsEndpoints, ConfigError> {
-    let mut endpoints = AwsEndpoints::default();
-    for (name, slot) in [("AWS_ENDPOINT_URL", 0), ("AWS_ENDPOINT_URL_STS", 1), ("AWS_ENDPOINT_URL_IAM", 2)] {
-        let Some(url) = env.get(name).map(str::trim) else {
-            continue;
-        };
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(ConfigError::new(name, "must be an http:// or https:// URL."));
-        }
-        if points_at_local_api(url, port) {
-            return Err(ConfigError::new(
-                name,
-                format!("points at this extension's own port {port}; the extension would call itself."),
-            ));
-        }
-        match slot {
-            0 => {
-                endpoints.secrets_manager = Some(url.to_owned());
-                endpoints.sts.get_or_insert_with(|| url.to_owned());
-                endpoints.iam.get_or_insert_with(|| url.to_owned());
-            }
-            1 => endpoints.sts = Some(url.to_owned()),
-            _ => endpoints.iam = Some(url.to_owned()),
-        }
-    }
-    Ok(endpoints)
-}
-
-fn points_at_local_api(url: &str, port: u16) -> bool {
-    let authority = url.split("://").nth(1).unwrap_or_default().split('/').next().unwrap_or_default();
-    let loopback = ["127.0.0.1", "localhost", "[::1]"];
-    loopback.iter().any(|host| authority == format!("{host}:{port}")) || (port == 80 && loopback.contains(&authority))
 }
 
 #[cfg(test)]

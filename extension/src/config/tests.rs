@@ -42,6 +42,22 @@ fn defaults_apply_when_only_the_required_variables_are_set() {
 }
 
 #[test]
+fn either_list_may_be_empty_but_not_both() {
+    let only_parameters = with(&[(var::SECRETS, ""), (var::PARAMETERS, "config=/app/config")]).expect("valid");
+    assert_eq!(only_parameters.allowlist.find_parameter("config"), Some(0));
+    let both = with(&[(var::PARAMETERS, "/app/config")]).expect("valid");
+    assert_eq!((both.allowlist.len(), both.allowlist.find_parameter("/app/config")), (3, Some(2)));
+    let neither = with(&[(var::SECRETS, "")]).expect_err("nothing to serve");
+    assert!(neither.to_string().contains(var::PARAMETERS), "{neither}");
+    // The SSM endpoint follows AWS_ENDPOINT_URL only: AWS_ENDPOINT_URL_SSM points the function here.
+    let endpoints =
+        with(&[("AWS_ENDPOINT_URL", "http://127.0.0.1:4566"), ("AWS_ENDPOINT_URL_SSM", "http://127.0.0.1:2773")])
+            .expect("valid")
+            .endpoints;
+    assert_eq!(endpoints.ssm.as_deref(), Some("http://127.0.0.1:4566"));
+}
+
+#[test]
 fn each_rejection_names_its_variable() {
     let cases: &[(&[(&str, &str)], &str)] = &[
         (&[(var::ROLE_ARN, "")], var::ROLE_ARN),
@@ -53,6 +69,9 @@ fn each_rejection_names_its_variable() {
         (&[(var::ROLE_ARN, "arn:aws:iam::123456789012:role/")], var::ROLE_ARN),
         (&[(var::ROLE_ARN, "arn:aws:iam::123456789012:role/a*b")], var::ROLE_ARN),
         (&[(var::SECRETS, "")], var::SECRETS),
+        (&[(var::SECRETS, ""), (var::PARAMETERS, " , ")], var::SECRETS),
+        (&[(var::PARAMETERS, "/app/*")], var::PARAMETERS),
+        (&[(var::PARAMETERS, "app/db")], var::PARAMETERS),
         (&[(var::SECRETS, "app/*")], var::SECRETS),
         (&[(var::PORT, "0")], var::PORT),
         (&[(var::PORT, "65536")], var::PORT),
@@ -116,7 +135,8 @@ fn kms_keys_are_key_arns_or_ids_in_the_role_account_and_region() {
     let config = with(&[(var::KMS_KEYS, raw.as_str())]).expect("valid");
     let grant = config.allowlist.kms().expect("a grant");
     assert_eq!(grant.keys, [format!("arn:aws:kms:us-east-1:123456789012:key/{id}"), other.to_owned()]);
-    assert_eq!(grant.via_service, "secretsmanager.us-east-1.amazonaws.com");
+    assert_eq!(grant.via("secretsmanager"), "secretsmanager.us-east-1.amazonaws.com");
+    assert_eq!(grant.via("ssm"), "ssm.us-east-1.amazonaws.com");
     assert!(with(&[]).expect("valid").allowlist.kms().is_none(), "no keys: no grant");
     let six: Vec<String> = (0..6).map(|i| format!("1234abcd-12ab-34cd-56ef-12345678900{i}")).collect();
     let six = six.join(",");

@@ -40,15 +40,82 @@ impl LocalToken {
         bool::from(difference.ct_eq(&0))
     }
 
-    /// Whether `text` contains the token, so a log line can leave it out. Not constant-time:
-    /// call it only on requests that already proved they hold the token (nothing to learn).
+    /// Whether `text` carries the token or a long piece of it, however it was decoded on the
+    /// way in, so a log line can leave it out: both are compared as their letters and digits
+    /// only (a form-decoded `+` became a space, `/` and `=` may be escaped or dropped), ignoring
+    /// case, after undoing any percent escapes still in `text` (an id encoded twice), and any
+    /// run of [`TOKEN_PIECE`] of them that the token also has counts. Not constant-time: call
+    /// it only on requests that already proved they hold the token, or verified a signature
+    /// made with it (nothing to learn).
     pub fn appears_in(&self, text: &str) -> bool {
-        !self.0.is_empty() && text.contains(self.0.as_str())
+        let token = Zeroizing::new(skeleton(self.0.as_bytes()));
+        if token.is_empty() {
+            return false;
+        }
+        let mut decoded = Zeroizing::new(text.as_bytes().to_vec());
+        for _ in 0..3 {
+            let next: Vec<u8> = percent_encoding::percent_decode(&decoded).collect();
+            if next == *decoded {
+                break;
+            }
+            decoded = Zeroizing::new(next);
+        }
+        let text = Zeroizing::new(skeleton(&decoded));
+        let piece = TOKEN_PIECE.min(token.len());
+        text.windows(piece).any(|window| token.windows(piece).any(|part| part == window))
     }
+}
+
+/// How many letters and digits in a row of the token make "a long piece" of it: a log line
+/// never shows that many (base64 gives 6 bits each, so 16 carry 96 bits of the token).
+pub const TOKEN_PIECE: usize = 16;
+
+/// The letters and digits of `text`, lower-cased.
+fn skeleton(text: &[u8]) -> Vec<u8> {
+    text.iter().filter(|b| b.is_ascii_alphanumeric()).map(u8::to_ascii_lowercase).collect()
 }
 
 impl fmt::Debug for LocalToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("LocalToken(<redacted>)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A session token of AWS's shape: base64 with `+`, `/` and `=`.
+    const TOKEN: &str = "IQoJb3JpZ2luX2VjEHYaCXVzLWVhc3QtMSJHMEUCIQD+8f1/aB3kLmN9pQ7rS2tU4vW6xY0zA1bC3dE5fG7hIJ\
+        +KLmNoPqRsTuVwXyZ/012345abcdEFGH+ijklMNOP/qrstUVWX==";
+
+    #[test]
+    fn the_token_is_found_however_it_was_decoded() {
+        let token = LocalToken::new(TOKEN);
+        let form_decoded = TOKEN.replace('+', " ");
+        let percent = TOKEN.replace('+', "%2B").replace('/', "%2F").replace('=', "%3D");
+        let twice = percent.replace('%', "%25");
+        let url_safe = TOKEN.replace('+', "-").replace('/', "_").replace('=', "");
+        let found = [
+            TOKEN.to_owned(),
+            form_decoded,
+            percent,
+            twice,
+            url_safe,
+            TOKEN.to_lowercase(),
+            TOKEN.to_uppercase(),
+            TOKEN[..40].to_owned(),
+            TOKEN[TOKEN.len() - 40..].to_owned(),
+            format!("app/{}", &TOKEN[20..60]),
+            format!("arn:aws:secretsmanager:us-east-1:123456789012:secret:{}", &TOKEN[5..45]),
+        ];
+        for text in &found {
+            assert!(token.appears_in(text), "{text}");
+        }
+        for clean in ["app/db", "arn:aws:secretsmanager:us-east-1:123456789012:secret:app/db-AbC123", "", &TOKEN[..10]]
+        {
+            assert!(!token.appears_in(clean), "{clean}");
+        }
+        assert!(!LocalToken::new("").appears_in("anything"));
     }
 }

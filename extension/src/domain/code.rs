@@ -74,6 +74,21 @@ codes! {
     InvalidVersionStage => "invalid_version_stage",
     /// A malformed `versionId`.
     InvalidVersionId => "invalid_version_id",
+    /// A `jsonKey` that is empty, too long or has control characters.
+    InvalidJsonKey => "invalid_json_key",
+    // The GET API's parameter path.
+    /// No `name`.
+    MissingName => "missing_name",
+    /// A `name` too long, with control characters, or with a malformed `:version`/`:label`.
+    InvalidName => "invalid_name",
+    /// A `version` that is not a positive whole number.
+    InvalidParameterVersion => "invalid_parameter_version",
+    /// A malformed `label`.
+    InvalidLabel => "invalid_label",
+    /// `withDecryption` is not a boolean.
+    InvalidWithDecryption => "invalid_with_decryption",
+    /// A `/aws/reference/secretsmanager/` name without decryption, or with a version or label.
+    InvalidReference => "invalid_reference",
     // The SDK protocol.
     /// The body is over the limit or was not received whole.
     BodyTooLarge => "body_too_large",
@@ -100,10 +115,22 @@ codes! {
     SecretNotAllowed => "secret_not_allowed",
     /// Secrets Manager has no such secret or version.
     SecretNotFound => "secret_not_found",
+    /// The parameter is not in the allowlist: nothing was asked of AWS.
+    ParameterNotAllowed => "parameter_not_allowed",
+    /// Parameter Store has no such parameter.
+    ParameterNotFound => "parameter_not_found",
+    /// Parameter Store has no such version or label of the parameter.
+    ParameterVersionNotFound => "parameter_version_not_found",
+    /// `jsonKey` was asked of a secret that is not a JSON object.
+    SecretNotJsonObject => "secret_not_json_object",
+    /// `jsonKey` names no top-level key of the secret.
+    JsonKeyNotFound => "json_key_not_found",
     /// AWS refused the read with the scoped session.
     UpstreamAccessDenied => "upstream_access_denied",
     /// AWS rejected the request's parameters.
     InvalidRequest => "invalid_request",
+    /// A `VersionId` with a `VersionStage` that version does not carry.
+    VersionStageMismatch => "version_stage_mismatch",
     /// AWS throttled the read through every retry.
     UpstreamThrottled => "upstream_throttled",
     /// AWS did not answer in time.
@@ -147,7 +174,7 @@ impl Code {
             Code::AbsoluteTarget => "Use an origin-form request target.",
             Code::TargetTooLong => "The request target is too long.",
             Code::InvalidHost => "The Host header must name the loopback address, once.",
-            Code::NotFound => "No such path; use /secretsmanager/get.",
+            Code::NotFound => "No such path; use /secretsmanager/get or /systemsmanager/parameters/get.",
             Code::MissingToken => "The X-Aws-Parameters-Secrets-Token header is required.",
             Code::InvalidToken => "The X-Aws-Parameters-Secrets-Token header is not valid.",
             Code::InvalidRequestId => "X-Scoped-Secrets-Request-Id must be one value of 1 to 64 of A-Z a-z 0-9 - _.",
@@ -157,7 +184,8 @@ impl Code {
             }
             Code::InvalidQuery => "The query string is not valid UTF-8.",
             Code::UnknownParameter => {
-                "Only secretId (or the /v1/ path), versionStage, versionId and refreshNow are accepted."
+                "Only secretId (or the /v1/ path), versionStage, versionId, refreshNow and jsonKey are accepted \
+                 (on /systemsmanager/parameters/get: name, version, label, withDecryption)."
             }
             Code::DuplicateParameter => "Each query parameter may appear once.",
             Code::InvalidRefreshNow => "refreshNow is true, false, 1 or 0.",
@@ -166,6 +194,17 @@ impl Code {
             Code::ConflictingVersion => "Give versionStage or versionId, not both.",
             Code::InvalidVersionStage => "The versionStage is not a valid staging label.",
             Code::InvalidVersionId => "The versionId is not a valid version id.",
+            Code::InvalidJsonKey => "jsonKey is 1 to 256 characters without control characters.",
+            Code::MissingName => "The name query parameter is required.",
+            Code::InvalidName => {
+                "The name is too long, has control characters, or ends in a malformed :version or :label."
+            }
+            Code::InvalidParameterVersion => "version is a whole number from 1.",
+            Code::InvalidLabel => "label is 1 to 100 of A-Z a-z 0-9 . - _ and does not start with a digit.",
+            Code::InvalidWithDecryption => "withDecryption is true or false.",
+            Code::InvalidReference => {
+                "A /aws/reference/secretsmanager/ name is read with withDecryption=true and without a version or label."
+            }
             Code::BodyTooLarge => "The request body is too large or was not received whole.",
             Code::BodyTimeout => "The request body did not arrive in time.",
             Code::NoFunctionCredentials => "The extension has no function credentials to verify signatures with.",
@@ -175,18 +214,27 @@ impl Code {
             | Code::SignatureMismatch => "The request signature does not verify with the function's credentials.",
             Code::UnsupportedContentType => "Use Content-Type application/x-amz-json-1.1.",
             Code::UnsupportedOperation => {
-                "The local endpoint serves only GetSecretValue and BatchGetSecretValue; nothing else reaches AWS."
+                "The local endpoint serves only GetSecretValue, BatchGetSecretValue, GetParameter and \
+                 GetParameters; nothing else reaches AWS."
             }
             Code::InvalidParameter => "The request body is not a valid input for the operation.",
             Code::SecretNotAllowed => "The secret is not in this function's allowlist.",
             Code::SecretNotFound => "Secrets Manager has no such secret or version.",
+            Code::ParameterNotAllowed => "The parameter is not in this function's allowlist.",
+            Code::ParameterNotFound => "Parameter Store has no such parameter.",
+            Code::ParameterVersionNotFound => "Parameter Store has no such version or label of the parameter.",
+            Code::SecretNotJsonObject => "jsonKey needs a secret whose SecretString is a JSON object.",
+            Code::JsonKeyNotFound => "The secret has no such top-level key.",
             Code::UpstreamAccessDenied => {
                 "AWS refused the read with the scoped session; check the scoped role's policy."
             }
-            Code::InvalidRequest => "Secrets Manager rejected the request.",
-            Code::UpstreamThrottled => "Secrets Manager throttled the request; retry.",
-            Code::UpstreamTimeout => "Secrets Manager did not answer in time.",
-            Code::UpstreamError => "The call to Secrets Manager failed.",
+            Code::InvalidRequest => "AWS rejected the request.",
+            Code::VersionStageMismatch => {
+                "You provided a VersionStage that is not associated to the provided VersionId."
+            }
+            Code::UpstreamThrottled => "AWS throttled the request; retry.",
+            Code::UpstreamTimeout => "AWS did not answer in time.",
+            Code::UpstreamError => "The call to AWS failed.",
             Code::SessionTimeout => "STS did not answer in time.",
             Code::SessionThrottled => "STS throttled AssumeRole through every retry; retry.",
             Code::SessionRefused => "STS refused to start a session; check the role's trust policy.",

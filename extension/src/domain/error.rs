@@ -7,7 +7,7 @@
 use super::code::Code;
 
 /// Why a session (one `AssumeRole`) could not be had.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum SessionError {
     /// STS refused (trust policy, role policy, or our request).
     #[error("STS refused AssumeRole ({code})")]
@@ -49,8 +49,9 @@ impl SessionError {
     }
 }
 
-/// Why a secret could not be served.
-#[derive(Debug, thiserror::Error)]
+/// Why a secret or parameter could not be served. `Clone`: callers that joined one fetch share
+/// its failure.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ReadError {
     /// Not in the allowlist: nothing was asked of AWS.
     #[error("the secret is not in the allowlist")]
@@ -58,6 +59,15 @@ pub enum ReadError {
     /// Secrets Manager has no such secret or version.
     #[error("the secret or version does not exist")]
     NotFound,
+    /// The parameter is not in the allowlist: nothing was asked of AWS.
+    #[error("the parameter is not in the allowlist")]
+    ParameterNotAllowed,
+    /// Parameter Store has no such parameter.
+    #[error("the parameter does not exist")]
+    ParameterNotFound,
+    /// Parameter Store has no such version or label of the parameter.
+    #[error("the parameter version or label does not exist")]
+    ParameterVersionNotFound,
     /// AWS refused the session (the role's or the session's policy).
     #[error("AWS refused access with the session's credentials ({code})")]
     AccessDenied {
@@ -100,6 +110,10 @@ pub enum ReadError {
     /// A SnapStart INIT: nothing is fetched before restore.
     #[error("nothing is fetched during a SnapStart INIT")]
     SnapStartInit,
+    /// A version asked for by id together with a staging label that version does not carry
+    /// (AWS refuses the pair with `InvalidRequestException`).
+    #[error("the version id and the staging label name different versions")]
+    VersionStageMismatch,
     /// The tenant was not known within the wait timeout.
     #[error("the tenant was not known within the wait timeout")]
     TenantUnknown,
@@ -120,6 +134,9 @@ impl ReadError {
         match self {
             ReadError::NotAllowed => Code::SecretNotAllowed,
             ReadError::NotFound => Code::SecretNotFound,
+            ReadError::ParameterNotAllowed => Code::ParameterNotAllowed,
+            ReadError::ParameterNotFound => Code::ParameterNotFound,
+            ReadError::ParameterVersionNotFound => Code::ParameterVersionNotFound,
             ReadError::AccessDenied { .. } => Code::UpstreamAccessDenied,
             ReadError::InvalidRequest { .. } => Code::InvalidRequest,
             ReadError::Throttled => Code::UpstreamThrottled,
@@ -131,6 +148,7 @@ impl ReadError {
             ReadError::InvocationEnded => Code::InvocationEnded,
             ReadError::ShuttingDown => Code::ShuttingDown,
             ReadError::SnapStartInit => Code::SnapstartInit,
+            ReadError::VersionStageMismatch => Code::VersionStageMismatch,
             ReadError::TenantUnknown => Code::TenantUnknown,
             ReadError::TenantRefused => Code::TenantRefused,
             ReadError::TenantChanged => Code::TenantChanged,
@@ -148,6 +166,9 @@ mod tests {
         let errors = [
             ReadError::NotAllowed,
             ReadError::NotFound,
+            ReadError::ParameterNotAllowed,
+            ReadError::ParameterNotFound,
+            ReadError::ParameterVersionNotFound,
             ReadError::AccessDenied { code: "AccessDeniedException".into() },
             ReadError::InvalidRequest { code: "InvalidParameterException".into() },
             ReadError::Throttled,
@@ -162,6 +183,7 @@ mod tests {
             ReadError::InvocationEnded,
             ReadError::ShuttingDown,
             ReadError::SnapStartInit,
+            ReadError::VersionStageMismatch,
             ReadError::TenantUnknown,
             ReadError::TenantRefused,
             ReadError::TenantChanged,

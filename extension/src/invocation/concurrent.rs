@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use tokio::sync::watch;
 
@@ -108,12 +108,12 @@ impl Concurrent {
         self.ended.lock().unwrap_or_else(PoisonError::into_inner).contains(id)
     }
 
-    /// `id`'s scope, waiting up to `wait` for it to begin (its `/next` answer and the request
+    /// `id`'s scope, waiting until `deadline` for it to begin (its `/next` answer and the request
     /// it led to race to the extension).
     ///
     /// # Errors
     /// [`ReadError::RequestIdNotLive`] when it has ended, or does not begin within the wait.
-    pub async fn wait_live(&self, id: &RequestId, wait: Duration) -> Result<Arc<Scope>, ReadError> {
+    pub async fn wait_live(&self, id: &RequestId, deadline: tokio::time::Instant) -> Result<Arc<Scope>, ReadError> {
         let mut receiver = self.changed.subscribe();
         let found = async {
             loop {
@@ -128,6 +128,6 @@ impl Concurrent {
                 }
             }
         };
-        tokio::time::timeout(wait, found).await.unwrap_or(Err(ReadError::RequestIdNotLive))
+        tokio::time::timeout_at(deadline, found).await.unwrap_or(Err(ReadError::RequestIdNotLive))
     }
 }

@@ -6,7 +6,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::ledger::SessionLedger;
@@ -42,6 +42,9 @@ pub struct Scope {
     kind: Kind,
     factory: Arc<SessionFactory>,
     session: tokio::sync::Mutex<Slot>,
+    /// How many `AssumeRole` attempts have finished: a caller that waited through one shares
+    /// its failure instead of starting another (single flight for failures too).
+    attempts: AtomicU64,
     ended: AtomicBool,
     ledger: Arc<SessionLedger>,
 }
@@ -52,6 +55,8 @@ struct Slot {
     session: Option<Arc<Session>>,
     sequence: u32,
     renewed_after_denial: bool,
+    /// The last attempt's failure, for callers that waited through it.
+    failure: Option<ReadError>,
 }
 
 impl fmt::Debug for Scope {
@@ -78,6 +83,7 @@ impl Scope {
             kind,
             factory,
             session: tokio::sync::Mutex::new(Slot::default()),
+            attempts: AtomicU64::new(0),
             ended: AtomicBool::new(false),
             ledger,
         }
@@ -99,11 +105,15 @@ impl Scope {
     }
 
     /// The scope's session, started on first use and replaced when its credential window
-    /// closes. Concurrent callers share one `AssumeRole`.
+    /// closes. Concurrent callers share one `AssumeRole`, and its failure: a caller that waited
+    /// while an attempt failed gets that failure at once rather than starting another (so N
+    /// callers wait one upstream timeout, not N).
     ///
     /// # Errors
-    /// [`ReadError::InvocationEnded`] after the end, or the session's own failure.
+    /// [`ReadError::InvocationEnded`] after the end (also when it came while STS answered),
+    /// or the session's own failure.
     pub async fn session(&self) -> Result<Arc<Session>, ReadError> {
+        let seen = self.attempts.load(Ordering::Acquire);
         let mut slot = self.session.lock().await;
         if self.has_ended() {
             return Err(ReadError::InvocationEnded);
@@ -114,6 +124,11 @@ impl Scope {
             }
             // The window closed: AWS refuses these credentials now. Drop them, assume anew.
             self.retire(&mut slot, "window");
+        }
+        if self.attempts.load(Ordering::Acquire) != seen
+            && let Some(failure) = slot.failure.clone()
+        {
+            return Err(failure);
         }
         self.start_session(&mut slot).await
     }
@@ -189,10 +204,19 @@ impl Scope {
             Some(window) => self.end.min(SystemTime::now() + window),
             None => self.end,
         };
-        let session = Arc::new(self.factory.start(&self.label, slot.sequence, end).await?);
+        let started = self.factory.start(&self.label, slot.sequence, end).await.map_err(ReadError::from);
+        self.attempts.fetch_add(1, Ordering::AcqRel);
+        slot.failure = started.as_ref().err().cloned();
+        let session = Arc::new(started?);
         slot.sequence += 1;
         self.ledger.record_started(&session);
         slot.session = Some(Arc::clone(&session));
+        if self.has_ended() {
+            // The scope ended while STS answered (the next INVOKE, the end of INIT): these
+            // credentials serve nothing.
+            self.retire(slot, "ended_while_starting");
+            return Err(ReadError::InvocationEnded);
+        }
         Ok(session)
     }
 
@@ -223,6 +247,33 @@ fn renewal_due(session_end: SystemTime, scope_end: SystemTime, now: SystemTime) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::invocation::Start;
+    use crate::testing;
+
+    #[tokio::test(start_paused = true)]
+    async fn callers_that_waited_through_a_failed_assume_role_share_its_failure() {
+        // STS is a closed port: every attempt fails.
+        let invocations = testing::invocations(Start::Init(SystemTime::now()), Duration::from_secs(5)).await;
+        let scope = invocations.begin("r1", SystemTime::now() + Duration::from_secs(60)).await;
+        let started = tokio::time::Instant::now();
+        let callers: Vec<_> = (0..5)
+            .map(|_| {
+                let scope = Arc::clone(&scope);
+                tokio::spawn(async move { (scope.session().await.map(|_| ()), tokio::time::Instant::now()) })
+            })
+            .collect();
+        let mut ended = Vec::new();
+        for caller in callers {
+            let (result, at) = caller.await.expect("joined");
+            assert!(matches!(result, Err(ReadError::Session(_))), "{result:?}");
+            ended.push(at - started);
+        }
+        assert_eq!(scope.attempts.load(Ordering::Acquire), 1, "one AssumeRole for the five");
+        assert!(ended.iter().all(|at| *at == ended[0]), "all answered together: {ended:?}");
+        // A caller that comes after the failure tries again.
+        assert!(scope.session().await.is_err());
+        assert_eq!(scope.attempts.load(Ordering::Acquire), 2);
+    }
 
     #[test]
     fn a_session_is_renewed_only_when_its_window_closes_before_the_scope_ends() {

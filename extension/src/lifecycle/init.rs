@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{self, Config, Env, FunctionCredentialSource, InitializationType, RevocationMode};
+use crate::domain::item::Kind;
 use crate::evidence::Evidence;
 use crate::extensions_api::{self, Registered};
 use crate::hardening::Hardening;
@@ -56,7 +57,7 @@ pub struct Extension {
     pub(super) evidence: Arc<Evidence>,
     /// What telemetry reports: finished invocations, the end of INIT, restores.
     pub(super) completions: Arc<Completions>,
-    /// Cancelled by the telemetry listener when a second tenant appears.
+    /// Cancelled (by [`Tenancy`]) when a second tenant appears.
     pub(super) broken: CancellationToken,
     /// IAM client for `deny` revocation (built only in that mode).
     pub(super) iam: Option<aws_sdk_iam::Client>,
@@ -95,8 +96,14 @@ impl Extension {
         if let Some(unknown) = &config.unrecognised_initialization_type {
             tracing::warn!(event = "unknown_initialization_type", value = %unknown, running_as = "on-demand");
         }
-        policy::check_fits(&config.allowlist)
-            .map_err(|reason| failure("Extension.ConfigInvalid", format!("{} would {reason}", config::var::SECRETS)))?;
+        policy::check_fits(&config.allowlist).map_err(|reason| {
+            let lists = match (config.allowlist.count(Kind::Secret), config.allowlist.count(Kind::Parameter)) {
+                (_, 0) => config::var::SECRETS.to_owned(),
+                (0, _) => config::var::PARAMETERS.to_owned(),
+                _ => format!("{} and {} together", config::var::SECRETS, config::var::PARAMETERS),
+            };
+            failure("Extension.ConfigInvalid", format!("{lists} would {reason}"))
+        })?;
         let config = Arc::new(config);
         let address = SocketAddr::from(([127, 0, 0, 1], config.port));
         let listener = TcpListener::bind(address).await.map_err(|error| {
@@ -107,16 +114,15 @@ impl Extension {
                 ),
             )
         })?;
-        let (telemetry_listener, destination) = telemetry::bind().await.map_err(|error| {
+        let (telemetry_listener, destination, path) = telemetry::bind().await.map_err(|error| {
             failure("Extension.TelemetryUnavailable", format!("The telemetry listener could not bind: {error}."))
         })?;
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let completions = Arc::new(Completions::default());
-        let tenancy = Arc::new(Tenancy::new(config.allowlist.clone()));
         let broken = CancellationToken::new();
-        let sinks =
-            Sinks { completions: Arc::clone(&completions), tenancy: Arc::clone(&tenancy), broken: broken.clone() };
+        let tenancy = Arc::new(Tenancy::new(config.allowlist.clone(), broken.clone()));
+        let sinks = Sinks { path, completions: Arc::clone(&completions), tenancy: Arc::clone(&tenancy) };
         tasks.spawn(telemetry::serve(telemetry_listener, Arc::new(sinks), shutdown.clone()));
         let mode = config.initialization_type;
         let schema = match mode {
@@ -242,7 +248,8 @@ impl Extension {
             port = self.config.port,
             end_of_invocation = self.config.end_of_invocation.as_str(),
             runtime_proxy = %self.runtime_proxy.map_or_else(|| "off".to_owned(), |address| address.to_string()),
-            secrets = self.config.allowlist.len() as u64,
+            secrets = self.config.allowlist.count(Kind::Secret) as u64,
+            parameters = self.config.allowlist.count(Kind::Parameter) as u64,
             start_to_ready_us = started.elapsed().as_micros() as u64,
             core_dumps_disabled = hardening.core_dumps_disabled,
             not_dumpable = hardening.not_dumpable,

@@ -10,6 +10,7 @@ use crate::config::RevocationMode;
 use crate::config::allowlist::Allowlist;
 use crate::domain::api::Api;
 use crate::domain::code::Code;
+use crate::domain::item::Kind;
 use crate::domain::time::iso8601_ceil;
 use crate::invocation::ledger::IssuedSession;
 use crate::revocation::{DenyError, DenyOutcome};
@@ -113,14 +114,18 @@ impl RevocationReport {
     }
 }
 
-/// Which allowlisted secrets were read, through which face, and which never: the evidence
-/// that the allowlist is no wider than the function needs.
+/// Which allowlisted secrets and parameters were read, through which face, and which never:
+/// the evidence that the allowlist is no wider than the function needs.
 #[derive(Debug, Serialize)]
 pub struct LeastPrivilegeReport {
     /// Every allowlisted secret with its reads.
     pub secrets: Vec<SecretReads>,
     /// The secret ids never read.
     pub never_read: Vec<String>,
+    /// Every allowlisted parameter with its reads.
+    pub parameters: Vec<ParameterReads>,
+    /// The parameter names (as configured) never read.
+    pub parameters_never_read: Vec<String>,
     /// Local requests refused, by code.
     pub denies: BTreeMap<&'static str, u64>,
 }
@@ -136,28 +141,47 @@ pub struct SecretReads {
     pub reads: BTreeMap<&'static str, u64>,
 }
 
+/// One allowlisted parameter's reads.
+#[derive(Debug, Serialize)]
+pub struct ParameterReads {
+    /// The configured name or ARN.
+    pub name: String,
+    /// The local alias, if any.
+    pub alias: Option<String>,
+    /// Reads by face of the API: `{"get": N, "v1": N, "sdk": N}`.
+    pub reads: BTreeMap<&'static str, u64>,
+}
+
 impl LeastPrivilegeReport {
     /// The report for `allowlist` from the `reads` per entry (indexed by [`Api::index`]) and
     /// the `denies` by code.
     pub fn new(allowlist: &Allowlist, reads: &[[u64; Api::ALL.len()]], denies: &BTreeMap<Code, u64>) -> Self {
-        let secrets: Vec<SecretReads> = allowlist
+        // (kind, configured id, alias, reads by face) per entry.
+        type Row = (Kind, String, Option<String>, BTreeMap<&'static str, u64>);
+        let rows: Vec<Row> = allowlist
             .iter()
             .map(|(index, entry)| {
                 let counts = reads.get(index).copied().unwrap_or_default();
-                SecretReads {
-                    secret_id: entry.secret_id().to_owned(),
-                    alias: entry.alias().map(str::to_owned),
-                    reads: Api::ALL.iter().map(|api| (api.as_str(), counts[api.index()])).collect(),
-                }
+                let by_face = Api::ALL.iter().map(|api| (api.as_str(), counts[api.index()])).collect();
+                (entry.kind(), entry.id().to_owned(), entry.alias().map(str::to_owned), by_face)
             })
             .collect();
-        let never_read = secrets
-            .iter()
-            .filter(|secret| secret.reads.values().sum::<u64>() == 0)
-            .map(|secret| secret.secret_id.clone())
-            .collect();
+        let never = |kind: Kind| -> Vec<String> {
+            rows.iter()
+                .filter(|(k, _, _, reads)| *k == kind && reads.values().sum::<u64>() == 0)
+                .map(|(_, id, _, _)| id.clone())
+                .collect()
+        };
+        let (never_read, parameters_never_read) = (never(Kind::Secret), never(Kind::Parameter));
+        let (mut secrets, mut parameters) = (Vec::new(), Vec::new());
+        for (kind, id, alias, reads) in rows {
+            match kind {
+                Kind::Secret => secrets.push(SecretReads { secret_id: id, alias, reads }),
+                Kind::Parameter => parameters.push(ParameterReads { name: id, alias, reads }),
+            }
+        }
         let denies = denies.iter().map(|(code, count)| (code.as_str(), *count)).collect();
-        Self { secrets, never_read, denies }
+        Self { secrets, never_read, parameters, parameters_never_read, denies }
     }
 }
 
@@ -180,6 +204,20 @@ mod tests {
         assert_eq!(json["secrets"][1]["alias"], serde_json::Value::Null);
         assert_eq!(json["never_read"], serde_json::json!(["app/api"]));
         assert_eq!(json["denies"], serde_json::json!({ "secret_not_allowed": 2 }));
+        assert_eq!(
+            (json["parameters"].clone(), json["parameters_never_read"].clone()),
+            (serde_json::json!([]), serde_json::json!([]))
+        );
+        let both =
+            Allowlist::parse_lists("app/db", "config=/app/config,/app/unused", &role, "us-east-1").expect("valid");
+        let report = LeastPrivilegeReport::new(&both, &[[1, 0, 0], [0, 0, 2], [0, 0, 0]], &BTreeMap::new());
+        let json = serde_json::to_value(&report).expect("json");
+        assert_eq!(
+            json["parameters"][0],
+            serde_json::json!({ "name": "/app/config", "alias": "config", "reads": { "get": 0, "v1": 0, "sdk": 2 } })
+        );
+        assert_eq!(json["parameters_never_read"], serde_json::json!(["/app/unused"]));
+        assert_eq!(json["never_read"], serde_json::json!([]), "secrets and parameters are reported apart");
     }
 
     #[test]

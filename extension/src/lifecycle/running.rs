@@ -101,6 +101,10 @@ impl Extension {
         via: Via,
     ) -> Running {
         let deadline = UNIX_EPOCH + Duration::from_millis(deadline_ms);
+        // Named before its scope opens: no read of this invocation can look before it is. A
+        // tenant record (telemetry's, or the proxy's `/next` header) that named it early is
+        // decided now.
+        self.tenancy.serve(&request_id);
         let scope = self.invocations.begin(&request_id, deadline + self.config.deadline_margin).await;
         // Values a previous scope fetched with TTL 0 go now (with next-invoke nothing wiped them).
         self.secrets.cache().expire();
@@ -149,35 +153,14 @@ impl Extension {
         self.secrets.cache().expire()
     }
 
-    /// The tenant Lambda named in invocation `request_id`'s `/next` answer. Returns `false`
-    /// when it is another tenant than the environment's (the caller then stops everything).
+    /// The tenant Lambda named in invocation `request_id`'s `/next` answer: decided at once
+    /// for the invocation being served, else kept until its scope opens ([`Tenancy::serve`]);
+    /// the tenancy writes the audit line. Returns `false` when it is another tenant than the
+    /// environment's (the caller then stops everything).
+    ///
+    /// [`Tenancy::serve`]: crate::tenant::Tenancy::serve
     pub(super) fn observe_tenant(&self, raw: &str, request_id: &RequestId) -> bool {
-        match self.tenancy.observe(raw, Some(request_id.as_str())) {
-            Observed::Same => {}
-            Observed::First(tenant) => {
-                tracing::info!(target: "audit", event = "tenant_known", tenant_id = tenant.as_str(), source = "runtime_api");
-            }
-            Observed::Refused(why) => {
-                // Lambda's text is not echoed: only its length and what is wrong with it.
-                tracing::warn!(
-                    target: "audit",
-                    event = "tenant_refused",
-                    tenant_id_chars = raw.len() as u64,
-                    reason = why,
-                    source = "runtime_api",
-                );
-            }
-            Observed::Changed => {
-                tracing::error!(
-                    target: "audit",
-                    event = "tenant_changed",
-                    tenant_id_chars = raw.len() as u64,
-                    source = "runtime_api",
-                );
-                return false;
-            }
-        }
-        true
+        self.tenancy.observe(raw, request_id.as_str()) != Observed::Changed
     }
 
     /// Managed Instances: invocation `request_id` begins beside the others.

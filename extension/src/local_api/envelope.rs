@@ -2,7 +2,7 @@
 //! bring (a proxy's headers, an absolute-form target, a foreign `Host`), refused before the
 //! token, the signature or the allowlist are looked at. Each protocol calls them in its order.
 
-use http::{HeaderMap, Uri, header};
+use http::{HeaderMap, Uri, Version, header};
 
 use crate::domain::code::Code;
 
@@ -27,6 +27,13 @@ impl Refusal {
         Self { code, message }
     }
 }
+
+/// A refusal and the id it concerned, if the request got far enough to name one (the AWS JSON
+/// protocols' handlers return it; the caller audits and answers it).
+pub type Refused = (Refusal, Option<String>);
+
+/// The content type of the Secrets Manager and Systems Manager JSON protocols.
+pub const AMZ_JSON: &str = "application/x-amz-json-1.1";
 
 impl From<Code> for Refusal {
     fn from(code: Code) -> Self {
@@ -56,14 +63,20 @@ pub fn refuse_absolute_target(uri: &Uri) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// The `Host` header, if any, names the loopback address, once (RFC 9112 §3.2: checking only
-/// the first of two would let a second, foreign one through to whatever reads the other).
+/// The `Host` header names the loopback address (any case, any port), once (RFC 9112 §3.2:
+/// checking only the first of two would let a second, foreign one through to whatever reads
+/// the other). HTTP/1.1 requires it (RFC 9112 §3.2: a request without one is refused);
+/// HTTP/1.0 may leave it out.
 ///
 /// # Errors
 /// [`Code::InvalidHost`].
-pub fn check_host(headers: &HeaderMap) -> Result<(), Refusal> {
+pub fn check_host(version: Version, headers: &HeaderMap) -> Result<(), Refusal> {
     let mut hosts = headers.get_all(header::HOST).iter();
-    let host = hosts.next().map_or(Some("localhost"), |v| v.to_str().ok()).unwrap_or_default();
+    let host = match hosts.next() {
+        Some(value) => value.to_str().unwrap_or_default(),
+        None if version == Version::HTTP_10 || version == Version::HTTP_09 => "localhost",
+        None => return Err(Refusal::with(Code::InvalidHost, "HTTP/1.1 requires a Host header.")),
+    };
     if hosts.next().is_some() {
         return Err(Refusal::with(Code::InvalidHost, "The Host header must appear once."));
     }
@@ -71,8 +84,39 @@ pub fn check_host(headers: &HeaderMap) -> Result<(), Refusal> {
         Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
         _ => host,
     };
-    if !matches!(hostname, "localhost" | "127.0.0.1" | "[::1]" | "0.0.0.0") {
+    let loopback = ["localhost", "127.0.0.1", "[::1]", "0.0.0.0"];
+    if !loopback.iter().any(|name| hostname.eq_ignore_ascii_case(name)) {
         return Err(Refusal::with(Code::InvalidHost, "The Host header must name the loopback address."));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(hosts: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for host in hosts {
+            headers.append(header::HOST, HeaderValue::from_str(host).expect("a header value"));
+        }
+        headers
+    }
+
+    #[test]
+    fn the_host_is_loopback_once_in_any_case_and_required_by_http_1_1() {
+        for host in ["localhost", "localhost:2773", "LOCALHOST:2773", "LocalHost", "127.0.0.1:2773", "[::1]:2773"] {
+            assert_eq!(check_host(Version::HTTP_11, &headers(&[host])), Ok(()), "{host}");
+        }
+        for hosts in [&["example.com"][..], &["localhost.evil"], &["127.0.0.1:x"], &["localhost", "evil"], &[""]] {
+            assert!(check_host(Version::HTTP_11, &headers(hosts)).is_err(), "{hosts:?}");
+        }
+        assert_eq!(
+            check_host(Version::HTTP_11, &headers(&[])).map_err(|r| r.code),
+            Err(Code::InvalidHost),
+            "HTTP/1.1 without Host"
+        );
+        assert_eq!(check_host(Version::HTTP_10, &headers(&[])), Ok(()), "HTTP/1.0 may leave it out");
+    }
 }

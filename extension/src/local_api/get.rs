@@ -1,18 +1,23 @@
 //! The GET protocol of AWS's Parameters and Secrets Lambda Extension (and the `/v1/` path of
-//! its Secrets Manager Agent): `GET /secretsmanager/get?secretId=…[&versionStage=…|&versionId=…]`
-//! with the `X-Aws-Parameters-Secrets-Token` header, and a token-free `GET /ping`.
+//! its Secrets Manager Agent): `GET /secretsmanager/get?secretId=…[&versionStage=…|&versionId=…]
+//! [&jsonKey=…]` and `GET /systemsmanager/parameters/get?name=…` ([`super::parameters`]) with the
+//! `X-Aws-Parameters-Secrets-Token` header, and a token-free `GET /ping`.
 //!
 //! [`route`] decides from the request alone (no I/O): envelope, path, token (constant-time),
 //! query. A read then goes through the [`ReadPath`]; every answer that is not 200 carries
 //! `{"error": CODE, "message": …}`, with the status [`status_of`] gives the code.
+//! `jsonKey` (the secrets path only) answers the same JSON with `SecretString` replaced by one
+//! top-level field of the secret's JSON object.
 //! See <https://docs.aws.amazon.com/secretsmanager/latest/userguide/retrieving-secrets_lambda.html>.
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Body;
+use tokio::time::Instant;
 
 use super::envelope::{Refusal, check_host, refuse_absolute_target, refuse_forwarded};
+use super::parameters::{self, ParameterQuery};
 use super::read::{Read, ReadPath};
 use crate::config::LocalToken;
 use crate::domain::api::Api;
@@ -27,8 +32,12 @@ pub const TOKEN_HEADER: &str = "x-aws-parameters-secrets-token";
 pub const MAX_TARGET_BYTES: usize = 4_096;
 /// Longest secret id accepted (Secrets Manager's own limit is 2,048).
 pub const MAX_SECRET_ID_BYTES: usize = 2_048;
+/// Longest `jsonKey` accepted.
+pub const MAX_JSON_KEY_CHARS: usize = 256;
+/// The parameters path of AWS's extension.
+pub const PARAMETERS_PATH: &str = "/systemsmanager/parameters/get";
 /// Content type of the GET API's answers.
-const JSON: &str = "application/json";
+pub(super) const JSON: &str = "application/json";
 
 /// Where a local GET request goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +51,11 @@ pub enum Route {
         /// The parsed query.
         query: SecretQuery,
     },
+    /// A parameter read (`/systemsmanager/parameters/get`) that passed the same checks.
+    Parameter {
+        /// The parsed query.
+        query: ParameterQuery,
+    },
 }
 
 /// Answers one GET request (`caller`: the Managed Instances request id it asserted).
@@ -51,23 +65,55 @@ pub async fn handle<B: Body>(
     caller: Option<&str>,
     request: &Request<B>,
 ) -> Response<Full<Bytes>> {
+    let deadline = reader.deadline();
     let (api, query) = match route(request, token) {
         Ok(Route::Ping) => return json_response(StatusCode::OK, Bytes::from_static(br#"{"status":"ready"}"#), JSON),
         Ok(Route::Read { api, query }) => (api, query),
+        Ok(Route::Parameter { query }) => return answer_parameter(reader, caller, &query, deadline).await,
         Err((refusal, api)) => {
-            reader.audit_deny(api, caller, None, refusal.code, status_of(refusal.code).as_u16()).await;
+            let status = status_of(refusal.code).as_u16();
+            if request.uri().path() == PARAMETERS_PATH {
+                reader.audit_parameter_deny(api, caller, None, refusal.code, status).await;
+            } else {
+                reader.audit_deny(api, caller, None, refusal.code, status).await;
+            }
             return error_response(refusal);
         }
     };
-    let read = Read { secret_id: &query.secret_id, api, refresh: query.refresh, caller };
-    match reader.read(read, query.version.clone()).await {
+    let read = Read { secret_id: &query.secret_id, api, refresh: query.refresh, caller, deadline, stage_of_id: None };
+    let answered = reader.read(read, query.version.clone()).await.map_err(|e| e.code()).and_then(|value| {
+        match &query.json_key {
+            // The body is the value's own zeroizing JSON: wiped with the value.
+            None => Ok(value.json_body()),
+            Some(key) => value.json_with_key(key).map(Bytes::from_owner).map_err(|e| e.code()),
+        }
+    });
+    match answered {
+        Ok(body) => json_response(StatusCode::OK, body, JSON),
+        Err(code) => {
+            let refusal = Refusal::of(code);
+            let status = status_of(refusal.code).as_u16();
+            reader.audit_deny(api, caller, Some(&query.secret_id), refusal.code, status).await;
+            error_response(refusal)
+        }
+    }
+}
+
+/// Answers a routed `/systemsmanager/parameters/get` (`caller`: the Managed Instances request
+/// id it asserted): 200 with `{"Parameter": {…}}`, else the code's status and JSON error.
+async fn answer_parameter(
+    reader: &ReadPath,
+    caller: Option<&str>,
+    query: &ParameterQuery,
+    deadline: Instant,
+) -> Response<Full<Bytes>> {
+    let ParameterQuery { name, version, decrypt } = query;
+    match parameters::read(reader, Api::Get, caller, name, version.clone(), *decrypt, deadline).await {
         // The body is the value's own zeroizing JSON: wiped with the value.
-        Ok(value) => json_response(StatusCode::OK, value.json_body(), JSON),
-        Err(error) => {
-            let refusal = Refusal::of(error.code());
-            reader
-                .audit_deny(api, caller, Some(&query.secret_id), refusal.code, status_of(refusal.code).as_u16())
-                .await;
+        Ok(value) => json_response(StatusCode::OK, value.get_body(), JSON),
+        Err(refusal) => {
+            let status = status_of(refusal.code).as_u16();
+            reader.audit_parameter_deny(Api::Get, caller, Some(&query.name), refusal.code, status).await;
             error_response(refusal)
         }
     }
@@ -84,6 +130,11 @@ pub fn route<B: Body>(request: &Request<B>, token: &LocalToken) -> Result<Route,
     let path = request.uri().path();
     let (api, path_secret_id) = match path {
         "/ping" => return Ok(Route::Ping),
+        PARAMETERS_PATH => {
+            check_token(request, token).map_err(|r| (r, Api::Get))?;
+            let query = ParameterQuery::parse(request.uri().query().unwrap_or_default()).map_err(|r| (r, Api::Get))?;
+            return Ok(Route::Parameter { query });
+        }
         "/secretsmanager/get" => (Api::Get, None),
         _ if path.starts_with("/v1/") => (Api::AgentPath, Some(percent_decode_lossy(&path[4..]))),
         _ => return Err((Refusal::of(Code::NotFound), Api::Get)),
@@ -99,10 +150,15 @@ pub fn status_of(code: Code) -> StatusCode {
     match code {
         Code::MethodNotAllowed => S::METHOD_NOT_ALLOWED,
         Code::BodyNotAllowed | Code::TargetTooLong | Code::BodyTooLarge => S::PAYLOAD_TOO_LARGE,
-        Code::NotFound | Code::SecretNotFound => S::NOT_FOUND,
+        Code::NotFound
+        | Code::SecretNotFound
+        | Code::ParameterNotFound
+        | Code::ParameterVersionNotFound
+        | Code::JsonKeyNotFound => S::NOT_FOUND,
         Code::MissingToken => S::UNAUTHORIZED,
         Code::InvalidToken
         | Code::SecretNotAllowed
+        | Code::ParameterNotAllowed
         | Code::UpstreamAccessDenied
         | Code::NoFunctionCredentials
         | Code::SignatureStale
@@ -123,11 +179,20 @@ pub fn status_of(code: Code) -> StatusCode {
         | Code::ConflictingVersion
         | Code::InvalidVersionStage
         | Code::InvalidVersionId
+        | Code::InvalidJsonKey
+        | Code::MissingName
+        | Code::InvalidName
+        | Code::InvalidParameterVersion
+        | Code::InvalidLabel
+        | Code::InvalidWithDecryption
+        | Code::InvalidReference
+        | Code::SecretNotJsonObject
         | Code::BodyTimeout
         | Code::UnsupportedContentType
         | Code::UnsupportedOperation
         | Code::InvalidParameter
-        | Code::InvalidRequest => S::BAD_REQUEST,
+        | Code::InvalidRequest
+        | Code::VersionStageMismatch => S::BAD_REQUEST,
         Code::UpstreamTimeout | Code::SessionTimeout | Code::SessionWaitTimeout => S::GATEWAY_TIMEOUT,
         Code::UpstreamError | Code::SessionRefused | Code::SessionFailed => S::BAD_GATEWAY,
         Code::UpstreamThrottled
@@ -182,7 +247,7 @@ fn check_envelope<B: Body>(request: &Request<B>) -> Result<(), Refusal> {
     if request.uri().path_and_query().map_or(0, |p| p.as_str().len()) > MAX_TARGET_BYTES {
         return Err(Refusal::of(Code::TargetTooLong));
     }
-    check_host(request.headers())
+    check_host(request.version(), request.headers())
 }
 
 /// A parsed `/secretsmanager/get` query.
@@ -194,16 +259,18 @@ pub struct SecretQuery {
     pub version: Version,
     /// `refreshNow`: skip the cache for this read.
     pub refresh: bool,
+    /// `jsonKey`: answer with this top-level field of the secret's JSON object only.
+    pub json_key: Option<String>,
 }
 
 impl SecretQuery {
     /// Parses the query string: `secretId` once (unless the path named the secret, as in
-    /// `/v1/{secretId}`), at most one of `versionStage`/`versionId`, and `refreshNow`.
+    /// `/v1/{secretId}`), at most one of `versionStage`/`versionId`, `refreshNow` and `jsonKey`.
     ///
     /// # Errors
     /// A [`Refusal`] with the reason.
     pub fn parse(query: &str, path_secret_id: Option<String>) -> Result<Self, Refusal> {
-        let (mut secret_id, mut stage, mut id, mut refresh) = (None, None, None, None);
+        let (mut secret_id, mut stage, mut id, mut refresh, mut json_key) = (None, None, None, None, None);
         let from_path = path_secret_id.is_some();
         for (name, value) in form_urlencoded::parse(query.as_bytes()) {
             if value.contains('\u{FFFD}') || name.contains('\u{FFFD}') {
@@ -214,6 +281,7 @@ impl SecretQuery {
                 "refreshNow" => &mut refresh,
                 "versionStage" => &mut stage,
                 "versionId" => &mut id,
+                "jsonKey" => &mut json_key,
                 _ => return Err(Refusal::of(Code::UnknownParameter)),
             };
             if slot.replace(value.into_owned()).is_some() {
@@ -231,6 +299,12 @@ impl SecretQuery {
         if secret_id.len() > MAX_SECRET_ID_BYTES || secret_id.chars().any(char::is_control) {
             return Err(Refusal::of(Code::InvalidSecretId));
         }
+        let json_key_valid = |key: &String| {
+            (1..=MAX_JSON_KEY_CHARS).contains(&key.chars().count()) && !key.chars().any(char::is_control)
+        };
+        if json_key.as_ref().is_some_and(|key| !json_key_valid(key)) {
+            return Err(Refusal::of(Code::InvalidJsonKey));
+        }
         let version = match (stage, id) {
             (Some(_), Some(_)) => return Err(Refusal::of(Code::ConflictingVersion)),
             (Some(stage), None) if !version::is_stage(&stage) => return Err(Refusal::of(Code::InvalidVersionStage)),
@@ -239,139 +313,9 @@ impl SecretQuery {
             (None, Some(id)) => Version::Id(id),
             (None, None) => Version::Current,
         };
-        Ok(Self { secret_id, version, refresh })
+        Ok(Self { secret_id, version, refresh, json_key })
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn queries_parse_or_are_refused_with_a_stable_code() {
-        let ok = [
-            ("secretId=app%2Fdb", "app/db", Version::Current),
-            ("secretId=app/db&versionStage=AWSCURRENT", "app/db", Version::Current),
-            ("secretId=app/db&versionStage=AWSPREVIOUS", "app/db", Version::Stage("AWSPREVIOUS".into())),
-            ("versionId=a1b2-c3&secretId=db", "db", Version::Id("a1b2-c3".into())),
-            ("secretId=a+b", "a b", Version::Current),
-        ];
-        for (query, id, version) in ok {
-            let expected = SecretQuery { secret_id: id.into(), version, refresh: false };
-            assert_eq!(SecretQuery::parse(query, None), Ok(expected), "{query}");
-        }
-        let long = format!("secretId={}", "a".repeat(MAX_SECRET_ID_BYTES + 1));
-        let refused = [
-            ("", "missing_secret_id"),
-            ("secretId=", "missing_secret_id"),
-            ("secretid=x", "unknown_parameter"),
-            ("secretId=x&other=1", "unknown_parameter"),
-            ("secretId=x&secretId=y", "duplicate_parameter"),
-            ("secretId=x&versionStage=A&versionId=b", "conflicting_version"),
-            ("secretId=x&versionStage=A&versionStage=B", "duplicate_parameter"),
-            ("secretId=x&versionStage=", "invalid_version_stage"),
-            ("secretId=x&versionStage=a%2Fb", "invalid_version_stage"),
-            ("secretId=x&versionId=a*b", "invalid_version_id"),
-            ("secretId=%FF%FE", "invalid_query"),
-            ("secretId=a%0Ab", "invalid_secret_id"),
-            (long.as_str(), "invalid_secret_id"),
-        ];
-        for (query, code) in refused {
-            let error = SecretQuery::parse(query, None).expect_err(query);
-            assert_eq!((status_of(error.code), error.code.as_str()), (StatusCode::BAD_REQUEST, code), "{query}");
-        }
-    }
-
-    #[test]
-    fn refresh_and_the_agent_path_parse_like_the_query_form() {
-        let refreshed = SecretQuery::parse("secretId=db&refreshNow=true", None).expect("valid");
-        assert!(refreshed.refresh);
-        assert!(!SecretQuery::parse("secretId=db&refreshNow=0", None).expect("valid").refresh);
-        let bad = SecretQuery::parse("secretId=db&refreshNow=yes", None).expect_err("invalid");
-        assert_eq!(bad.code, Code::InvalidRefreshNow);
-        let path =
-            SecretQuery::parse("versionStage=AWSPREVIOUS", Some(percent_decode_lossy("app%2Fdb"))).expect("valid");
-        assert_eq!((path.secret_id.as_str(), path.version), ("app/db", Version::Stage("AWSPREVIOUS".into())));
-        let twice = SecretQuery::parse("secretId=other", Some("app/db".into())).expect_err("secretId with a path id");
-        assert_eq!(twice.code, Code::UnknownParameter);
-        assert_eq!(SecretQuery::parse("", Some(String::new())).expect_err("empty").code, Code::MissingSecretId);
-    }
-
-    #[test]
-    fn routing_needs_only_the_request_and_reads_need_the_token_once() {
-        let env = crate::config::Env::from_pairs([
-            ("SCOPED_SECRETS_ROLE_ARN", "arn:aws:iam::123456789012:role/app-secrets"),
-            ("SCOPED_SECRETS_SECRETS", "app/db"),
-            ("AWS_REGION", "us-east-1"),
-            ("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9001"),
-            ("AWS_SESSION_TOKEN", "token-value"),
-        ]);
-        let config = crate::config::Config::from_env(&env).expect("valid configuration");
-        let request = |uri: &str, tokens: &[&str]| {
-            let mut builder = Request::get(uri);
-            for token in tokens {
-                builder = builder.header(TOKEN_HEADER, *token);
-            }
-            builder.body(http_body_util::Empty::<Bytes>::new()).expect("request")
-        };
-        let routed = |uri: &str, tokens: &[&str]| route(&request(uri, tokens), &config.local_token);
-        assert_eq!(routed("/ping", &[]), Ok(Route::Ping));
-        let code =
-            |uri: &str, tokens: &[&str]| routed(uri, tokens).err().map(|(refusal, api)| (refusal.code.as_str(), api));
-        assert_eq!(code("/secretsmanager/get?secretId=app/db", &[]), Some(("missing_token", Api::Get)));
-        assert_eq!(code("/v1/app%2Fdb", &["token-value", "token-value"]), Some(("invalid_token", Api::AgentPath)));
-        assert_eq!(code("/secretsmanager/get?secretId=", &["token-value"]), Some(("missing_secret_id", Api::Get)));
-        assert_eq!(code("/elsewhere", &["token-value"]), Some(("not_found", Api::Get)));
-        let Ok(Route::Read { api, query }) = routed("/v1/app%2Fdb?versionStage=AWSPREVIOUS", &["token-value"]) else {
-            panic!("a well-formed read routes");
-        };
-        assert_eq!((api, query.secret_id.as_str()), (Api::AgentPath, "app/db"));
-        assert_eq!(query.version, Version::Stage("AWSPREVIOUS".into()));
-    }
-
-    #[test]
-    fn the_envelope_refuses_what_no_local_caller_needs() {
-        let request = |method: Method, uri: &str, headers: &[(&str, &str)]| {
-            let mut builder = Request::builder().method(method).uri(uri);
-            for (name, value) in headers {
-                builder = builder.header(*name, *value);
-            }
-            builder.body(http_body_util::Empty::<Bytes>::new()).expect("request")
-        };
-        let path = "/secretsmanager/get?secretId=x";
-        let cases = [
-            (request(Method::POST, path, &[]), Some("method_not_allowed")),
-            (request(Method::DELETE, path, &[]), Some("method_not_allowed")),
-            (request(Method::GET, path, &[("x-forwarded-for", "10.0.0.1")]), Some("forwarded_request")),
-            (request(Method::GET, path, &[("forwarded", "for=1.2.3.4")]), Some("forwarded_request")),
-            (request(Method::GET, path, &[("content-length", "5")]), Some("body_not_allowed")),
-            (request(Method::GET, path, &[("transfer-encoding", "chunked")]), Some("body_not_allowed")),
-            (request(Method::GET, "http://evil.example/secretsmanager/get", &[]), Some("absolute_target")),
-            (request(Method::GET, path, &[("host", "evil.example")]), Some("invalid_host")),
-            (request(Method::GET, path, &[("host", "evil.example:2773")]), Some("invalid_host")),
-            (request(Method::GET, path, &[("host", "localhost"), ("host", "evil.example")]), Some("invalid_host")),
-            (request(Method::GET, path, &[("host", "localhost"), ("host", "localhost")]), Some("invalid_host")),
-            (request(Method::GET, path, &[("host", "")]), Some("invalid_host")),
-            (request(Method::GET, path, &[("host", "localhost:2773")]), None),
-            (request(Method::GET, path, &[("host", "127.0.0.1:2773")]), None),
-            (request(Method::GET, path, &[]), None),
-        ];
-        let mut foreign_bytes = request(Method::GET, path, &[]);
-        foreign_bytes.headers_mut().insert(header::HOST, HeaderValue::from_bytes(b"localhost\xff").expect("obs-text"));
-        let cases = cases.into_iter().chain([(foreign_bytes, Some("invalid_host"))]);
-        for (request, expected) in cases {
-            let description = format!("{} {} {:?}", request.method(), request.uri(), request.headers());
-            assert_eq!(check_envelope(&request).err().map(|r| r.code.as_str()), expected, "{description}");
-        }
-    }
-
-    #[test]
-    fn every_code_has_an_error_status_and_a_503_says_when_to_retry() {
-        for &code in Code::ALL {
-            let status = status_of(code);
-            assert!(status.is_client_error() || status.is_server_error(), "{code:?}");
-            let response = error_response(Refusal::of(code));
-            assert_eq!(response.headers().contains_key(header::RETRY_AFTER), status == StatusCode::SERVICE_UNAVAILABLE);
-        }
-    }
-}
+mod tests;

@@ -1,19 +1,23 @@
 //! The local API on 127.0.0.1: a router, the one read path, and its two protocols.
 //!
 //! - [`get`]: AWS's Parameters and Secrets extension's GET API (token-checked) and `/ping`;
-//! - [`sdk`]: the Secrets Manager JSON protocol on `POST /` (SigV4-verified), for unchanged
-//!   SDK code;
+//! - [`sdk`]: the AWS JSON protocols on `POST /` (SigV4-verified), for unchanged SDK code:
+//!   Secrets Manager's, and Systems Manager's in [`ssm`];
 //! - [`read`]: the one read path both call once they have parsed a request, which writes the
 //!   audit line of every allow and deny;
-//! - [`envelope`]: the checks both protocols share, and [`envelope::Refusal`].
+//! - [`envelope`]: the checks both protocols share, and [`envelope::Refusal`]; [`parameters`]:
+//!   what both share for Parameter Store (a name's target, reading it) and the GET API's
+//!   parameter path.
 //!
 //! Each protocol maps the stable [`crate::domain::code::Code`] of a refusal to its own wire
 //! form; neither calls into the other.
 
 pub mod envelope;
 pub mod get;
+pub mod parameters;
 pub mod read;
 pub mod sdk;
+pub mod ssm;
 
 use bytes::Bytes;
 use http::{Method, Request, Response};

@@ -1,22 +1,34 @@
-//! The one read path both protocols call once they have parsed a request: the allowlist, the
-//! tenant's confirmation, the store (cache or a fetch with the invocation's session), the
-//! evidence, and the audit line for every allow and every deny.
+//! The one read path both protocols call once they have parsed a request, for secrets and
+//! parameters alike: the allowlist (each kind matched among its own entries), the tenant's
+//! confirmation, the store (cache or a fetch with the invocation's session), the evidence, and
+//! the audit line for every allow and every deny.
 //!
-//! Every line names the invocation's request id and the requested id (never a value); a
-//! requested id that contains the local token is never written as it is. On Managed Instances a
-//! caller may name its invocation; once the Runtime API proxy knows the invocations running,
-//! the name must be one of them, and the read is served by that invocation's scope
-//! (`request_id_checked` in the audit line); before that, or without the proxy, it is only a
-//! label the caller asserts (`request_id_asserted`).
+//! Every line names the invocation's request id, the kind of item and the requested id (never a
+//! value): `secret_id` for a secret, `parameter` for a parameter. A requested id (or a caller's
+//! request id) that carries the local token or a long piece of it, however it was decoded on the
+//! way in, is never written as it is ([`LocalToken::appears_in`]).
+//!
+//! On Managed Instances a caller may name its invocation; once the Runtime API proxy knows the
+//! invocations running, the name must be one of them, and the read is served by that
+//! invocation's scope (`request_id_checked` in the audit line); before that, or without the
+//! proxy, it is only a label the caller asserts (`request_id_asserted`).
+//!
+//! Every wait of one request (for the tenant, for an invocation, for its session) ends at one
+//! deadline, [`Read::deadline`]: a request is bounded by one wait timeout in all, plus the
+//! upstream call it makes.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use crate::config::LocalToken;
 use crate::domain::api::Api;
 use crate::domain::code::Code;
 use crate::domain::error::ReadError;
+use crate::domain::item::{Kind, Wanted};
+use crate::domain::parameter::ParameterVersion;
 use crate::domain::request_id::RequestId;
 use crate::domain::text::printable;
 use crate::domain::version::Version;
@@ -24,6 +36,8 @@ use crate::evidence::Evidence;
 use crate::invocation::Invocations;
 use crate::invocation::scope::Scope;
 use crate::secrets::Secrets;
+use crate::secrets::parameter::ParameterValue;
+use crate::secrets::served::Item;
 use crate::secrets::value::SecretValue;
 use crate::tenant::Tenancy;
 
@@ -54,7 +68,8 @@ pub struct ReadPath {
 /// One read as a protocol parsed it.
 #[derive(Debug, Clone, Copy)]
 pub struct Read<'a> {
-    /// The requested id (alias, name or ARN), as the caller wrote it.
+    /// The requested id (alias, name or ARN), as the caller wrote it; a parameter's without its
+    /// `:version` or `:label`.
     pub secret_id: &'a str,
     /// The face of the API.
     pub api: Api,
@@ -62,47 +77,132 @@ pub struct Read<'a> {
     pub refresh: bool,
     /// The caller's own request id (Managed Instances), if it gave one.
     pub caller: Option<&'a str>,
+    /// When every wait of this request ends ([`ReadPath::deadline`] at its arrival).
+    pub deadline: Instant,
+    /// A staging label the version asked for by id must carry (the SDK's `VersionId` with a
+    /// `VersionStage`): AWS refuses a pair that names two versions.
+    pub stage_of_id: Option<&'a str>,
 }
 
 impl ReadPath {
+    /// The deadline of a request arriving now: one wait timeout away.
+    pub fn deadline(&self) -> Instant {
+        Instant::now() + self.invocations.wait_timeout()
+    }
+
     /// Reads `version` of the secret `read` names: allowlist, cache or fetch (single flight,
     /// the invocation's session), evidence, and the audit line for an allow.
     ///
     /// # Errors
     /// [`ReadError`]; the caller answers in its own protocol and calls [`ReadPath::audit_deny`].
     pub async fn read(&self, read: Read<'_>, version: Version) -> Result<Arc<SecretValue>, ReadError> {
-        let wait = self.invocations.wait_timeout();
-        let named = self.named_scope(read.caller).await?;
-        let allowlist = self.tenancy.allowlist(wait).await?;
-        let entry = allowlist.find(read.secret_id).ok_or(ReadError::NotAllowed)?;
+        match self.read_item(read, Wanted::Secret(version)).await? {
+            Item::Secret(value) => Ok(value),
+            Item::Parameter(_) => Err(ReadError::Upstream { kind: "a parameter where a secret was due".into() }),
+        }
+    }
+
+    /// Reads `version` of the parameter `read` names, decrypted or not, as [`ReadPath::read`]
+    /// reads a secret.
+    ///
+    /// # Errors
+    /// [`ReadError`]; the caller answers in its own protocol and calls
+    /// [`ReadPath::audit_parameter_deny`].
+    pub async fn read_parameter(
+        &self,
+        read: Read<'_>,
+        version: ParameterVersion,
+        decrypt: bool,
+    ) -> Result<Arc<ParameterValue>, ReadError> {
+        match self.read_item(read, Wanted::Parameter { version, decrypt }).await? {
+            Item::Parameter(value) => Ok(value),
+            Item::Secret(_) => Err(ReadError::Upstream { kind: "a secret where a parameter was due".into() }),
+        }
+    }
+
+    /// Whether `requested` names an allowlisted item of `kind` (waiting, bounded, for the
+    /// tenant), so a `GetParameters` can refuse whole before anything is asked of AWS.
+    ///
+    /// # Errors
+    /// [`ReadError::NotAllowed`] or [`ReadError::ParameterNotAllowed`], or why the allowlist is
+    /// not known.
+    pub async fn check(&self, kind: Kind, requested: &str, deadline: Instant) -> Result<(), ReadError> {
+        let allowlist = self.tenancy.allowlist(deadline).await?;
+        match kind {
+            Kind::Secret => allowlist.find(requested).map(|_| ()).ok_or(ReadError::NotAllowed),
+            Kind::Parameter => allowlist.find_parameter(requested).map(|_| ()).ok_or(ReadError::ParameterNotAllowed),
+        }
+    }
+
+    async fn read_item(&self, read: Read<'_>, wanted: Wanted) -> Result<Item, ReadError> {
+        let named = self.named_scope(read.caller, read.deadline).await?;
+        let allowlist = self.tenancy.allowlist(read.deadline).await?;
+        let kind = wanted.kind();
+        let entry = match kind {
+            Kind::Secret => allowlist.find(read.secret_id).ok_or(ReadError::NotAllowed)?,
+            Kind::Parameter => allowlist.find_parameter(read.secret_id).ok_or(ReadError::ParameterNotAllowed)?,
+        };
+        // A complete ARN other than the configured id (a secret configured by name matches any
+        // suffix): served only if it is the secret's actual ARN, learnt from AWS's answer.
+        let by_arn = kind == Kind::Secret && allowlist.entry(entry).is_some_and(|e| e.is_named_by_arn(read.secret_id));
+        let decrypt = match &wanted {
+            Wanted::Parameter { decrypt, .. } => Some(*decrypt),
+            Wanted::Secret(_) => None,
+        };
         if self.tenancy.is_scoped() {
             // Served only once the platform has named this invocation's tenant as ours.
             let scope = match &named {
                 Some(scope) => Arc::clone(scope),
-                None => self.invocations.current_scope().await?,
+                None => self.invocations.current_scope_until(read.deadline).await?,
             };
             if !scope.is_per_fetch() {
-                self.tenancy.wait_confirmed(scope.label(), wait).await?;
+                self.tenancy.wait_confirmed(scope.label(), read.deadline).await?;
             }
         }
-        let served = self.secrets.get(entry, version, read.refresh, named.as_ref()).await?;
+        let served = self.secrets.get(entry, wanted, read.refresh, read.deadline, named.as_ref()).await?;
+        if let Item::Secret(secret) = &served.value {
+            if by_arn && secret.arn() != read.secret_id {
+                // AWS would find no secret with that ARN (or another one): not this one's value.
+                return Err(ReadError::NotFound);
+            }
+            if read.stage_of_id.is_some_and(|stage| !secret.has_stage(stage)) {
+                return Err(ReadError::VersionStageMismatch);
+            }
+        }
         self.evidence.read(entry, read.api);
         let request_id = match read.caller {
-            Some(caller) => caller.to_owned(),
+            Some(caller) => self.logged(caller),
             None => served.scope.unwrap_or_else(|| self.invocations.label()),
         };
-        tracing::info!(
-            target: "audit",
-            event = "allow",
-            request_id = %request_id,
-            request_id_asserted = read.caller.is_some() && named.is_none(),
-            request_id_checked = named.is_some(),
-            api = read.api.as_str(),
-            secret_id = %printable(read.secret_id),
-            version_id = served.value.version_id(),
-            source = served.source.as_str(),
-            refresh = read.refresh,
-        );
+        let version_id = served.value.version_id();
+        match decrypt {
+            None => tracing::info!(
+                target: "audit",
+                event = "allow",
+                request_id = %request_id,
+                request_id_asserted = read.caller.is_some() && named.is_none(),
+                request_id_checked = named.is_some(),
+                api = read.api.as_str(),
+                kind = kind.as_str(),
+                secret_id = %printable(read.secret_id),
+                version_id = &*version_id,
+                source = served.source.as_str(),
+                refresh = read.refresh,
+            ),
+            Some(decrypt) => tracing::info!(
+                target: "audit",
+                event = "allow",
+                request_id = %request_id,
+                request_id_asserted = read.caller.is_some() && named.is_none(),
+                request_id_checked = named.is_some(),
+                api = read.api.as_str(),
+                kind = kind.as_str(),
+                parameter = %printable(read.secret_id),
+                version = &*version_id,
+                with_decryption = decrypt,
+                source = served.source.as_str(),
+            ),
+        }
         Ok(served.value)
     }
 
@@ -116,40 +216,72 @@ impl ReadPath {
     ///
     /// # Errors
     /// [`ReadError::RequestIdNotLive`] when the name is no running invocation's.
-    async fn named_scope(&self, caller: Option<&str>) -> Result<Option<Arc<Scope>>, ReadError> {
+    async fn named_scope(&self, caller: Option<&str>, deadline: Instant) -> Result<Option<Arc<Scope>>, ReadError> {
         let Some(caller) = caller.filter(|_| self.checks_callers()) else { return Ok(None) };
         let id = RequestId::parse(caller).map_err(|_| ReadError::RequestIdNotLive)?;
-        let scope = self.invocations.concurrent().wait_live(&id, self.invocations.wait_timeout()).await?;
+        let scope = self.invocations.concurrent().wait_live(&id, deadline).await?;
         Ok(Some(scope))
     }
 
     /// The audit line (and counters) for a refused request. `secret_id` is the requested id,
     /// given only once the request proved it holds the token.
     pub async fn audit_deny(&self, api: Api, caller: Option<&str>, secret_id: Option<&str>, code: Code, status: u16) {
+        self.deny(Kind::Secret, api, caller, secret_id, code, status).await;
+    }
+
+    /// [`ReadPath::audit_deny`] for a request that named a parameter (`name`, once the request
+    /// proved it holds the token or signature).
+    pub async fn audit_parameter_deny(
+        &self,
+        api: Api,
+        caller: Option<&str>,
+        name: Option<&str>,
+        code: Code,
+        status: u16,
+    ) {
+        self.deny(Kind::Parameter, api, caller, name, code, status).await;
+    }
+
+    async fn deny(&self, kind: Kind, api: Api, caller: Option<&str>, secret_id: Option<&str>, code: Code, status: u16) {
         // Attributed to the invocation the request belongs to, even when it raced its INVOKE.
         let request_id = match caller {
-            Some(caller) => caller.to_owned(),
+            Some(caller) => self.logged(caller),
             None => self.invocations.label_settled(ATTRIBUTION_SETTLE).await,
         };
         self.evidence.deny(code);
-        // The id is the caller's text; a caller that sends its own token as an id (a bug, or
-        // a probe) must not get it into the log.
-        let secret_id = match secret_id {
-            Some(id) if self.token.appears_in(id) => REDACTED_ID.to_owned(),
-            Some(id) => printable(id),
-            None => String::new(),
-        };
+        let secret_id = secret_id.map(|id| self.logged(id)).unwrap_or_default();
         let checked = caller.is_some() && self.checks_callers();
-        tracing::info!(
-            target: "audit",
-            event = "deny",
-            request_id = %request_id,
-            request_id_asserted = caller.is_some() && !checked,
-            request_id_checked = checked,
-            api = api.as_str(),
-            secret_id = %secret_id,
-            code = code.as_str(),
-            status,
-        );
+        match kind {
+            Kind::Secret => tracing::info!(
+                target: "audit",
+                event = "deny",
+                request_id = %request_id,
+                request_id_asserted = caller.is_some() && !checked,
+                request_id_checked = checked,
+                api = api.as_str(),
+                kind = kind.as_str(),
+                secret_id = %secret_id,
+                code = code.as_str(),
+                status,
+            ),
+            Kind::Parameter => tracing::info!(
+                target: "audit",
+                event = "deny",
+                request_id = %request_id,
+                request_id_asserted = caller.is_some() && !checked,
+                request_id_checked = checked,
+                api = api.as_str(),
+                kind = kind.as_str(),
+                parameter = %secret_id,
+                code = code.as_str(),
+                status,
+            ),
+        }
+    }
+
+    /// Caller text as an audit line may show it. A caller that sends its own token as an id
+    /// (a bug, or a probe), in whatever encoding, must not get it or a piece of it into the log.
+    fn logged(&self, text: &str) -> String {
+        if self.token.appears_in(text) { REDACTED_ID.to_owned() } else { printable(text) }
     }
 }

@@ -1,16 +1,22 @@
-//! The Secrets Manager protocol on the local endpoint, for unchanged SDK code.
+//! The AWS JSON protocols on the local endpoint, for unchanged SDK code: Secrets Manager's, and
+//! (in [`super::ssm`]) Systems Manager's.
 //!
-//! Every current AWS SDK honours `AWS_ENDPOINT_URL_SECRETS_MANAGER`; pointed here, it sends
-//! `POST /` with `X-Amz-Target: secretsmanager.<Operation>` and an `application/x-amz-json-1.1`
-//! body, SigV4-signed with the function's own credentials. This module verifies the signature
-//! ([`crate::sigv4`]), serves `GetSecretValue` and `BatchGetSecretValue` through the same
-//! [`ReadPath`] as the GET API, and answers errors the way the SDKs understand them: HTTP 400
-//! with `{"__type": TYPE, "message": …}` (the type must be in the body), or a 5xx where an SDK
-//! retry is the right outcome; [`sdk_form`] gives each code its status and type.
+//! Every current AWS SDK honours `AWS_ENDPOINT_URL_SECRETS_MANAGER` and `AWS_ENDPOINT_URL_SSM`;
+//! pointed here, it sends `POST /` with `X-Amz-Target: secretsmanager.<Operation>` (or
+//! `AmazonSSM.<Operation>`) and an `application/x-amz-json-1.1` body, SigV4-signed with the
+//! function's own credentials for that service. This module verifies the signature
+//! ([`crate::sigv4`]), serves `GetSecretValue` and `BatchGetSecretValue` (and hands
+//! `GetParameter` and `GetParameters` to [`super::ssm`]) through the same [`ReadPath`] as the
+//! GET API, and answers errors the way the SDKs understand them: HTTP 400 with
+//! `{"__type": TYPE, "message": …}` (the type must be in the body), or a 5xx where an SDK retry
+//! is the right outcome; [`sdk_form`] (and [`super::ssm::ssm_form`]) give each code its status
+//! and type.
 //! See <https://docs.aws.amazon.com/secretsmanager/latest/apireference/API_GetSecretValue.html>.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
@@ -20,8 +26,9 @@ use serde::Deserialize;
 use serde_json::Value;
 use zeroize::Zeroizing;
 
-use super::envelope::{Refusal, refuse_absolute_target, refuse_forwarded};
+use super::envelope::{AMZ_JSON, Refusal, Refused, check_host, refuse_absolute_target, refuse_forwarded};
 use super::read::{Read, ReadPath};
+use super::ssm;
 use crate::domain::api::Api;
 use crate::domain::code::Code;
 use crate::domain::version::{self, Version};
@@ -36,8 +43,40 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(5);
 /// `BatchGetSecretValue` takes at most this many ids, as in AWS.
 const MAX_BATCH: usize = 20;
-/// The content type of the Secrets Manager JSON protocol.
-const AMZ_JSON: &str = "application/x-amz-json-1.1";
+
+/// Which AWS JSON protocol a request speaks, from its `X-Amz-Target`: it decides the service
+/// the signature must be for, and the wire form of every refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// `secretsmanager.<Operation>` (and anything unknown).
+    SecretsManager,
+    /// `AmazonSSM.<Operation>`.
+    Ssm,
+}
+
+impl Protocol {
+    /// The protocol `headers` name.
+    pub fn of(headers: &http::HeaderMap) -> Self {
+        let target = headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or_default();
+        if target.starts_with("AmazonSSM.") { Protocol::Ssm } else { Protocol::SecretsManager }
+    }
+
+    /// The SigV4 signing name.
+    pub fn service(self) -> &'static str {
+        match self {
+            Protocol::SecretsManager => "secretsmanager",
+            Protocol::Ssm => "ssm",
+        }
+    }
+
+    /// Each code's status and error type in this protocol.
+    pub fn form(self, code: Code) -> (StatusCode, &'static str) {
+        match self {
+            Protocol::SecretsManager => sdk_form(code),
+            Protocol::Ssm => ssm::ssm_form(code),
+        }
+    }
+}
 
 /// What signatures are verified against: the function's own credentials and region.
 #[derive(Debug)]
@@ -65,21 +104,24 @@ struct BatchGetSecretValueInput {
     next_token: Option<String>,
 }
 
-/// A refusal and the id it concerned, if the request got far enough to name one.
-type Refused = (Refusal, Option<String>);
-
 /// Answers one `POST /`.
 pub async fn handle<B>(reader: &ReadPath, signatures: &Signatures, request: Request<B>) -> Response<Full<Bytes>>
 where
     B: Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    match answer(reader, signatures, request).await {
+    let protocol = Protocol::of(request.headers());
+    match answer(reader, signatures, protocol, request).await {
         Ok(response) => response,
-        Err((refusal, secret_id)) => {
-            let (status, _) = sdk_form(refusal.code);
-            reader.audit_deny(Api::Sdk, None, secret_id.as_deref(), refusal.code, status.as_u16()).await;
-            error_response(refusal)
+        Err((refusal, id)) => {
+            let status = protocol.form(refusal.code).0.as_u16();
+            match protocol {
+                Protocol::SecretsManager => {
+                    reader.audit_deny(Api::Sdk, None, id.as_deref(), refusal.code, status).await
+                }
+                Protocol::Ssm => reader.audit_parameter_deny(Api::Sdk, None, id.as_deref(), refusal.code, status).await,
+            }
+            error_response(protocol, refusal)
         }
     }
 }
@@ -87,6 +129,7 @@ where
 async fn answer<B>(
     reader: &ReadPath,
     signatures: &Signatures,
+    protocol: Protocol,
     request: Request<B>,
 ) -> Result<Response<Full<Bytes>>, Refused>
 where
@@ -97,28 +140,25 @@ where
     let (parts, body) = request.into_parts();
     refuse_forwarded(&parts.headers).map_err(refused)?;
     refuse_absolute_target(&parts.uri).map_err(refused)?;
+    check_host(parts.version, &parts.headers).map_err(refused)?;
     let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
     if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
         return Err(refused(Refusal::with(Code::BodyTooLarge, "The request body is too large.")));
     }
     let body = read_body(body).await.map_err(|code| refused(Refusal::of(code)))?;
+    // The request's waits (the restore, the tenant, an invocation, a session) share one
+    // deadline from here: the body's own time is bounded by BODY_TIMEOUT.
+    let deadline = reader.deadline();
     // SnapStart: before restore nothing credential-bearing is loaded, not even the function's
     // credentials to check the signature with.
-    reader.invocations.wait_past_snapshot().await.map_err(|error| refused(Refusal::of(error.code())))?;
+    reader.invocations.wait_past_snapshot(deadline).await.map_err(|error| refused(Refusal::of(error.code())))?;
     let access_key = sigv4::access_key_of(&parts.headers).map(str::to_owned);
     let Some(credentials) = signatures.credentials.current(access_key.as_deref()).await else {
         return Err(refused(Refusal::of(Code::NoFunctionCredentials)));
     };
     let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let verified = sigv4::verify(
-        parts.method.as_str(),
-        path_and_query,
-        &parts.headers,
-        &body,
-        &credentials,
-        &signatures.region,
-        SystemTime::now(),
-    );
+    let signed = sigv4::Signed { method: parts.method.as_str(), path_and_query, headers: &parts.headers, body: &body };
+    let verified = sigv4::verify(signed, &credentials, &signatures.region, protocol.service(), SystemTime::now());
     if let Err(why) = verified {
         tracing::debug!(event = "signature_refused", cause = %why);
         let code = match why {
@@ -135,8 +175,10 @@ where
     }
     let target = parts.headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or_default();
     match target {
-        "secretsmanager.GetSecretValue" => get_secret_value(reader, &body).await,
-        "secretsmanager.BatchGetSecretValue" => batch_get_secret_value(reader, &body).await,
+        "secretsmanager.GetSecretValue" => get_secret_value(reader, &body, deadline).await,
+        "secretsmanager.BatchGetSecretValue" => batch_get_secret_value(reader, &body, deadline).await,
+        "AmazonSSM.GetParameter" => ssm::get_parameter(reader, &body, deadline).await,
+        "AmazonSSM.GetParameters" => ssm::get_parameters(reader, &body, deadline).await,
         _ => Err(refused(Refusal::of(Code::UnsupportedOperation))),
     }
 }
@@ -155,18 +197,30 @@ where
     Ok(Zeroizing::new(body.to_bytes().to_vec()))
 }
 
-async fn get_secret_value(reader: &ReadPath, body: &[u8]) -> Result<Response<Full<Bytes>>, Refused> {
+async fn get_secret_value(reader: &ReadPath, body: &[u8], deadline: Instant) -> Result<Response<Full<Bytes>>, Refused> {
     let Ok(input) = serde_json::from_slice::<GetSecretValueInput>(body) else {
         let refusal = Refusal::with(Code::InvalidParameter, "The request body is not a valid GetSecretValue input.");
         return Err((refusal, None));
     };
-    let version = version_of(input.version_id, input.version_stage).map_err(|e| (e, Some(input.secret_id.clone())))?;
-    let read = Read { secret_id: &input.secret_id, api: Api::Sdk, refresh: false, caller: None };
+    let (version, stage_of_id) =
+        version_of(input.version_id, input.version_stage).map_err(|e| (e, Some(input.secret_id.clone())))?;
+    let read = Read {
+        secret_id: &input.secret_id,
+        api: Api::Sdk,
+        refresh: false,
+        caller: None,
+        deadline,
+        stage_of_id: stage_of_id.as_deref(),
+    };
     let value = reader.read(read, version).await.map_err(|e| (Refusal::of(e.code()), Some(input.secret_id.clone())))?;
     Ok(json_response(StatusCode::OK, value.json_body(), AMZ_JSON))
 }
 
-async fn batch_get_secret_value(reader: &ReadPath, body: &[u8]) -> Result<Response<Full<Bytes>>, Refused> {
+async fn batch_get_secret_value(
+    reader: &ReadPath,
+    body: &[u8],
+    deadline: Instant,
+) -> Result<Response<Full<Bytes>>, Refused> {
     let invalid = |message| (Refusal::with(Code::InvalidParameter, message), None);
     let Ok(input) = serde_json::from_slice::<BatchGetSecretValueInput>(body) else {
         return Err(invalid("The request body is not a valid BatchGetSecretValue input."));
@@ -181,7 +235,7 @@ async fn batch_get_secret_value(reader: &ReadPath, body: &[u8]) -> Result<Respon
     // Each id through the shared read path, concurrently; refusals become Errors[] entries,
     // as AWS reports them inside a 200.
     let reads = ids.iter().map(|id| {
-        let read = Read { secret_id: id, api: Api::Sdk, refresh: false, caller: None };
+        let read = Read { secret_id: id, api: Api::Sdk, refresh: false, caller: None, deadline, stage_of_id: None };
         reader.read(read, Version::Current)
     });
     let results = futures_util::future::join_all(reads).await;
@@ -216,7 +270,8 @@ async fn batch_get_secret_value(reader: &ReadPath, body: &[u8]) -> Result<Respon
     Ok(json_response(StatusCode::OK, Bytes::from_owner(buffer), AMZ_JSON))
 }
 
-fn version_of(id: Option<String>, stage: Option<String>) -> Result<Version, Refusal> {
+/// The version asked for, and the staging label it must carry when both were given.
+fn version_of(id: Option<String>, stage: Option<String>) -> Result<(Version, Option<String>), Refusal> {
     match (id, stage) {
         (Some(id), _) if !version::is_version_id(&id) => {
             Err(Refusal::with(Code::InvalidParameter, "VersionId is not a valid version id."))
@@ -224,10 +279,11 @@ fn version_of(id: Option<String>, stage: Option<String>) -> Result<Version, Refu
         (_, Some(stage)) if !version::is_stage(&stage) => {
             Err(Refusal::with(Code::InvalidParameter, "VersionStage is not a valid staging label."))
         }
-        // AWS accepts both when they name the same version; we fetch by id and let AWS check.
-        (Some(id), _) => Ok(Version::Id(id)),
-        (None, Some(stage)) => Ok(Version::stage(stage)),
-        (None, None) => Ok(Version::Current),
+        // AWS accepts both only when they name the same version (else InvalidRequestException):
+        // fetched by id, and the answer's labels must include the stage.
+        (Some(id), stage) => Ok((Version::Id(id), stage)),
+        (None, Some(stage)) => Ok((Version::stage(stage), None)),
+        (None, None) => Ok((Version::Current, None)),
     }
 }
 
@@ -247,8 +303,11 @@ pub fn sdk_form(code: Code) -> (StatusCode, &'static str) {
         | Code::SignatureMalformed
         | Code::SignatureMismatch
         | Code::SecretNotAllowed
+        | Code::ParameterNotAllowed
         | Code::UpstreamAccessDenied => (S::BAD_REQUEST, "AccessDeniedException"),
-        Code::SecretNotFound => (S::BAD_REQUEST, "ResourceNotFoundException"),
+        Code::SecretNotFound | Code::ParameterNotFound | Code::ParameterVersionNotFound => {
+            (S::BAD_REQUEST, "ResourceNotFoundException")
+        }
         Code::UpstreamThrottled => (S::BAD_REQUEST, "ThrottlingException"),
         Code::InvalidParameter
         | Code::InvalidQuery
@@ -261,6 +320,15 @@ pub fn sdk_form(code: Code) -> (StatusCode, &'static str) {
         | Code::InvalidVersionStage
         | Code::InvalidVersionId
         | Code::InvalidRequestId
+        | Code::InvalidJsonKey
+        | Code::MissingName
+        | Code::InvalidName
+        | Code::InvalidParameterVersion
+        | Code::InvalidLabel
+        | Code::InvalidWithDecryption
+        | Code::InvalidReference
+        | Code::SecretNotJsonObject
+        | Code::JsonKeyNotFound
         | Code::RequestIdNotLive => (S::BAD_REQUEST, "InvalidParameterException"),
         Code::MethodNotAllowed
         | Code::BodyNotAllowed
@@ -271,7 +339,8 @@ pub fn sdk_form(code: Code) -> (StatusCode, &'static str) {
         | Code::BodyTimeout
         | Code::UnsupportedContentType
         | Code::UnsupportedOperation
-        | Code::InvalidRequest => (S::BAD_REQUEST, "InvalidRequestException"),
+        | Code::InvalidRequest
+        | Code::VersionStageMismatch => (S::BAD_REQUEST, "InvalidRequestException"),
         Code::SnapstartInit => (S::SERVICE_UNAVAILABLE, "ServiceUnavailableException"),
         Code::UpstreamTimeout
         | Code::UpstreamError
@@ -289,8 +358,9 @@ pub fn sdk_form(code: Code) -> (StatusCode, &'static str) {
     }
 }
 
-fn error_response(refusal: Refusal) -> Response<Full<Bytes>> {
-    let (status, kind) = sdk_form(refusal.code);
+fn error_response(protocol: Protocol, refusal: Refusal) -> Response<Full<Bytes>> {
+    let (status, kind) = protocol.form(refusal.code);
+
     let body = serde_json::json!({ "__type": kind, "message": refusal.message }).to_string();
     let mut response = json_response(status, Bytes::from(body), AMZ_JSON);
     response.headers_mut().insert("x-amzn-errortype", HeaderValue::from_static(kind));
@@ -329,10 +399,18 @@ mod tests {
 
     #[test]
     fn versions_map_like_aws_and_malformed_ones_are_refused() {
-        assert_eq!(version_of(None, None).ok(), Some(Version::Current));
-        assert_eq!(version_of(None, Some("AWSCURRENT".into())).ok(), Some(Version::Current));
-        assert_eq!(version_of(None, Some("AWSPREVIOUS".into())).ok(), Some(Version::Stage("AWSPREVIOUS".into())));
-        assert_eq!(version_of(Some("a-1".into()), None).ok(), Some(Version::Id("a-1".into())));
+        assert_eq!(version_of(None, None).ok(), Some((Version::Current, None)));
+        assert_eq!(version_of(None, Some("AWSCURRENT".into())).ok(), Some((Version::Current, None)));
+        assert_eq!(
+            version_of(None, Some("AWSPREVIOUS".into())).ok(),
+            Some((Version::Stage("AWSPREVIOUS".into()), None))
+        );
+        assert_eq!(version_of(Some("a-1".into()), None).ok(), Some((Version::Id("a-1".into()), None)));
+        assert_eq!(
+            version_of(Some("a-1".into()), Some("AWSPREVIOUS".into())).ok(),
+            Some((Version::Id("a-1".into()), Some("AWSPREVIOUS".into()))),
+            "both: by id, and the stage checked against the answer"
+        );
         assert!(version_of(Some("a/b".into()), None).is_err());
         assert!(version_of(None, Some(String::new())).is_err());
     }

@@ -196,7 +196,8 @@ async fn a_streamed_response_passes_frame_by_frame_with_trailers_and_ends_with_t
         .unwrap_or_else(|_| panic!("no answer; upstream saw {:?}", seen.lock().expect("lock").len()))
         .expect("answer");
     assert_eq!(&answer, b"HTTP/1.1 202");
-    let reported = tokio::time::timeout(Duration::from_secs(5), events.recv()).await.expect("reported at the stream's end");
+    let reported =
+        tokio::time::timeout(Duration::from_secs(5), events.recv()).await.expect("reported at the stream's end");
     assert!(matches!(reported, Some(RuntimeEvent::Responded { outcome: Outcome::Response, .. })));
     let seen = seen.lock().expect("lock");
     let (_, _, data, trailers) = &seen[0];

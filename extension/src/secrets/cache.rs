@@ -3,39 +3,56 @@
 //! A value is fresh for its TTL, or, with TTL 0, for as long as the scope that fetched it is
 //! the one running (its generation). A value fetched for a scope that has since ended is never
 //! stored. Concurrent requests for one key make one upstream call: the second waits on the
-//! key's lock and then finds the first one's value. Dropping a value (expiry, wipe, eviction)
-//! wipes it: [`SecretValue`] holds its bytes in zeroizing memory.
+//! key's lock and then finds the first one's value, or, if that call failed, its failure (so N
+//! waiters wait one upstream call, not N in turn). The lock is held only across the upstream
+//! call itself: the waits for an invocation and for its session happen before it (see
+//! [`super::Secrets::get`]). Dropping a value (expiry, wipe, eviction) wipes it: [`Item`] holds
+//! its bytes in zeroizing memory. A key is an allowlist entry (secrets and parameters share one
+//! index space) and what was asked of it ([`Wanted`]): a secret's version, or a parameter's
+//! version with or without decryption. A `String` or `StringList` parameter reads the same
+//! either way, so it is stored under both.
 //!
 //! Locks: the map is behind a std `Mutex` (held for a lookup or an insert, never across an
 //! `.await`); each key's single-flight lock is a tokio `Mutex` (held across the fetch).
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::value::{SecretValue, Served, Source};
+use super::served::{Item, Served, Source};
 use crate::config::allowlist::EntryIndex;
 use crate::domain::error::ReadError;
-use crate::domain::version::Version;
+use crate::domain::item::Wanted;
 use crate::invocation::Invocations;
 use crate::invocation::scope::Scope;
 
-/// What is cached: one version of one allowlisted secret.
+/// What is cached: one version of one allowlisted item.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Key {
     /// The allowlist entry.
     pub entry: EntryIndex,
-    /// The version asked for.
-    pub version: Version,
+    /// What was asked of it.
+    pub wanted: Wanted,
 }
 
 struct Cached {
-    value: Arc<SecretValue>,
+    value: Item,
     fetched_at: Instant,
     generation: u64,
+}
+
+/// One key's single flight: its lock, and the outcome of the last fetch made under it.
+#[derive(Default)]
+struct Flight {
+    lock: Arc<tokio::sync::Mutex<()>>,
+    /// How many fetches have finished under the lock.
+    finished: AtomicU64,
+    /// The last one's failure (`None`: it succeeded), for those that waited through it.
+    failure: Mutex<Option<ReadError>>,
 }
 
 /// Values by key, each with when and by which scope it was fetched.
@@ -43,7 +60,7 @@ pub struct Cache {
     ttl: Duration,
     invocations: Arc<Invocations>,
     entries: Mutex<HashMap<Key, Cached>>,
-    in_flight: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
+    in_flight: Mutex<HashMap<Key, Arc<Flight>>>,
     /// Woken when a value is stored, so the expiry sweeper learns of a new deadline.
     stored: tokio::sync::Notify,
 }
@@ -67,39 +84,49 @@ impl Cache {
     }
 
     /// The fresh value for `key`, else the one `fetch` gets (and, fresh enough to keep, stores).
-    /// Concurrent callers for one key share one `fetch`; `refresh` skips the cache for this
-    /// call (a failure leaves the cache as it was).
+    /// Concurrent callers for one key share one `fetch`, its value or its failure; `refresh`
+    /// skips the cache for this call unless a fetch finished while it waited (a failure leaves
+    /// the cache as it was).
     ///
     /// # Errors
-    /// `fetch`'s error.
+    /// `fetch`'s error, or the failure of the fetch this call waited through.
     pub async fn get_or_fetch<F, Fut>(&self, key: Key, refresh: bool, fetch: F) -> Result<Served, ReadError>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<(Arc<SecretValue>, Arc<Scope>), ReadError>>,
+        Fut: Future<Output = Result<(Item, Arc<Scope>), ReadError>>,
     {
         if let Some(value) = self.fresh(&key).filter(|_| !refresh) {
             return Ok(Served { value, source: Source::Cache, scope: None });
         }
-        let lock = self.key_lock(&key);
-        let _guard = lock.lock().await;
-        if let Some(value) = self.fresh(&key).filter(|_| !refresh) {
+        let flight = self.flight(&key);
+        let seen = flight.finished.load(Ordering::Acquire);
+        let _guard = flight.lock.lock().await;
+        let joined = flight.finished.load(Ordering::Acquire) != seen;
+        if let Some(value) = self.fresh(&key).filter(|_| !refresh || joined) {
             // Another request fetched it while this one waited: one upstream call for both.
             return Ok(Served { value, source: Source::Cache, scope: None });
         }
-        let (value, scope) = fetch().await?;
-        self.store(&scope, key, Arc::clone(&value));
+        if joined && let Some(failure) = flight.failure.lock().unwrap_or_else(PoisonError::into_inner).clone() {
+            return Err(failure);
+        }
+        let fetched = fetch().await;
+        *flight.failure.lock().unwrap_or_else(PoisonError::into_inner) = fetched.as_ref().err().cloned();
+        flight.finished.fetch_add(1, Ordering::AcqRel);
+        let (value, scope) = fetched?;
+        self.store(&scope, key, value.clone());
         Ok(Served { value, source: Source::Aws, scope: Some(scope.label().to_owned()) })
     }
 
     /// Takes the single-flight locks of `keys` that hold no fresh value, in order, and returns
     /// those keys with their guards (the prefetch fetches them in one batch while holding them).
-    pub async fn lock_missing(&self, keys: Vec<Key>) -> Vec<(Key, tokio::sync::OwnedMutexGuard<()>)> {
+    pub async fn lock_missing(&self, keys: Vec<Key>) -> Vec<(Key, KeyGuard)> {
         let mut locked = Vec::new();
         for key in keys {
             if self.fresh(&key).is_some() {
                 continue;
             }
-            let guard = self.key_lock(&key).lock_owned().await;
+            let flight = self.flight(&key);
+            let guard = KeyGuard { _guard: Arc::clone(&flight.lock).lock_owned().await, _flight: flight };
             if self.fresh(&key).is_none() {
                 locked.push((key, guard));
             }
@@ -110,13 +137,22 @@ impl Cache {
     /// Keeps `value` for `key`, unless `scope` has ended (then it is dropped and wiped, never
     /// cached past its end). A per-fetch scope, or one of several invocations running at once,
     /// is not the one running: with TTL 0 its values serve their own request only.
-    pub fn store(&self, scope: &Scope, key: Key, value: Arc<SecretValue>) {
+    pub fn store(&self, scope: &Scope, key: Key, value: Item) {
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         // Checked under the map's lock, so an end that races this store is seen by one of them.
         if scope.has_ended() || (self.ttl.is_zero() && !scope.keeps_values_while_running()) {
             return;
         }
-        entries.insert(key, Cached { value, fetched_at: Instant::now(), generation: scope.generation() });
+        let (fetched_at, generation) = (Instant::now(), scope.generation());
+        if let (Wanted::Parameter { version, decrypt }, Item::Parameter(parameter)) = (&key.wanted, &value)
+            && !parameter.is_secure()
+        {
+            // The same answer with or without decryption: either request finds it.
+            let other =
+                Key { entry: key.entry, wanted: Wanted::Parameter { version: version.clone(), decrypt: !decrypt } };
+            entries.insert(other, Cached { value: value.clone(), fetched_at, generation });
+        }
+        entries.insert(key, Cached { value, fetched_at, generation });
         drop(entries);
         self.stored.notify_one();
     }
@@ -177,7 +213,12 @@ impl Cache {
         }
     }
 
-    fn fresh(&self, key: &Key) -> Option<Arc<SecretValue>> {
+    /// The fresh value for `key`, served from the cache, without waiting for anything.
+    pub fn fresh_served(&self, key: &Key) -> Option<Served> {
+        self.fresh(key).map(|value| Served { value, source: Source::Cache, scope: None })
+    }
+
+    fn fresh(&self, key: &Key) -> Option<Item> {
         let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         let cached = entries.get(key)?;
         let fresh = if self.ttl.is_zero() {
@@ -185,28 +226,45 @@ impl Cache {
         } else {
             cached.fetched_at.elapsed() < self.ttl
         };
-        fresh.then(|| Arc::clone(&cached.value))
+        fresh.then(|| cached.value.clone())
     }
 
-    fn key_lock(&self, key: &Key) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
-        // Entries whose lock nobody holds are dropped, so the map stays as small as the
-        // number of keys being fetched right now.
-        locks.retain(|_, lock| Arc::strong_count(lock) > 1);
-        Arc::clone(locks.entry(key.clone()).or_default())
+    fn flight(&self, key: &Key) -> Arc<Flight> {
+        let mut flights = self.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+        // Flights nobody holds are dropped, so the map stays as small as the number of keys
+        // being fetched right now.
+        flights.retain(|_, flight| Arc::strong_count(flight) > 1);
+        Arc::clone(flights.entry(key.clone()).or_default())
+    }
+}
+
+/// A key's single-flight lock, held until dropped (the prefetch holds several while its batch
+/// is out); it keeps the key's flight in the map while held.
+pub struct KeyGuard {
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+    _flight: Arc<Flight>,
+}
+
+impl std::fmt::Debug for KeyGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyGuard")
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::parameter::ParameterVersion;
+    use crate::domain::version::Version;
     use crate::invocation::Start;
+    use crate::secrets::parameter::ParameterValue;
+    use crate::secrets::value::SecretValue;
     use crate::testing;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::SystemTime;
 
-    fn value(version: &str) -> Arc<SecretValue> {
-        Arc::new(SecretValue::from_parts(
+    fn value(version: &str) -> Item {
+        Item::Secret(Arc::new(SecretValue::from_parts(
             Some("arn:aws:secretsmanager:us-east-1:123456789012:secret:app/db-AbC123".into()),
             Some("app/db".into()),
             Some(version.into()),
@@ -214,11 +272,11 @@ mod tests {
             None,
             None,
             None,
-        ))
+        )))
     }
 
     fn key() -> Key {
-        Key { entry: 0, version: Version::Current }
+        Key { entry: 0, wanted: Wanted::Secret(Version::Current) }
     }
 
     async fn setup(ttl: Duration) -> (Arc<Cache>, Arc<Invocations>, Arc<Scope>) {
@@ -233,7 +291,7 @@ mod tests {
         scope: &Arc<Scope>,
         version: &'static str,
         delay: Duration,
-    ) -> impl Future<Output = Result<(Arc<SecretValue>, Arc<Scope>), ReadError>> {
+    ) -> impl Future<Output = Result<(Item, Arc<Scope>), ReadError>> {
         calls.fetch_add(1, Ordering::SeqCst);
         let scope = Arc::clone(scope);
         async move {
@@ -270,9 +328,10 @@ mod tests {
         let (a, b) = tokio::join!(cache.get_or_fetch(key(), false, slow), cache.get_or_fetch(key(), false, slow));
         let (a, b) = (a.expect("a"), b.expect("b"));
         assert_eq!(calls.load(Ordering::SeqCst), 1, "one upstream call for both");
-        assert!(Arc::ptr_eq(&a.value, &b.value));
+        let (Item::Secret(a_value), Item::Secret(b_value)) = (&a.value, &b.value) else { panic!("secrets") };
+        assert!(Arc::ptr_eq(a_value, b_value));
         assert_eq!([a.source, b.source].iter().filter(|s| **s == Source::Cache).count(), 1);
-        let other = Key { entry: 0, version: Version::Stage("AWSPREVIOUS".into()) };
+        let other = Key { entry: 0, wanted: Wanted::Secret(Version::Stage("AWSPREVIOUS".into())) };
         cache.get_or_fetch(other, false, || fetch(&calls, &scope, "v0", Duration::ZERO)).await.expect("other");
         assert_eq!(calls.load(Ordering::SeqCst), 2, "another version is another key");
     }
@@ -346,7 +405,7 @@ mod tests {
     async fn the_prefetch_locks_only_what_is_missing() {
         let (cache, _, scope) = setup(Duration::from_secs(300)).await;
         cache.store(&scope, key(), value("v1"));
-        let other = Key { entry: 1, version: Version::Current };
+        let other = Key { entry: 1, wanted: Wanted::Secret(Version::Current) };
         let locked = cache.lock_missing(vec![key(), other.clone()]).await;
         assert_eq!(locked.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(), vec![other.clone()]);
         let calls = AtomicUsize::new(0);
@@ -357,5 +416,28 @@ mod tests {
         drop(locked);
         assert_eq!(waiting.await.expect("served").value.version_id(), "batch");
         assert_eq!(calls.load(Ordering::SeqCst), 0, "no second fetch");
+    }
+
+    fn parameter(kind: aws_sdk_ssm::types::ParameterType) -> Item {
+        Item::Parameter(Arc::new(ParameterValue::from_sdk(
+            aws_sdk_ssm::types::Parameter::builder().name("/app/config").r#type(kind).value("v").version(1).build(),
+        )))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn parameters_are_keyed_by_decryption_unless_their_value_is_the_same_either_way() {
+        let (cache, _, scope) = setup(Duration::from_secs(300)).await;
+        let key =
+            |entry, decrypt| Key { entry, wanted: Wanted::Parameter { version: ParameterVersion::Latest, decrypt } };
+        cache.store(&scope, key(1, true), parameter(aws_sdk_ssm::types::ParameterType::String));
+        cache.store(&scope, key(2, true), parameter(aws_sdk_ssm::types::ParameterType::SecureString));
+        assert!(cache.fresh(&key(1, false)).is_some(), "a String reads the same without decryption");
+        assert!(cache.fresh(&key(2, false)).is_none(), "a SecureString's ciphertext is another answer");
+        assert!(cache.fresh(&key(2, true)).is_some());
+        let version =
+            Key { entry: 2, wanted: Wanted::Parameter { version: ParameterVersion::Number(1), decrypt: true } };
+        assert!(cache.fresh(&version).is_none(), "another version is another key");
+        assert!(cache.fresh(&Key { entry: 1, wanted: Wanted::Secret(Version::Current) }).is_none());
+        assert_eq!(cache.len(), 3);
     }
 }

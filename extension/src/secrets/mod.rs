@@ -1,13 +1,18 @@
-//! The store: secrets fetched with the current scope's session into zeroizing memory, and the
-//! cache they are served from.
+//! The store: secrets and parameters fetched with the current scope's session into zeroizing
+//! memory, and the cache they are served from.
 //!
 //! A read goes through [`Secrets::get`]: the cache ([`cache`]) answers, or one fetch per key
-//! (single flight) asks Secrets Manager with the scope's session. At INVOKE, [`Secrets::prefetch`]
-//! fetches every allowlisted secret that is missing or stale with `BatchGetSecretValue`, 20 per
-//! call, the calls in parallel, while the function starts.
+//! (single flight) asks Secrets Manager (`GetSecretValue`) or Parameter Store (`GetParameter`)
+//! with the scope's session. At INVOKE, [`Secrets::prefetch`] fetches every allowlisted item
+//! that is missing or stale while the function starts: secrets with `BatchGetSecretValue` (20 a
+//! call), parameters with `GetParameters` (10 a call), all the calls in parallel.
 //! See <https://docs.aws.amazon.com/secretsmanager/latest/apireference/API_BatchGetSecretValue.html>.
 
 pub mod cache;
+pub mod parameter;
+mod prefetch;
+pub mod served;
+mod upstream;
 pub mod value;
 
 use std::fmt;
@@ -15,14 +20,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use aws_sdk_secretsmanager as secretsmanager;
-use secretsmanager::error::{ProvideErrorMetadata, SdkError};
-use secretsmanager::operation::get_secret_value::GetSecretValueOutput;
-
 use self::cache::{Cache, Key};
-use self::value::{SecretValue, Served, Source};
+use self::served::{Item, Served, Source};
+use self::upstream::classify;
+use self::value::SecretValue;
 use crate::config::allowlist::EntryIndex;
 use crate::domain::error::ReadError;
+use crate::domain::item::Wanted;
 use crate::domain::version::Version;
 use crate::evidence::Evidence;
 use crate::invocation::Invocations;
@@ -76,21 +80,34 @@ impl Secrets {
         &self.cache
     }
 
-    /// The allowlisted secret `entry` at `version`, from the cache or from AWS with `scope`'s
-    /// session (`None`: the scope running now); `refresh` skips the cache for this read (a
-    /// failure leaves the cache as it was).
+    /// What `wanted` asks of the allowlisted item `entry`, from the cache or from AWS; `refresh`
+    /// skips the cache for this read (a failure leaves the cache as it was). Every wait (for an
+    /// invocation, for its session) ends at `deadline` and happens before the key's
+    /// single-flight lock is taken, so concurrent readers wait side by side, not in turn; the
+    /// lock then covers one upstream call.
+    ///
+    /// A read that began in the init phase and whose init scope ended before it was served
+    /// (the first INVOKE, or the end of INIT, came meanwhile) is not served by the init session:
+    /// it is read again under the scope that is current now. `named`: the scope of the
+    /// invocation the caller named (Managed Instances through the Runtime API proxy), whose
+    /// session fetches instead of the current scope's.
     ///
     /// # Errors
     /// [`ReadError`], never containing a value.
     pub async fn get(
         &self,
         entry: EntryIndex,
-        version: Version,
+        wanted: Wanted,
         refresh: bool,
-        scope: Option<&Arc<Scope>>,
+        deadline: tokio::time::Instant,
+        named: Option<&Arc<Scope>>,
     ) -> Result<Served, ReadError> {
-        let key = Key { entry, version: version.clone() };
-        let served = self.cache.get_or_fetch(key, refresh, || self.fetch(entry, version, scope)).await;
+        let key = Key { entry, wanted };
+        let served = if refresh { None } else { self.cache.fresh_served(&key) };
+        let served = match served {
+            Some(served) => Ok(served),
+            None => self.get_with_scope(&key, refresh, deadline, named).await,
+        };
         match &served {
             Ok(Served { source: Source::Cache, .. }) => {
                 self.counters.cache_hits.fetch_add(1, Relaxed);
@@ -105,33 +122,70 @@ impl Secrets {
         served
     }
 
-    /// One fetch for `scope` (`None`: the current one): its session (waiting, bounded, for
-    /// it), one `GetSecretValue`, and, when AWS refuses credentials that worked before (a
-    /// revocation by another environment of this function), one renewal and one more try.
+    /// The miss path of [`Secrets::get`]: the scope, its session, then the key's single flight.
+    async fn get_with_scope(
+        &self,
+        key: &Key,
+        refresh: bool,
+        deadline: tokio::time::Instant,
+        named: Option<&Arc<Scope>>,
+    ) -> Result<Served, ReadError> {
+        let waiting = Instant::now();
+        let mut retried = false;
+        loop {
+            let scope = match named {
+                Some(scope) => Arc::clone(scope),
+                None => self.invocations.current_scope_until(deadline).await?,
+            };
+            let session = match tokio::time::timeout_at(deadline, scope.session()).await {
+                Ok(Ok(session)) => session,
+                // The init scope ended while this read waited for its session: read again
+                // under the scope that is current now (once).
+                Ok(Err(ReadError::InvocationEnded)) if is_init(&scope) && !retried => {
+                    retried = true;
+                    continue;
+                }
+                Ok(Err(error)) => return Err(error),
+                Err(_elapsed) => return Err(ReadError::WaitTimeout),
+            };
+            self.evidence.waited(waiting.elapsed());
+            let served = self
+                .cache
+                .get_or_fetch(key.clone(), refresh, || self.fetch(key.entry, &key.wanted, &scope, &session))
+                .await;
+            scope.release(&session).await;
+            drop(session);
+            if is_init(&scope) && scope.has_ended() && !retried {
+                // Fetched with the init session, but the init scope ended before the answer
+                // went out: dropped (wiped, never cached), and read again.
+                if let Ok(Served { source: Source::Aws, .. }) | Err(_) = &served {
+                    retried = true;
+                    continue;
+                }
+            }
+            return served;
+        }
+    }
+
+    /// One fetch with `scope`'s `session`: one `GetSecretValue` or `GetParameter`, and, when AWS
+    /// refuses credentials that worked before (a revocation by another environment of this
+    /// function), one renewal and one more try.
     async fn fetch(
         &self,
         entry: EntryIndex,
-        version: Version,
-        scope: Option<&Arc<Scope>>,
-    ) -> Result<(Arc<SecretValue>, Arc<Scope>), ReadError> {
-        let waiting = Instant::now();
-        let scope = match scope {
-            Some(scope) => Arc::clone(scope),
-            None => self.invocations.current_scope().await?,
-        };
-        let session = tokio::time::timeout(self.invocations.wait_timeout(), scope.session())
-            .await
-            .map_err(|_elapsed| ReadError::WaitTimeout)??;
-        self.evidence.waited(waiting.elapsed());
+        wanted: &Wanted,
+        scope: &Arc<Scope>,
+        session: &Arc<Session>,
+    ) -> Result<(Item, Arc<Scope>), ReadError> {
         let allowlist = self.tenancy.current().ok_or(ReadError::TenantUnknown)?;
-        let secret_id = allowlist.entry(entry).map(|e| e.secret_id().to_owned()).unwrap_or_default();
-        let output = match self.fetch_one(&session, &secret_id, &version).await {
+        let id = allowlist.entry(entry).map(|e| e.upstream_id().to_owned()).unwrap_or_default();
+        let item = match self.fetch_one(session, &id, wanted).await {
             Err(refused @ ReadError::AccessDenied { .. }) if session.has_succeeded() => {
-                match scope.renew_after_denial(&session).await {
+                match scope.renew_after_denial(session).await {
                     Ok(Some(renewed)) => {
-                        let output = self.fetch_one(&renewed, &secret_id, &version).await;
+                        let item = self.fetch_one(&renewed, &id, wanted).await;
                         scope.release(&renewed).await;
-                        output
+                        item
                     }
                     Ok(None) => Err(refused),
                     Err(error) => Err(error),
@@ -139,140 +193,105 @@ impl Secrets {
             }
             other => other,
         };
-        scope.release(&session).await;
-        let output = output?;
-        let value = Arc::new(SecretValue::from_parts(
-            output.arn,
-            output.name,
-            output.version_id,
-            output.secret_string,
-            output.secret_binary,
-            output.version_stages,
-            output.created_date,
-        ));
-        Ok((value, scope))
+        Ok((item?, Arc::clone(scope)))
     }
 
-    async fn fetch_one(
-        &self,
-        session: &Session,
-        secret_id: &str,
-        version: &Version,
-    ) -> Result<GetSecretValueOutput, ReadError> {
-        let mut request = session.client().get_secret_value().secret_id(secret_id);
-        request = match version {
-            Version::Current => request,
-            Version::Stage(stage) => request.version_stage(stage),
-            Version::Id(id) => request.version_id(id),
-        };
+    async fn fetch_one(&self, session: &Session, id: &str, wanted: &Wanted) -> Result<Item, ReadError> {
         self.counters.upstream_calls.fetch_add(1, Relaxed);
         let started = Instant::now();
-        let output = request.send().await.map_err(|e| classify(&e));
+        let item = match wanted {
+            Wanted::Secret(version) => get_secret(session, id, version).await.map(|v| Item::Secret(Arc::new(v))),
+            Wanted::Parameter { version, decrypt } => {
+                parameter::get(session, id, version, *decrypt).await.map(|v| Item::Parameter(Arc::new(v)))
+            }
+        };
         self.evidence.fetch(started.elapsed());
-        let output = output?;
+        let item = item?;
         session.mark_succeeded();
-        Ok(output)
-    }
-
-    /// Fetches every allowlisted secret whose current version is missing or stale, in as few
-    /// `BatchGetSecretValue` calls as AWS allows, the calls in parallel. Failures are logged and
-    /// left for the requests themselves to report.
-    pub async fn prefetch(&self, scope: &Arc<Scope>) {
-        let allowlist = match self.tenancy.allowlist(self.invocations.wait_timeout()).await {
-            Ok(allowlist) => allowlist,
-            Err(error) => {
-                tracing::warn!(event = "prefetch_failed", request_id = %scope.label(), cause = %error);
-                return;
-            }
-        };
-        let keys = allowlist.iter().map(|(entry, _)| Key { entry, version: Version::Current }).collect();
-        // Held until the batch is stored: a request for one of these waits for it instead of
-        // fetching it a second time.
-        let locked = self.cache.lock_missing(keys).await;
-        let wanted: Vec<(EntryIndex, String)> = locked
-            .iter()
-            .filter_map(|(key, _)| Some((key.entry, allowlist.entry(key.entry)?.secret_id().to_owned())))
-            .collect();
-        if wanted.is_empty() {
-            return;
-        }
-        let session = match scope.session().await {
-            Ok(session) => session,
-            Err(error) => {
-                tracing::warn!(event = "prefetch_failed", request_id = %scope.label(), cause = %error);
-                return;
-            }
-        };
-        let calls = wanted.chunks(BATCH_LIMIT).map(|chunk| {
-            let ids: Vec<String> = chunk.iter().map(|(_, id)| id.clone()).collect();
-            self.counters.upstream_calls.fetch_add(1, Relaxed);
-            session.client().batch_get_secret_value().set_secret_id_list(Some(ids)).send()
-        });
-        for result in futures_util::future::join_all(calls).await {
-            let output = match result {
-                Ok(output) => output,
-                Err(error) => {
-                    tracing::warn!(event = "prefetch_failed", request_id = %scope.label(), cause = %classify(&error));
-                    continue;
-                }
-            };
-            session.mark_succeeded();
-            for error in output.errors.unwrap_or_default() {
-                tracing::warn!(
-                    event = "prefetch_error",
-                    request_id = %scope.label(),
-                    secret_id = error.secret_id.as_deref().unwrap_or(""),
-                    code = error.error_code.as_deref().unwrap_or(""),
-                );
-            }
-            for item in output.secret_values.unwrap_or_default() {
-                let value = SecretValue::from_parts(
-                    item.arn,
-                    item.name,
-                    item.version_id,
-                    item.secret_string,
-                    item.secret_binary,
-                    item.version_stages,
-                    item.created_date,
-                );
-                let entry = wanted
-                    .iter()
-                    .find(|(_, id)| *id == value.arn() || *id == value.name())
-                    .map(|(entry, _)| *entry)
-                    .or_else(|| allowlist.find(value.arn()));
-                if let Some(entry) = entry {
-                    self.counters.fetched.fetch_add(1, Relaxed);
-                    self.cache.store(scope, Key { entry, version: Version::Current }, Arc::new(value));
-                }
-            }
-        }
-        scope.release(&session).await;
-        drop(locked);
+        Ok(item)
     }
 }
 
-fn classify<E: ProvideErrorMetadata + fmt::Debug, R: fmt::Debug>(error: &SdkError<E, R>) -> ReadError {
-    match error {
-        SdkError::TimeoutError(_) => ReadError::UpstreamTimeout,
-        SdkError::DispatchFailure(failure) if failure.is_timeout() => ReadError::UpstreamTimeout,
-        SdkError::DispatchFailure(_) => ReadError::Upstream { kind: "connection failed".into() },
-        SdkError::ServiceError(service) => {
-            let mut code = service.err().code().unwrap_or("Unknown").to_owned();
-            code.retain(|c| c.is_ascii_alphanumeric());
-            match code.as_str() {
-                "ResourceNotFoundException" => ReadError::NotFound,
-                "AccessDeniedException"
-                | "AccessDenied"
-                | "UnrecognizedClientException"
-                | "ExpiredTokenException"
-                | "InvalidSignatureException" => ReadError::AccessDenied { code },
-                "ThrottlingException" | "TooManyRequestsException" | "RequestLimitExceeded" => ReadError::Throttled,
-                "InvalidParameterException" | "InvalidRequestException" | "ValidationException" => {
-                    ReadError::InvalidRequest { code }
-                }
-                _ => ReadError::Upstream { kind: code },
-            }
+/// One `GetSecretValue` with `session`, the value moved into zeroizing memory.
+async fn get_secret(session: &Session, secret_id: &str, version: &Version) -> Result<SecretValue, ReadError> {
+    let client = session.client().ok_or_else(|| ReadError::Upstream { kind: "no Secrets Manager client".into() })?;
+    let mut request = client.get_secret_value().secret_id(secret_id);
+    request = match version {
+        Version::Current => request,
+        Version::Stage(stage) => request.version_stage(stage),
+        Version::Id(id) => request.version_id(id),
+    };
+    let output = request.send().await.map_err(|e| classify(&e))?;
+    Ok(SecretValue::from_parts(
+        output.arn,
+        output.name,
+        output.version_id,
+        output.secret_string,
+        output.secret_binary,
+        output.version_stages,
+        output.created_date,
+    ))
+}
+
+/// Whether `scope` is the init phase's (the scope before any invocation).
+fn is_init(scope: &Scope) -> bool {
+    scope.generation() == 0 && scope.label() == "init"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::code::Code;
+    use crate::invocation::Start;
+    use crate::testing;
+    use std::time::SystemTime;
+
+    /// Five concurrent reads of one secret, each with a one-second wait; when each answered.
+    async fn five_readers(secrets: &Arc<Secrets>) -> Vec<(Result<(), Code>, Duration)> {
+        let started = tokio::time::Instant::now();
+        let readers: Vec<_> = (0..5)
+            .map(|_| {
+                let secrets = Arc::clone(secrets);
+                tokio::spawn(async move {
+                    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+                    let read = secrets.get(0, Wanted::Secret(Version::Current), false, deadline, None).await;
+                    (read.map(|_| ()).map_err(|e| e.code()), started.elapsed())
+                })
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for reader in readers {
+            answers.push(reader.await.expect("joined"));
         }
-        _ => ReadError::Upstream { kind: "unexpected answer".into() },
+        answers
+    }
+
+    async fn secrets(invocations: Arc<Invocations>) -> Arc<Secrets> {
+        let (_, tenancy, evidence) = testing::factory(testing::config("app/db", &[])).await;
+        Arc::new(Secrets::new(tenancy, Duration::from_secs(300), invocations, evidence))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_readers_between_invocations_wait_side_by_side_not_in_turn() {
+        let invocations = testing::invocations(Start::Init(SystemTime::now()), Duration::from_secs(1)).await;
+        invocations.end_init().await;
+        let secrets = secrets(invocations).await;
+        let answers = five_readers(&secrets).await;
+        for (result, at) in answers {
+            assert_eq!((result, at), (Err(Code::NoActiveInvocation), Duration::from_secs(1)), "one wait each");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_readers_share_one_failed_session_start() {
+        let invocations = testing::invocations(Start::Init(SystemTime::now()), Duration::from_secs(1)).await;
+        invocations.begin("r1", SystemTime::now() + Duration::from_secs(60)).await;
+        let secrets = secrets(invocations).await;
+        let answers = five_readers(&secrets).await;
+        let first = answers[0].1;
+        for (result, at) in answers {
+            assert_eq!(result, Err(Code::SessionFailed), "STS is a closed port");
+            assert_eq!(at, first, "answered together, not one after another");
+        }
     }
 }

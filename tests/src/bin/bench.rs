@@ -351,7 +351,8 @@ async fn per_invocation(stack: &Stack, args: &Args, table: &mut Table) -> anyhow
             .start(&format!("bench-{i:08}-0000-0000-0000-000000000000"), 0, SystemTime::now() + Duration::from_secs(60))
             .await?;
         let assumed = Instant::now();
-        let output = session.client().batch_get_secret_value().secret_id_list(SECRET).send().await?;
+        let client = session.client().context("the bench's allowlist has a secret")?;
+        let output = client.batch_get_secret_value().secret_id_list(SECRET).send().await?;
         ensure!(output.secret_values().len() == 1, "the direct batch read nothing");
         let emulator = (assumed - began, assumed.elapsed());
         fetch_read.push(read / 1e3);
@@ -419,7 +420,10 @@ async fn direct_factory(stack: &Stack, endpoint: &str) -> anyhow::Result<scoped_
     );
     let sdk = scoped_secrets::aws::sdk_loader(&config).credentials_provider(credentials).load().await;
     let evidence = Arc::new(scoped_secrets::evidence::Evidence::new(config.allowlist.len()));
-    let tenancy = Arc::new(scoped_secrets::tenant::Tenancy::new(config.allowlist.clone()));
+    let tenancy = Arc::new(scoped_secrets::tenant::Tenancy::new(
+        config.allowlist.clone(),
+        tokio_util::sync::CancellationToken::new(),
+    ));
     Ok(scoped_secrets::session::SessionFactory::new(&sdk, Arc::new(config), tenancy, Some("benchenv".into()), evidence))
 }
 

@@ -133,7 +133,7 @@ async fn unchanged_javascript_sdk_code_reads_through_the_extension() -> anyhow::
 }
 
 /// A `GetSecretValue` request signed as an SDK would, with `credentials` and `time`.
-fn signed_request(
+pub(super) fn signed_request(
     port: u16,
     credentials: &StaticCredentials,
     secret: &str,
@@ -182,7 +182,7 @@ fn signed_request(
     request.body(Full::new(Bytes::from(body.to_owned()))).expect("request")
 }
 
-async fn send(request: http::Request<Full<Bytes>>) -> anyhow::Result<(u16, Value)> {
+pub(super) async fn send(request: http::Request<Full<Bytes>>) -> anyhow::Result<(u16, Value)> {
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let response = client.request(request).await?;
     let status = response.status().as_u16();

@@ -245,9 +245,17 @@ async fn the_sam_template_grants_least_privilege() -> anyhow::Result<()> {
     assert_eq!(trust[0]["Effect"], "Allow");
     assert_eq!(trust[0]["Principal"], json!({"AWS": get_att("ExecutionRole")}));
     assert_eq!(trust[0]["Action"], "sts:AssumeRole", "no TagSession or SetSourceIdentity: the extension uses neither");
+    // The example parameter: its exact ARN, and ARN:* for its :version and :label reads.
+    let parameter = "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter${ConfigParameterName}";
+    let mut parameters = vec![json!({"Fn::Sub": parameter}), json!({"Fn::Sub": format!("{parameter}:*")})];
+    parameters.sort_by_key(Value::to_string);
+    assert_eq!(resources["ConfigParameter"]["Properties"]["Name"], reference("ConfigParameterName"));
+    assert_eq!(resources["ConfigParameter"]["Properties"]["Type"], "String");
     let expected = vec![
         ("secretsmanager:GetSecretValue".to_owned(), json!(secrets)),
         ("secretsmanager:BatchGetSecretValue".to_owned(), json!("*")),
+        ("ssm:GetParameter".to_owned(), json!(parameters)),
+        ("ssm:GetParameters".to_owned(), json!(parameters)),
     ];
     let policies = scoped["Policies"].as_array().context("scoped role policies")?;
     assert_eq!(policies.len(), 1);
@@ -279,10 +287,20 @@ async fn the_sam_template_grants_least_privilege() -> anyhow::Result<()> {
         ["nodejs22.x", "nodejs22.x", "provided.al2023", "python3.13", "python3.13"],
         "Rust, Python and Node.js, and the two SDK examples"
     );
-    for name in ["PythonSdkReaderFunction", "NodeSdkReaderFunction"] {
-        let variables = &resources[name]["Properties"]["Environment"]["Variables"];
-        assert_eq!(variables, &json!({"AWS_ENDPOINT_URL_SECRETS_MANAGER": "http://127.0.0.1:2773"}), "{name}");
-    }
+    let endpoint = "http://127.0.0.1:2773";
+    assert_eq!(
+        resources["PythonSdkReaderFunction"]["Properties"]["Environment"]["Variables"],
+        json!({
+            "AWS_ENDPOINT_URL_SECRETS_MANAGER": endpoint,
+            "AWS_ENDPOINT_URL_SSM": endpoint,
+            "SCOPED_SECRETS_PARAMETERS": {"Fn::Sub": "config=${ConfigParameterName}"},
+        }),
+        "the boto3 example reads the parameter too"
+    );
+    assert_eq!(
+        resources["NodeSdkReaderFunction"]["Properties"]["Environment"]["Variables"],
+        json!({"AWS_ENDPOINT_URL_SECRETS_MANAGER": endpoint})
+    );
     for (name, function) in &functions {
         assert_eq!(function["Properties"]["Role"], get_att("ExecutionRole"), "{name}");
         assert!(function["Properties"].get("Policies").is_none(), "{name}: no SAM policy templates");

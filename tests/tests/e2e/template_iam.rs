@@ -13,7 +13,9 @@ use anyhow::{Context, anyhow};
 use scoped_secrets_tests::aws_proxy::AwsProxy;
 use scoped_secrets_tests::examples;
 use scoped_secrets_tests::lambda::{Environment, Options, free_port};
-use scoped_secrets_tests::ministack::{ACCOUNT_ID, MiniStack, REGION, StaticCredentials, read_secret_as};
+use scoped_secrets_tests::ministack::{
+    ACCOUNT_ID, MiniStack, REGION, StaticCredentials, read_parameter_as, read_secret_as,
+};
 use scoped_secrets_tests::sha256_hex;
 use serde_json::{Value, json};
 
@@ -89,6 +91,16 @@ async fn the_templates_own_iam_lets_the_extension_read_the_functions_secrets_and
     let stranger =
         secrets_manager.create_secret().name("another-app/db").secret_string("canary-stranger").send().await?;
     let stranger = stranger.arn().context("secret ARN")?.to_owned();
+    // The template's parameter under its default name, and one the template knows nothing of.
+    names.insert("AWS::Partition".into(), "aws".into());
+    names.insert("AWS::Region".into(), REGION.into());
+    names.insert("AWS::AccountId".into(), ACCOUNT_ID.into());
+    assert_eq!(properties("ConfigParameter")["Name"], json!({"Ref": "ConfigParameterName"}));
+    let config = template["Parameters"]["ConfigParameterName"]["Default"].as_str().context("default name")?.to_owned();
+    names.insert("ConfigParameterName".into(), config.clone());
+    ministack.put_parameter(&config, "canary-config-5b1e07", "String", None, false).await?;
+    let stranger_parameter = "/another-app/config";
+    ministack.put_parameter(stranger_parameter, "canary-stranger-config", "String", None, false).await?;
     let log_groups = resources.as_object().into_iter().flatten().filter(|(_, r)| r["Type"] == "AWS::Logs::LogGroup");
     for (log_group, _) in log_groups {
         names.insert(
@@ -181,6 +193,7 @@ async fn the_templates_own_iam_lets_the_extension_read_the_functions_secrets_and
     for secret in [&names["DatabaseSecret"], &stranger] {
         assert_eq!(read_secret_as(&endpoint, &exec, secret).await, Err("AccessDeniedException".into()));
     }
+    assert_eq!(read_parameter_as(&endpoint, &exec, &config).await, Err("AccessDeniedException".into()));
     // A session the extension was issued reads the function's secrets, not another's.
     let issued = proxy.assume_role_calls().iter().find_map(|c| c.credentials.clone()).context("a session")?;
     assert!(read_secret_as(&endpoint, &issued, &names["DatabaseSecret"]).await.is_ok());
@@ -196,6 +209,8 @@ async fn the_templates_own_iam_lets_the_extension_read_the_functions_secrets_and
         Ok(values["ApiKeySecret"].as_str())
     );
     assert_eq!(read_secret_as(&endpoint, &direct, &stranger).await, Err("AccessDeniedException".into()));
+    assert_eq!(read_parameter_as(&endpoint, &direct, &config).await.as_deref(), Ok("canary-config-5b1e07"));
+    assert_eq!(read_parameter_as(&endpoint, &direct, stranger_parameter).await, Err("AccessDeniedException".into()));
     // Trust: only the execution role may assume the scoped role; the scoped role may not
     // chain to itself, and a session of it cannot either.
     let direct_sts = aws_sdk_sts::Client::new(&direct.sdk_config(&endpoint));
@@ -203,7 +218,7 @@ async fn the_templates_own_iam_lets_the_extension_read_the_functions_secrets_and
     assert!(refused.is_err(), "the scoped role trusts only the execution role");
     // The boundary: a policy added to the scoped role later cannot widen its reach.
     let everything = json!({"Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Action": "secretsmanager:*", "Resource": "*"}]});
+        "Statement": [{"Effect": "Allow", "Action": ["secretsmanager:*", "ssm:*"], "Resource": "*"}]});
     ministack.put_role_policy("ScopedRole", "too-broad", &everything).await?;
     let widened =
         credentials_of(&exec_sts.assume_role().role_arn(&scoped_arn).role_session_name("widened").send().await?)?;
@@ -212,10 +227,16 @@ async fn the_templates_own_iam_lets_the_extension_read_the_functions_secrets_and
         Err("AccessDeniedException".into()),
         "the permissions boundary holds"
     );
+    assert_eq!(
+        read_parameter_as(&endpoint, &widened, stranger_parameter).await,
+        Err("AccessDeniedException".into()),
+        "for parameters too"
+    );
     // Control: without the boundary, the same policy would have reached it.
     iam.delete_role_permissions_boundary().role_name("ScopedRole").send().await?;
     let unbounded =
         credentials_of(&exec_sts.assume_role().role_arn(&scoped_arn).role_session_name("unbounded").send().await?)?;
     assert!(read_secret_as(&endpoint, &unbounded, &stranger).await.is_ok(), "the boundary was what refused");
+    assert!(read_parameter_as(&endpoint, &unbounded, stranger_parameter).await.is_ok());
     Ok(())
 }
