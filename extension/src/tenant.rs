@@ -91,7 +91,7 @@ struct Books {
     /// Whether the serving invocation's own record named this environment's tenant.
     confirmed: bool,
     /// Records for invocations not being served (yet), newest last.
-    early: VecDeque<(String, Candidate)>,
+    early: VecDeque<(String, Candidate, &'static str)>,
 }
 
 /// The allowlist as the environment's tenant makes it.
@@ -220,27 +220,33 @@ impl Tenancy {
         let mut books = self.books();
         books.serving = Some(request_id.to_owned());
         books.confirmed = false;
-        let early = books.early.iter().position(|(id, _)| id == request_id)?;
-        let (_, candidate) = books.early.remove(early)?;
-        Some(self.decide(&mut books, request_id, candidate))
+        let early = books.early.iter().position(|(id, ..)| id == request_id)?;
+        let (_, candidate, source) = books.early.remove(early)?;
+        Some(self.decide(&mut books, request_id, candidate, source))
     }
 
     /// Takes in the `tenantId` the platform gave for invocation `request_id`: decided at once
     /// for the invocation being served, kept (bounded) for one not served yet.
     pub fn observe(&self, raw: &str, request_id: &str) -> Observed {
+        self.observe_from(raw, request_id, "telemetry")
+    }
+
+    /// [`Tenancy::observe`] for a tenant named by `source` (`telemetry`, or `runtime_api`: the
+    /// `/next` answer's header through the Runtime API proxy), which the audit line names.
+    pub fn observe_from(&self, raw: &str, request_id: &str, source: &'static str) -> Observed {
         if !is_request_id(request_id) {
             return Observed::Ignored;
         }
         let candidate = Candidate::of(raw);
         let mut books = self.books();
         if books.serving.as_deref() == Some(request_id) {
-            return self.decide(&mut books, request_id, candidate);
+            return self.decide(&mut books, request_id, candidate, source);
         }
-        books.early.retain(|(id, _)| id != request_id);
+        books.early.retain(|(id, ..)| id != request_id);
         if books.early.len() == EARLY {
             books.early.pop_front();
         }
-        books.early.push_back((request_id.to_owned(), candidate));
+        books.early.push_back((request_id.to_owned(), candidate, source));
         Observed::Pending
     }
 
@@ -250,7 +256,7 @@ impl Tenancy {
 
     /// Decides what `candidate`, named for the serving invocation `request_id`, means; writes
     /// the audit line and breaks the environment on a second tenant.
-    fn decide(&self, books: &mut Books, request_id: &str, candidate: Candidate) -> Observed {
+    fn decide(&self, books: &mut Books, request_id: &str, candidate: Candidate, source: &'static str) -> Observed {
         let chars = candidate.chars() as u64;
         let observed = match &books.first {
             Some(first) if *first == candidate => Observed::Same,
@@ -277,14 +283,14 @@ impl Tenancy {
         self.observed.send_modify(|count| *count += 1);
         match &observed {
             Observed::First(tenant) => {
-                tracing::info!(target: "audit", event = "tenant_known", request_id, tenant_id = tenant.as_str());
+                tracing::info!(target: "audit", event = "tenant_known", request_id, tenant_id = tenant.as_str(), source);
             }
             Observed::Refused(why) => {
                 // The platform's text is not echoed: only its length and what is wrong with it.
-                tracing::warn!(target: "audit", event = "tenant_refused", request_id, tenant_id_chars = chars, reason = why);
+                tracing::warn!(target: "audit", event = "tenant_refused", request_id, tenant_id_chars = chars, reason = why, source);
             }
             Observed::Changed => {
-                tracing::error!(target: "audit", event = "tenant_changed", request_id, tenant_id_chars = chars);
+                tracing::error!(target: "audit", event = "tenant_changed", request_id, tenant_id_chars = chars, source);
                 self.broken.cancel();
             }
             Observed::Same | Observed::Pending | Observed::Ignored => {}
@@ -390,7 +396,7 @@ mod tests {
         {
             let books = tenancy.books();
             assert_eq!(books.early.len(), EARLY, "the newest few only");
-            assert!(books.early.iter().all(|(_, candidate)| *candidate == Candidate::TooLong(1 << 20)));
+            assert!(books.early.iter().all(|(_, candidate, _)| *candidate == Candidate::TooLong(1 << 20)));
         }
         tenancy.serve("forged-99");
         assert!(matches!(tenancy.allowlist(after(0)).await, Err(ReadError::TenantRefused)));

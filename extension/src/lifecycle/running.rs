@@ -160,7 +160,7 @@ impl Extension {
     ///
     /// [`Tenancy::serve`]: crate::tenant::Tenancy::serve
     pub(super) fn observe_tenant(&self, raw: &str, request_id: &RequestId) -> bool {
-        self.tenancy.observe(raw, request_id.as_str()) != Observed::Changed
+        self.tenancy.observe_from(raw, request_id.as_str(), "runtime_api") != Observed::Changed
     }
 
     /// Managed Instances: invocation `request_id` begins beside the others.

@@ -28,6 +28,7 @@ use hyper_util::rt::TokioExecutor;
 use lambda_simulator::ShutdownReason;
 use scoped_secrets_tests::Stack;
 use scoped_secrets_tests::lambda::{Environment, InitFailed, Options, free_port, target_dir};
+use scoped_secrets_tests::runtime_client::RuntimeClient;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
@@ -204,6 +205,8 @@ async fn main() -> anyhow::Result<()> {
             args.invocations
         );
         post_response(&stack, &args, &mut table).await?;
+        eprintln!("==> what the proxy adds to a runtime's /next and /response: {} calls each way", args.invocations);
+        proxy_latency(&stack, &args, &mut table).await?;
     }
     if wanted("trips") {
         eprintln!("==> round trips per invocation that fetches");
@@ -396,6 +399,46 @@ async fn post_response(stack: &Stack, args: &Args, table: &mut Table) -> anyhow:
             continue;
         }
         row.target("< 1 ms", |m| m < 1.0);
+    }
+    Ok(())
+}
+
+/// Issue 14: what the Runtime API proxy adds to a runtime's calls. The bench plays the runtime
+/// (as the e2e tests do): the same `/next` and `/response` straight to the local Lambda
+/// environment and through the proxy, alternating invocation by invocation, with a 2-byte and a
+/// 1 MB event and result. Timed from sending the request to having the whole answer; `/next`
+/// is asked once the invocation is queued, so it measures the answer, not a wait for work.
+async fn proxy_latency(stack: &Stack, args: &Args, table: &mut Table) -> anyhow::Result<()> {
+    let (environment, _) = environment(stack, &[], false).await?;
+    let proxy = RuntimeClient::new(&environment.runtime_proxy().context("the extension has no proxy")?);
+    let direct = RuntimeClient::new(environment.runtime_api());
+    let timeout = Duration::from_secs(10);
+    for (label, size) in [("2 B", 0_usize), ("1 MB", 1_000_000)] {
+        // [next, response] × [direct, proxy]
+        let mut samples: [[Samples; 2]; 2] = Default::default();
+        for n in 0..args.invocations * 2 {
+            let (via, client) = if n % 2 == 0 { (0, &direct) } else { (1, &proxy) };
+            let event = if size == 0 { json!({}) } else { json!({ "blob": "e".repeat(size) }) };
+            let (request_id, enqueued) = environment.enqueue(event, timeout).await?;
+            let started = Instant::now();
+            let next = client.next().await?;
+            samples[0][via].push(ms(started.elapsed()));
+            ensure!(next.header("lambda-runtime-aws-request-id") == Some(request_id.as_str()), "another invocation");
+            let result =
+                if size == 0 { Bytes::from_static(b"{}") } else { Bytes::from(format!("\"{}\"", "r".repeat(size))) };
+            let started = Instant::now();
+            let answer = client.respond(&request_id, result).await?;
+            samples[1][via].push(ms(started.elapsed()));
+            ensure!(answer.status == 202, "the result was refused: {}", answer.status);
+            environment.complete(&request_id, enqueued, timeout).await?;
+        }
+        for (call, [straight, through]) in ["/next", "/response"].into_iter().zip(samples) {
+            let base = straight.median();
+            table.add(format!("runtime {call}, {label}, straight to Lambda"), "ms", &straight);
+            table
+                .add(format!("runtime {call}, {label}, through the proxy"), "ms", &through)
+                .target(&format!("< {} ms (straight + 0.2 ms)", fmt(base + 0.2)), |m| m < base + 0.2);
+        }
     }
     Ok(())
 }
