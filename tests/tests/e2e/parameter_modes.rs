@@ -51,12 +51,20 @@ async fn parameters_follow_managed_instances_and_tenant_isolation() -> anyhow::R
         assert_eq!((status, answer["Parameter"]["Value"].as_str()), (200, Some(CONFIG_V1)), "{answer}");
     }
     let log = environment.extension.output.clone();
-    let mut asserted: Vec<String> = log
-        .events("allow")
-        .iter()
-        .filter(|a| a["kind"] == "parameter" && a["request_id_asserted"] == true)
-        .filter_map(|a| a["request_id"].as_str().map(str::to_owned))
-        .collect();
+    // Each line is written before its answer, but the harness reads the pipe on its own: under
+    // load the last line can reach the test's copy a moment after the answers did.
+    let asserted_reads = || -> Vec<String> {
+        log.events("allow")
+            .iter()
+            .filter(|a| a["kind"] == "parameter" && a["request_id_asserted"] == true)
+            .filter_map(|a| a["request_id"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let waiting = std::time::Instant::now();
+    while asserted_reads().len() < 3 && waiting.elapsed() < std::time::Duration::from_secs(5) {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let mut asserted = asserted_reads();
     asserted.sort();
     assert_eq!(asserted, ["req-0", "req-1", "req-2"]);
     let ended = log.events("session_ended");
