@@ -22,13 +22,7 @@ impl RequestId {
     /// # Errors
     /// Why `raw` is not a request id.
     pub fn parse(raw: &str) -> Result<Self, &'static str> {
-        if raw.is_empty() || raw.len() > MAX_REQUEST_ID_BYTES {
-            return Err("a request id is 1 to 64 characters");
-        }
-        if !raw.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b)) {
-            return Err("a request id uses only A-Z a-z 0-9 - _");
-        }
-        Ok(Self(raw.to_owned()))
+        check(raw).map(|()| Self(raw.to_owned()))
     }
 
     /// The id.
@@ -37,10 +31,20 @@ impl RequestId {
     }
 }
 
-/// Whether `text` can be a request id ([`RequestId::parse`] would accept it).
+/// Whether `text` can be a request id ([`RequestId::parse`] would accept it), without keeping it.
 pub fn is_request_id(text: &str) -> bool {
-    (1..=MAX_REQUEST_ID_BYTES).contains(&text.len())
-        && text.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+    check(text).is_ok()
+}
+
+/// The one rule, for [`RequestId::parse`] and [`is_request_id`].
+fn check(raw: &str) -> Result<(), &'static str> {
+    if raw.is_empty() || raw.len() > MAX_REQUEST_ID_BYTES {
+        return Err("a request id is 1 to 64 characters");
+    }
+    if !raw.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b)) {
+        return Err("a request id uses only A-Z a-z 0-9 - _");
+    }
+    Ok(())
 }
 
 impl fmt::Debug for RequestId {

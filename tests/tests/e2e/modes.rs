@@ -22,7 +22,8 @@ fn container_token() -> String {
     format!("container-token-{:016x}", hasher.finish())
 }
 
-async fn start(options: Options) -> anyhow::Result<Environment> {
+/// Starts an environment; a failed INIT is an error with the extension's output.
+pub(super) async fn start(options: Options) -> anyhow::Result<Environment> {
     match Environment::start(options).await? {
         Ok(environment) => Ok(environment),
         Err(failed) => anyhow::bail!("INIT failed: {:?}\n{}", failed.reported, failed.output.text()),

@@ -14,6 +14,7 @@ use scoped_secrets_tests::runtime_client::RuntimeClient;
 use scoped_secrets_tests::{Stack, sha256_hex};
 use serde_json::{Value, json};
 
+use super::modes::start;
 use super::{TIMEOUT, read, value_of};
 
 const WRAPPER: (&str, &str) = ("AWS_LAMBDA_EXEC_WRAPPER", "/opt/scoped-secrets-wrapper");
@@ -21,13 +22,6 @@ const TOKEN_HEADER: &str = "X-Aws-Parameters-Secrets-Token";
 
 fn events_for(environment: &Environment, event: &str, request_id: &str) -> Vec<Value> {
     environment.extension.output.events(event).into_iter().filter(|l| l["request_id"] == request_id).collect()
-}
-
-async fn start(options: Options) -> anyhow::Result<Environment> {
-    match Environment::start(options).await? {
-        Ok(environment) => Ok(environment),
-        Err(failed) => anyhow::bail!("INIT failed: {:?}\n{}", failed.reported, failed.output.text()),
-    }
 }
 
 /// Telemetry held back 5 s: the invocation still ends at the function's response, and by the
