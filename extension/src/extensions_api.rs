@@ -157,6 +157,9 @@ impl Registered {
     /// # Errors
     /// [`ApiError`]; the caller reports it with `exit/error`.
     pub async fn next_event(&self) -> Result<Event, ApiError> {
+        // Lambda ships what is on stdout with the invocation that wrote it: every line of this
+        // one is written before we ask for the next.
+        crate::logging::flush();
         let request = self.request(Method::GET, "event/next", None, Bytes::new())?;
         let (status, _, body) = self.api.send(request).await?;
         if status != StatusCode::OK {
@@ -210,6 +213,9 @@ impl Registered {
     }
 
     async fn report(&self, path: &'static str, error_type: &str, message: &str) -> Result<(), ApiError> {
+        // Lambda may end the environment as soon as it has the report: the lines that explain
+        // it go first.
+        crate::logging::flush();
         let body = json!({ "errorMessage": message, "errorType": error_type, "stackTrace": [] }).to_string();
         let mut request = self.request(Method::POST, path, Some(error_type), Bytes::from(body))?;
         request.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));

@@ -22,8 +22,12 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(error) => {
             tracing::error!(event = "runtime_failed", cause = %error);
+            scoped_secrets::logging::flush();
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(scoped_secrets::run(env, name, hardening, log_problem))
+    let code = runtime.block_on(scoped_secrets::run(env, name, hardening, log_problem));
+    // Every line (the SHUTDOWN reports last) is on stdout before the process ends.
+    scoped_secrets::logging::flush();
+    code
 }

@@ -10,10 +10,18 @@
 //! string escaping by character, a date formatted per line) was 43 % of the extension's
 //! instructions per cached GET under callgrind. The lines keep its shape:
 //! `{"timestamp":…,"level":…,<fields>,"target":…}`.
+//!
+//! Lines are not written by the code that logs them: [`sink`] queues them and one thread writes
+//! them to stdout in batches, so a request is not answered only after a `write` to a pipe. The
+//! promises an audit line keeps (one line per decision, in order, on stdout before the next
+//! `/event/next` and before exit, never dropped) are the sink's.
+
+pub mod sink;
 
 use std::cell::RefCell;
 use std::fmt::Write as _;
-use std::io::Write as _;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 use tracing::level_filters::LevelFilter;
 
 use tracing::field::{Field, Visit};
@@ -37,7 +45,31 @@ pub fn init(env: &Env) -> Result<(), String> {
         .with_target("audit", LevelFilter::INFO.max(level));
     // Fails only if a subscriber is already installed (tests): keep that one.
     let _ = tracing_subscriber::registry().with(JsonLines.with_filter(filter)).try_init();
+    flush_on_panic();
     problem.map_or(Ok(()), Err)
+}
+
+/// The sink in front of stdout, started by the first line.
+fn stdout() -> &'static sink::Sink {
+    static STDOUT: OnceLock<Arc<sink::Sink>> = OnceLock::new();
+    STDOUT.get_or_init(|| sink::Sink::start(std::io::stdout(), sink::CAPACITY, sink::LINGER))
+}
+
+/// Returns once every line logged before the call is on stdout (blocking: the wait is the
+/// writer's current batch, microseconds unless stdout is stalled). Called before each
+/// `/event/next`, before `init/error` and `exit/error`, and before exiting.
+pub fn flush() {
+    stdout().flush();
+}
+
+/// A panic aborts the process (`panic = "abort"`): write the queued lines first, waiting at
+/// most 100 ms, then run the previous hook.
+fn flush_on_panic() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        stdout().flush_within(Duration::from_millis(100));
+        previous(info);
+    }));
 }
 
 fn level_from(env: &Env) -> Result<LevelFilter, String> {
@@ -71,8 +103,7 @@ fn parse_level(raw: &str) -> Option<LevelFilter> {
 
 use tracing_subscriber::Layer as _;
 
-/// Writes each event as one JSON line on stdout, in one `write` (the lock on stdout keeps lines
-/// whole). Fields are flattened into the line, as `tracing-subscriber`'s `flatten_event` did.
+/// Queues each event as one JSON line for stdout ([`sink`] keeps lines whole and in order). Fields are flattened into the line, as `tracing-subscriber`'s `flatten_event` did.
 #[derive(Debug, Clone, Copy)]
 pub struct JsonLines;
 
@@ -93,7 +124,7 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for JsonLines {
             };
             line.clear();
             format_line(line, event);
-            let _ = std::io::stdout().lock().write_all(line.as_bytes());
+            stdout().push(line.as_bytes());
         });
     }
 }
@@ -200,13 +231,13 @@ fn report_line<T: serde::Serialize>(event: &str, fields: &T, now: std::time::Sys
     line
 }
 
-/// Writes one JSON document as a line on stdout, beside the tracing lines (EMF documents,
-/// the reports).
+/// Queues one JSON document as a line for stdout, in order with the tracing lines (EMF
+/// documents, the reports).
 pub fn write_line(line: &str) {
-    let mut stdout = std::io::stdout().lock();
-    let _ = stdout.write_all(line.as_bytes());
-    let _ = stdout.write_all(b"\n");
-    let _ = stdout.flush();
+    let mut bytes = Vec::with_capacity(line.len() + 1);
+    bytes.extend_from_slice(line.as_bytes());
+    bytes.push(b'\n');
+    stdout().push(&bytes);
 }
 
 /// `text` as a JSON string, escaped as `serde_json` escapes it.
