@@ -6,7 +6,8 @@
 //! no longer than it, the signature 64 hex digits, the signed header names non-empty lower-case
 //! tokens, and rendering the parts again parses to the same parts; a parsed date is 16 bytes of
 //! `YYYYMMDDThhmmssZ` between 1970 and 9999; `verify` never accepts the input (it cannot carry a
-//! valid HMAC), and no refusal's text holds the secret key, the session token or the input.
+//! valid HMAC), and no refusal's text holds the secret key or the session token: it is a short
+//! fixed sentence, whatever the input.
 
 #![no_main]
 
@@ -86,7 +87,8 @@ fuzz_target!(|data: &[u8]| {
         Err(refused) => {
             let said = format!("{refused} {refused:?}");
             assert!(!said.contains(SECRET_ACCESS_KEY) && !said.contains(SESSION_TOKEN), "{said}");
-            assert!(authorization.len() < 8 || !said.contains(authorization), "the refusal echoes the header");
+            // A fixed sentence per reason, never the input (a header may be that sentence itself).
+            assert!(refused.to_string().len() <= 60, "{refused}");
         }
     }
     let debug = format!("{credentials:?}");
