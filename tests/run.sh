@@ -18,5 +18,5 @@ echo "==> cargo deny check licenses bans sources"
 cargo deny --locked check licenses bans sources
 echo "==> cargo test"
 cargo test --locked --workspace -- --test-threads=2
-echo "==> fuzzing (tests/fuzz.sh: ${SCOPED_SECRETS_FUZZ_SECONDS:-20} s per target)"
-tests/fuzz.sh "${SCOPED_SECRETS_FUZZ_SECONDS:-20}"
+echo "==> fuzzing (tests/fuzz.sh: ${SCOPED_SECRETS_FUZZ_SECONDS:-15} s per target)"
+tests/fuzz.sh "${SCOPED_SECRETS_FUZZ_SECONDS:-15}"

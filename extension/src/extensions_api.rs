@@ -11,8 +11,10 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use serde_json::json;
+
+use crate::domain::request_id::is_request_id;
 
 const EXTENSION_NAME_HEADER: &str = "Lambda-Extension-Name";
 const EXTENSION_ID_HEADER: &str = "Lambda-Extension-Identifier";
@@ -75,7 +77,10 @@ pub enum Event {
     /// An invocation started.
     #[serde(rename_all = "camelCase")]
     Invoke {
-        /// The invocation's request id.
+        /// The invocation's request id, checked as it is decoded ([`is_request_id`]): it becomes
+        /// a scope label and part of a session name, so text no platform sends is refused before
+        /// it is kept, whatever its size.
+        #[serde(deserialize_with = "request_id")]
         request_id: String,
         /// Its deadline, Unix milliseconds.
         deadline_ms: u64,
@@ -88,6 +93,38 @@ pub enum Event {
         /// When Lambda stops waiting, Unix milliseconds.
         deadline_ms: u64,
     },
+}
+
+/// Decodes an `/event/next` answer.
+///
+/// # Errors
+/// [`ApiError::Malformed`] for anything but an `INVOKE` (with a valid request id) or a
+/// `SHUTDOWN` event.
+pub(crate) fn decode_event(body: &[u8]) -> Result<Event, ApiError> {
+    serde_json::from_slice(body).map_err(|_| ApiError::Malformed("event/next"))
+}
+
+/// An INVOKE's `requestId`, kept only if it can be a request id: copied out of the event's
+/// text after the check, never before.
+fn request_id<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    struct Id;
+    impl serde::de::Visitor<'_> for Id {
+        type Value = String;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a request id: 1 to 64 of A-Z a-z 0-9 - _")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<String, E> {
+            if is_request_id(text) {
+                Ok(text.to_owned())
+            } else {
+                // The text is not echoed: it is the platform's, and may be anything.
+                Err(E::custom("the requestId is not a request id"))
+            }
+        }
+    }
+    deserializer.deserialize_str(Id)
 }
 
 /// An extension that is not registered yet.
@@ -165,7 +202,7 @@ impl Registered {
         if status != StatusCode::OK {
             return Err(ApiError::Status { operation: "event/next", status });
         }
-        serde_json::from_slice(&body).map_err(|_| ApiError::Malformed("event/next"))
+        decode_event(&body)
     }
 
     /// Reports a failed INIT; Lambda then fails the function's INIT with `error_type`.
@@ -279,5 +316,30 @@ mod tests {
             assert_eq!(serde_json::from_str::<Event>(payload).expect(payload), expected);
         }
         assert!(serde_json::from_str::<Event>(r#"{"eventType":"RESTORE"}"#).is_err());
+    }
+
+    #[test]
+    fn an_invoke_whose_request_id_no_platform_sends_is_refused_at_decode() {
+        let invoke = |id: &str| format!(r#"{{"eventType":"INVOKE","deadlineMs":1,"requestId":"{id}"}}"#);
+        let valid = "8f0e7c1a-1b2c-4d5e-9f00-112233445566";
+        assert_eq!(
+            decode_event(invoke(valid).as_bytes()).ok(),
+            Some(Event::Invoke { request_id: valid.into(), deadline_ms: 1 })
+        );
+        assert_eq!(
+            decode_event(invoke(r"req\u002d1").as_bytes()).ok(),
+            Some(Event::Invoke { request_id: "req-1".into(), deadline_ms: 1 }),
+            "JSON escapes are undone before the check"
+        );
+        let long = "x".repeat(65);
+        let huge = "y".repeat(1 << 20);
+        for invalid in ["", "a b", "../x", "a/b", "a:b", r"a\nb", r"\u00e9", &long, &huge] {
+            let decoded = decode_event(invoke(invalid).as_bytes());
+            assert!(matches!(decoded, Err(ApiError::Malformed("event/next"))), "{:.20}", invalid);
+        }
+        let wrong_type = br#"{"eventType":"INVOKE","deadlineMs":1,"requestId":7}"#;
+        assert!(decode_event(wrong_type).is_err());
+        let text = decode_event(invoke(&long).as_bytes()).map_err(|e| e.to_string()).err().unwrap_or_default();
+        assert!(!text.contains(&long), "the error does not echo the id");
     }
 }

@@ -23,6 +23,8 @@
 //! - [`hardening`], [`allocator`]: no core dumps, not dumpable, memory lock, every freed heap
 //!   block wiped.
 //! - [`version`]: the crate version and git commit in the logs, the metrics and the user agent.
+//! - `fuzzing` (only with the `fuzzing` feature, hidden): the fuzz targets' entry points into
+//!   crate-private parsers.
 //!
 //! [`run`] wires them: bind the Runtime API proxy → register → configure (or `init/error`) →
 //! `ready` → the lifecycle loop.
@@ -33,6 +35,9 @@ pub mod config;
 pub mod domain;
 pub mod evidence;
 pub mod extensions_api;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hardening;
 pub mod http;
 pub mod invocation;

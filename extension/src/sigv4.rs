@@ -282,19 +282,20 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// `AWS4-HMAC-SHA256 Credential=AKID/DATE/REGION/SERVICE/aws4_request, SignedHeaders=a;b, Signature=hex`
+/// Crate-visible for the `fuzzing` feature's entry point.
 #[derive(Debug, PartialEq, Eq)]
-struct Authorization<'a> {
-    access_key_id: &'a str,
-    date: &'a str,
-    region: &'a str,
-    service: &'a str,
-    terminator: &'a str,
-    signed_headers: Vec<&'a str>,
-    signature: &'a str,
+pub(crate) struct Authorization<'a> {
+    pub(crate) access_key_id: &'a str,
+    pub(crate) date: &'a str,
+    pub(crate) region: &'a str,
+    pub(crate) service: &'a str,
+    pub(crate) terminator: &'a str,
+    pub(crate) signed_headers: Vec<&'a str>,
+    pub(crate) signature: &'a str,
 }
 
 impl<'a> Authorization<'a> {
-    fn parse(value: &'a str) -> Option<Self> {
+    pub(crate) fn parse(value: &'a str) -> Option<Self> {
         let rest = value.strip_prefix("AWS4-HMAC-SHA256 ")?;
         let (mut credential, mut signed_headers, mut signature) = (None, None, None);
         for part in rest.split(',').map(str::trim) {

@@ -25,7 +25,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use hyper::body::Body;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::net::TcpListener;
@@ -87,7 +87,7 @@ impl SubscriptionPath {
         expected.len() == target.len() && bool::from(expected.ct_eq(target.as_bytes()))
     }
 
-    fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 }
@@ -181,6 +181,15 @@ impl Completions {
     fn is_done(&self, request_id: &str) -> bool {
         self.done.lock().unwrap_or_else(PoisonError::into_inner).iter().any(|id| id == request_id)
     }
+
+    /// What is kept (ids remembered, the longest in bytes), the end of INIT, a restore: for the
+    /// fuzz targets' bounds.
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn footprint(&self) -> (usize, usize, bool, bool) {
+        let done = self.done.lock().unwrap_or_else(PoisonError::into_inner);
+        let longest = done.iter().map(String::len).max().unwrap_or(0);
+        (done.len(), longest, *self.init_done.borrow(), *self.restore_started.borrow())
+    }
 }
 
 /// One event of a batch; the record is parsed only for the types that matter.
@@ -263,7 +272,12 @@ fn refuse(status: StatusCode, reason: &'static str, target_chars: usize) -> Resp
     closing_response(status)
 }
 
-async fn handle(request: Request<Incoming>, sinks: &Sinks) -> Response<Full<Bytes>> {
+/// Answers one delivery (generic over the body so the fuzz target can hand one in).
+pub(crate) async fn handle<B>(request: Request<B>, sinks: &Sinks) -> Response<Full<Bytes>>
+where
+    B: Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let target = request.uri().path_and_query().map_or("", |p| p.as_str());
     let target_chars = target.len();
     // The path first: nothing else about a request that does not know it is looked at.

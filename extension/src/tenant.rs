@@ -81,6 +81,20 @@ impl Candidate {
     }
 }
 
+/// A tenant id header's bytes as text of at most `max` bytes: decoded first (anything not
+/// UTF-8 becomes U+FFFD, three bytes each), then cut at the last character boundary within
+/// `max`. Cutting the bytes before decoding would let each byte that is not UTF-8 grow to three:
+/// 65 such bytes were kept as 195. Only a prefix is decoded, so a huge header costs no more.
+pub fn header_text(bytes: &[u8], max: usize) -> String {
+    let mut text = String::from_utf8_lossy(&bytes[..bytes.len().min(max)]).into_owned();
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text
+}
+
 /// The invocation being served and what the platform said about it.
 #[derive(Debug, Default)]
 struct Books {
@@ -248,6 +262,22 @@ impl Tenancy {
         }
         books.early.push_back((request_id.to_owned(), candidate, source));
         Observed::Pending
+    }
+
+    /// What the books keep: the number of ids and tenant texts, and the longest in bytes (a
+    /// too-long tenant id counts as its length is kept: a number). For the fuzz targets' bounds.
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn footprint(&self) -> (usize, usize) {
+        let books = self.books();
+        let text = |candidate: &Candidate| match candidate {
+            Candidate::Text(text) => text.len(),
+            Candidate::TooLong(_) => 0,
+        };
+        let mut lengths: Vec<usize> =
+            books.early.iter().flat_map(|(id, candidate, _)| [id.len(), text(candidate)]).collect();
+        lengths.extend(books.serving.as_ref().map(String::len));
+        lengths.extend(books.first.as_ref().map(text));
+        (lengths.len(), lengths.into_iter().max().unwrap_or(0))
     }
 
     fn books(&self) -> std::sync::MutexGuard<'_, Books> {
@@ -425,6 +455,20 @@ mod tests {
         assert!(matches!(other.observe("blue", "r1"), Observed::First(_)));
         let allowlist = other.allowlist(after(0)).await.expect("known");
         assert_eq!((allowlist.find("db"), allowlist.find("blue")), (Some(0), Some(1)));
+    }
+
+    #[test]
+    fn a_tenant_header_is_cut_after_it_is_decoded() {
+        let max = 65;
+        // 65 bytes that are not UTF-8 decode to 65 replacement characters, 195 bytes.
+        let invalid = [0xffu8; 200];
+        let text = header_text(&invalid, max);
+        assert!(text.len() <= max, "{} bytes kept", text.len());
+        assert_eq!(text, "\u{fffd}".repeat(21));
+        assert_eq!(header_text(b"blue", max), "blue");
+        assert_eq!(header_text("é".repeat(40).as_bytes(), max), "é".repeat(32), "cut at a character boundary");
+        assert_eq!(header_text(&[b'a'; 100], max), "a".repeat(65));
+        assert_eq!(header_text(b"", max), "");
     }
 
     #[tokio::test(start_paused = true)]

@@ -110,8 +110,22 @@ where
     B: Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    handle_at(reader, signatures, request, SystemTime::now()).await
+}
+
+/// [`handle`] with the clock `X-Amz-Date` is judged against given (the fuzz targets fix it).
+pub(crate) async fn handle_at<B>(
+    reader: &ReadPath,
+    signatures: &Signatures,
+    request: Request<B>,
+    now: SystemTime,
+) -> Response<Full<Bytes>>
+where
+    B: Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let protocol = Protocol::of(request.headers());
-    match answer(reader, signatures, protocol, request).await {
+    match answer(reader, signatures, protocol, request, now).await {
         Ok(response) => response,
         Err((refusal, id)) => {
             let status = protocol.form(refusal.code).0.as_u16();
@@ -131,6 +145,7 @@ async fn answer<B>(
     signatures: &Signatures,
     protocol: Protocol,
     request: Request<B>,
+    now: SystemTime,
 ) -> Result<Response<Full<Bytes>>, Refused>
 where
     B: Body,
@@ -158,7 +173,7 @@ where
     };
     let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let signed = sigv4::Signed { method: parts.method.as_str(), path_and_query, headers: &parts.headers, body: &body };
-    let verified = sigv4::verify(signed, &credentials, &signatures.region, protocol.service(), SystemTime::now());
+    let verified = sigv4::verify(signed, &credentials, &signatures.region, protocol.service(), now);
     if let Err(why) = verified {
         tracing::debug!(event = "signature_refused", cause = %why);
         let code = match why {

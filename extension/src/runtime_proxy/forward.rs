@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::event::{MAX_TENANT_HEADER, Outcome, RuntimeEvent};
 use crate::domain::request_id::RequestId;
+use crate::tenant::header_text;
 
 const API_PREFIX: &str = "/2018-06-01/runtime/invocation/";
 const REQUEST_ID: &str = "lambda-runtime-aws-request-id";
@@ -31,7 +32,7 @@ const TENANT_ID: &str = "lambda-runtime-aws-tenant-id";
 
 /// What a request is, as far as reports go.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Route {
+pub(crate) enum Route {
     /// `GET …/invocation/next`.
     Next,
     /// `POST …/invocation/{id}/response` or `…/error`, with a valid id.
@@ -42,7 +43,7 @@ enum Route {
 }
 
 impl Route {
-    fn of(method: &Method, path: &str) -> Self {
+    pub(crate) fn of(method: &Method, path: &str) -> Self {
         let Some(rest) = path.strip_prefix(API_PREFIX) else { return Route::Other };
         if rest == "next" {
             return if method == Method::GET { Route::Next } else { Route::Other };
@@ -116,27 +117,10 @@ impl Forwarder {
     }
 
     fn report_next(&self, headers: &HeaderMap) {
-        let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-        let request_id = match text(REQUEST_ID).map(RequestId::parse) {
-            Some(Ok(id)) => id,
-            Some(Err(reason)) => {
-                let chars = headers.get(REQUEST_ID).map_or(0, |v| v.len()) as u64;
-                tracing::warn!(event = "runtime_api_request_id_refused", request_id_chars = chars, reason);
-                return;
-            }
-            None => return,
-        };
-        let Some(deadline_ms) = text(DEADLINE_MS).and_then(|v| v.trim().parse::<u64>().ok()) else {
-            tracing::warn!(event = "runtime_api_deadline_missing", request_id = %request_id);
-            return;
-        };
-        // Lambda's own text, cut before it is kept: an id this long is no valid tenant id.
-        let tenant_id = headers.get(TENANT_ID).map(|v| {
-            let bytes = &v.as_bytes()[..v.len().min(MAX_TENANT_HEADER)];
-            String::from_utf8_lossy(bytes).into_owned()
-        });
-        self.delivered.store(true, Ordering::Release);
-        self.send(RuntimeEvent::Next { request_id, deadline_ms, tenant_id });
+        if let Some(event) = next_event(headers) {
+            self.delivered.store(true, Ordering::Release);
+            self.send(event);
+        }
     }
 
     fn report_result(&self, request_id: RequestId, outcome: Outcome, ended: Option<oneshot::Receiver<bool>>) {
@@ -161,6 +145,28 @@ impl Forwarder {
     fn send(&self, event: RuntimeEvent) {
         send(&self.events, event);
     }
+}
+
+/// What a `/next` answer's headers report: `None` (logged) unless they name a valid request
+/// id and a deadline.
+pub(crate) fn next_event(headers: &HeaderMap) -> Option<RuntimeEvent> {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let request_id = match text(REQUEST_ID).map(RequestId::parse) {
+        Some(Ok(id)) => id,
+        Some(Err(reason)) => {
+            let chars = headers.get(REQUEST_ID).map_or(0, |v| v.len()) as u64;
+            tracing::warn!(event = "runtime_api_request_id_refused", request_id_chars = chars, reason);
+            return None;
+        }
+        None => return None,
+    };
+    let Some(deadline_ms) = text(DEADLINE_MS).and_then(|v| v.trim().parse::<u64>().ok()) else {
+        tracing::warn!(event = "runtime_api_deadline_missing", request_id = %request_id);
+        return None;
+    };
+    // Lambda's own text, bounded before it is kept: an id this long is no valid tenant id.
+    let tenant_id = headers.get(TENANT_ID).map(|v| header_text(v.as_bytes(), MAX_TENANT_HEADER));
+    Some(RuntimeEvent::Next { request_id, deadline_ms, tenant_id })
 }
 
 fn send(events: &mpsc::Sender<RuntimeEvent>, event: RuntimeEvent) {

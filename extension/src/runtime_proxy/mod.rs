@@ -34,6 +34,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use self::event::{MAX_TENANT_HEADER, Outcome, RuntimeEvent};
 use self::forward::Forwarder;
+#[cfg(feature = "fuzzing")]
+pub(crate) use self::forward::{Route, next_event};
 use self::marker::Marker;
 use crate::http::{ConnectionLimits, serve};
 
