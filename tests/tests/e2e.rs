@@ -13,6 +13,8 @@ use scoped_secrets_tests::ministack::read_secret_as;
 use scoped_secrets_tests::{SECRETS, Stack, sha256_hex};
 use serde_json::{Value, json};
 
+#[path = "e2e/audit_log.rs"]
+mod audit_log;
 #[path = "e2e/credentials_end.rs"]
 mod credentials_end;
 #[path = "e2e/faults.rs"]
