@@ -22,7 +22,7 @@ extern "C" fn pass_on(signal: libc::c_int) {
     }
 }
 
-#[allow(unsafe_code)]
+#[allow(unsafe_code, clippy::print_stderr)]
 fn main() -> ExitCode {
     let mut args = std::env::args_os().skip(1);
     let Some(program) = args.next() else {
@@ -49,7 +49,7 @@ fn main() -> ExitCode {
     };
     CHILD.store(i32::try_from(child.id()).unwrap_or_default(), Ordering::SeqCst);
     // SAFETY: the handler only reads an atomic and calls kill.
-    unsafe { libc::signal(libc::SIGTERM, pass_on as libc::sighandler_t) };
+    unsafe { libc::signal(libc::SIGTERM, pass_on as extern "C" fn(libc::c_int) as libc::sighandler_t) };
     let mut lines = BufReader::with_capacity(512, std::fs::File::from(read));
     let mut out = std::io::stdout().lock();
     let mut line = Vec::new();

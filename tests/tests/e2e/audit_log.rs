@@ -64,7 +64,7 @@ fn assert_one_line_per_decision(output: &Output, reads: usize, request_id: &str)
         .collect();
     assert_eq!((allows.len(), denies.len()), (CLIENTS * reads + 1, CLIENTS * reads), "one line per decision");
     assert!(allows.iter().chain(&denies).all(|l| l["request_id"] == request_id), "attributed to the invocation");
-    let mut next = vec![0; CLIENTS];
+    let mut next = [0; CLIENTS];
     for deny in &denies {
         let id = deny["secret_id"].as_str().unwrap_or_default();
         let mut parts = id.trim_start_matches("unlisted-").split('-').map(|n| n.parse::<usize>().unwrap_or(usize::MAX));
