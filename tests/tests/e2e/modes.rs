@@ -281,6 +281,17 @@ async fn managed_instances_registers_shutdown_only_and_serves_per_fetch_sessions
     assert_eq!(invoked.payload["sha256"], sha256_hex(value_of("app/api")), "{}", invoked.payload);
 
     let output = environment.extension.output.clone();
+    // On Managed Instances no `/event/next` flushes the log between invocations: a line reaches
+    // stdout within the writer's 1 ms linger, and the harness's copy a moment later. Wait
+    // (bounded) for the four reads' lines and for each session's end.
+    let waiting = std::time::Instant::now();
+    let settled = || {
+        let asserted = output.events("allow").iter().filter(|l| l["request_id_asserted"] == true).count();
+        asserted >= 4 && output.events("session_ended").len() >= stack.proxy.assume_role_calls().len()
+    };
+    while !settled() && waiting.elapsed() < TIMEOUT {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let allows = output.events("allow");
     let mut asserted: Vec<&str> =
         allows.iter().filter(|l| l["request_id_asserted"] == true).filter_map(|l| l["request_id"].as_str()).collect();
