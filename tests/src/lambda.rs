@@ -130,6 +130,23 @@ impl Output {
         }
     }
 
+    /// The JSON lines with `event` once there are at least `count` of them. A line is logged
+    /// before its answer but written by the extension's log writer within about 1 ms (and read
+    /// by this harness on a task of its own): a test that counts lines after its answers waits.
+    pub async fn wait_for_count(&self, event: &str, count: usize, timeout: Duration) -> anyhow::Result<Vec<Value>> {
+        let started = Instant::now();
+        loop {
+            let lines = self.events(event);
+            if lines.len() >= count {
+                return Ok(lines);
+            }
+            if started.elapsed() > timeout {
+                bail!("{} {event:?} lines of {count} within {timeout:?}; output:\n{}", lines.len(), self.text());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     fn push(&self, line: String) {
         if std::env::var_os("SCOPED_SECRETS_TEST_ECHO").is_some() {
             eprintln!("{line}");

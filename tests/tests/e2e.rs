@@ -248,7 +248,8 @@ async fn requests_without_the_token_or_through_a_proxy_are_refused_and_fetch_not
     let (status, body) = local_get(port, "/ping", &[]).await?;
     assert_eq!((status, body["status"].as_str()), (200, Some("ready")), "the health path needs no token");
     assert!(stack.proxy.exchanges().is_empty(), "nothing was asked of AWS for refused requests");
-    assert_eq!(environment.extension.output.events("deny").len(), cases.len() + 1);
+    let denies = environment.extension.output.wait_for_count("deny", cases.len() + 1, TIMEOUT).await?;
+    assert_eq!(denies.len(), cases.len() + 1);
     Ok(())
 }
 

@@ -4,31 +4,17 @@
 //! on SIGTERM.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use scoped_secrets_tests::Stack;
 use scoped_secrets_tests::lambda::{Options, Output, Program, local_get};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::TIMEOUT;
 
 const TOKEN_HEADER: &str = "X-Aws-Parameters-Secrets-Token";
 const HELD: Duration = Duration::from_secs(30);
 const CLIENTS: usize = 8;
-
-/// The audit lines of `event` once there are at least `count` (the harness reads the pipe on
-/// a thread of its own, so lines written before an answer can reach its copy after it).
-async fn wait_for_count(output: &Output, event: &str, count: usize, timeout: Duration) -> anyhow::Result<Vec<Value>> {
-    let started = Instant::now();
-    loop {
-        let lines = output.events(event);
-        if lines.len() >= count {
-            return Ok(lines);
-        }
-        anyhow::ensure!(started.elapsed() < timeout, "{} {event:?} lines of {count} within {timeout:?}", lines.len());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 /// `CLIENTS` clients, each reading `reads` times one after the other: an allowed secret, then
 /// an id of its own that is not allowlisted (a deny naming the client and the read).
@@ -86,10 +72,10 @@ async fn every_decision_is_one_line_in_order_and_all_are_out_before_shutdown_end
     load(port, &token, reads).await?;
     environment.complete(&request_id, at, HELD).await?;
     // The function's own read is one more allow line.
-    wait_for_count(&output, "allow", CLIENTS * reads + 1, TIMEOUT).await?;
-    wait_for_count(&output, "deny", CLIENTS * reads, TIMEOUT).await?;
+    output.wait_for_count("allow", CLIENTS * reads + 1, TIMEOUT).await?;
+    output.wait_for_count("deny", CLIENTS * reads, TIMEOUT).await?;
     assert!(environment.shut_down().await?.0.success());
-    wait_for_count(&output, "shutdown", 1, TIMEOUT).await?;
+    output.wait_for_count("shutdown", 1, TIMEOUT).await?;
     let lines = output.json_lines();
     let report = lines.iter().position(|l| l["event"] == "shutdown").expect("the shutdown line");
     let last_decision = lines.iter().rposition(|l| l["event"] == "deny").expect("a deny");
@@ -111,7 +97,7 @@ async fn a_stalled_stdout_makes_reads_wait_and_loses_no_line() -> anyhow::Result
     let (mut environment, port) = stack.environment_with("db=app/db", &[], options).await?;
     let output = environment.extension.output.clone();
     let (request_id, at) = environment.enqueue(json!({ "secretId": "db", "pauseMs": 20_000 }), HELD).await?;
-    wait_for_count(&output, "allow", 1, TIMEOUT).await?;
+    output.wait_for_count("allow", 1, TIMEOUT).await?;
 
     std::fs::write(&gate, b"")?;
     // About 330 bytes a line: 8 clients × 120 reads × 2 lines is twice the queue and the pipe.
@@ -128,10 +114,10 @@ async fn a_stalled_stdout_makes_reads_wait_and_loses_no_line() -> anyhow::Result
     std::fs::remove_file(&gate)?;
     loading.await??;
     environment.complete(&request_id, at, HELD).await?;
-    wait_for_count(&output, "deny", CLIENTS * reads, Duration::from_secs(20)).await?;
+    output.wait_for_count("deny", CLIENTS * reads, Duration::from_secs(20)).await?;
     assert!(environment.shut_down().await?.0.success());
-    wait_for_count(&output, "shutdown", 1, TIMEOUT).await?;
-    wait_for_count(&output, "allow", CLIENTS * reads + 1, TIMEOUT).await?;
+    output.wait_for_count("shutdown", 1, TIMEOUT).await?;
+    output.wait_for_count("allow", CLIENTS * reads + 1, TIMEOUT).await?;
     assert_one_line_per_decision(&output, reads, &request_id);
     Ok(())
 }
@@ -149,7 +135,7 @@ async fn lines_queued_at_sigterm_are_all_written_before_exit() -> anyhow::Result
     let (mut environment, port) = stack.environment_with("db=app/db", &[], options).await?;
     let output = environment.extension.output.clone();
     let (request_id, _at) = environment.enqueue(json!({ "secretId": "db", "pauseMs": 20_000 }), HELD).await?;
-    wait_for_count(&output, "allow", 1, TIMEOUT).await?;
+    output.wait_for_count("allow", 1, TIMEOUT).await?;
     // Fewer lines than the queue and the pipe hold: every read is answered while the relay
     // reads nothing, so the lines are queued when the signal comes.
     std::fs::write(&gate, b"")?;
@@ -160,9 +146,9 @@ async fn lines_queued_at_sigterm_are_all_written_before_exit() -> anyhow::Result
     std::fs::remove_file(&gate)?;
     let status = environment.extension.wait(Duration::from_secs(10)).await?;
     assert!(status.success(), "{status:?}\n{}", output.text());
-    wait_for_count(&output, "shutdown", 1, TIMEOUT).await?;
-    wait_for_count(&output, "deny", CLIENTS * reads, TIMEOUT).await?;
-    wait_for_count(&output, "allow", CLIENTS * reads + 1, TIMEOUT).await?;
+    output.wait_for_count("shutdown", 1, TIMEOUT).await?;
+    output.wait_for_count("deny", CLIENTS * reads, TIMEOUT).await?;
+    output.wait_for_count("allow", CLIENTS * reads + 1, TIMEOUT).await?;
     assert_one_line_per_decision(&output, reads, &request_id);
     Ok(())
 }

@@ -249,7 +249,7 @@ async fn managed_instances_give_concurrent_invocations_their_own_sessions() -> a
     let mut sorted = names.clone();
     sorted.sort();
     assert_eq!(sorted, expected, "one session per invocation, named after it");
-    let allows = output.events("allow");
+    let allows = output.wait_for_count("allow", 4, TIMEOUT).await?;
     assert_eq!(allows.len(), 4);
     assert!(allows.iter().all(|l| l["request_id_checked"] == true && l["request_id_asserted"] == false), "{allows:?}");
     for id in [&first, &second] {

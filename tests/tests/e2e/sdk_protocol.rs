@@ -227,7 +227,8 @@ async fn forged_sdk_requests_are_refused_and_fetch_nothing() -> anyhow::Result<(
     let denies: Vec<String> = environment
         .extension
         .output
-        .events("deny")
+        .wait_for_count("deny", 4, TIMEOUT)
+        .await?
         .iter()
         .filter_map(|d| d["code"].as_str().map(str::to_owned))
         .collect();
