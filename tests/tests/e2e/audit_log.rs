@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use scoped_secrets_tests::Stack;
-use scoped_secrets_tests::lambda::{Options, Output, Program, local_get};
+use scoped_secrets_tests::lambda::{Environment, Options, Output, Program, local_get};
 use serde_json::json;
 
 use super::TIMEOUT;
@@ -90,11 +90,7 @@ async fn every_decision_is_one_line_in_order_and_all_are_out_before_shutdown_end
 async fn a_stalled_stdout_makes_reads_wait_and_loses_no_line() -> anyhow::Result<()> {
     let stack = Stack::start().await?;
     let token = stack.token();
-    let gate = gate_file("stalled")?;
-    let relay = PathBuf::from(env!("CARGO_BIN_EXE_gated_relay"));
-    let mut options = Options { extension: Program::extension().through(&relay), ..Options::default() };
-    options.extension_env.push(("GATED_RELAY_GATE".to_owned(), gate.display().to_string()));
-    let (mut environment, port) = stack.environment_with("db=app/db", &[], options).await?;
+    let (mut environment, port, gate) = start_gated(&stack, "stalled").await?;
     let output = environment.extension.output.clone();
     let (request_id, at) = environment.enqueue(json!({ "secretId": "db", "pauseMs": 20_000 }), HELD).await?;
     output.wait_for_count("allow", 1, TIMEOUT).await?;
@@ -128,11 +124,7 @@ async fn a_stalled_stdout_makes_reads_wait_and_loses_no_line() -> anyhow::Result
 async fn lines_queued_at_sigterm_are_all_written_before_exit() -> anyhow::Result<()> {
     let stack = Stack::start().await?;
     let token = stack.token();
-    let gate = gate_file("sigterm")?;
-    let relay = PathBuf::from(env!("CARGO_BIN_EXE_gated_relay"));
-    let mut options = Options { extension: Program::extension().through(&relay), ..Options::default() };
-    options.extension_env.push(("GATED_RELAY_GATE".to_owned(), gate.display().to_string()));
-    let (mut environment, port) = stack.environment_with("db=app/db", &[], options).await?;
+    let (mut environment, port, gate) = start_gated(&stack, "sigterm").await?;
     let output = environment.extension.output.clone();
     let (request_id, _at) = environment.enqueue(json!({ "secretId": "db", "pauseMs": 20_000 }), HELD).await?;
     output.wait_for_count("allow", 1, TIMEOUT).await?;
@@ -151,6 +143,17 @@ async fn lines_queued_at_sigterm_are_all_written_before_exit() -> anyhow::Result
     output.wait_for_count("allow", CLIENTS * reads + 1, TIMEOUT).await?;
     assert_one_line_per_decision(&output, reads, &request_id);
     Ok(())
+}
+
+/// An environment whose extension's stdout goes through the gated relay, and the relay's gate
+/// (absent: the relay reads; present: it stalls).
+async fn start_gated(stack: &Stack, name: &str) -> anyhow::Result<(Environment, u16, PathBuf)> {
+    let gate = gate_file(name)?;
+    let relay = PathBuf::from(env!("CARGO_BIN_EXE_gated_relay"));
+    let mut options = Options { extension: Program::extension().through(&relay), ..Options::default() };
+    options.extension_env.push(("GATED_RELAY_GATE".to_owned(), gate.display().to_string()));
+    let (environment, port) = stack.environment_with("db=app/db", &[], options).await?;
+    Ok((environment, port, gate))
 }
 
 /// A path for the relay's gate, unique to this test run.
