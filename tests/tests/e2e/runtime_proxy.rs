@@ -298,10 +298,12 @@ async fn reads_through_the_proxy(runtime: Program) -> anyhow::Result<()> {
         assert_eq!(invoked.payload["sha256"], sha256_hex(value_of(expected)), "{}", invoked.payload);
         let ended = events_for(&environment, "invocation_ended", &invoked.request_id);
         assert_eq!(ended.len(), 1, "{}", environment.extension.output.text());
-        assert_eq!(
-            (ended[0]["reason"].as_str(), ended[0]["end_of_invocation"].as_str()),
-            (Some("response"), Some("runtime_api"))
-        );
+        // The proxy reports the response once Lambda accepted it; the simulator sends
+        // runtimeDone at once, so either may reach the loop first: both are the function's
+        // answer. (With telemetry held back, the response alone ends it: the first test.)
+        let reason = ended[0]["reason"].as_str();
+        assert!(matches!(reason, Some("response" | "runtime_done")), "{}", ended[0]);
+        assert_eq!(ended[0]["end_of_invocation"], "runtime_api", "the invocation began at the proxy's /next");
     }
     let function = environment.function.as_ref().map(|f| f.output.text()).unwrap_or_default();
     assert!(!function.contains("scoped-secrets-wrapper:"), "the wrapper found the proxy: {function}");
