@@ -3,6 +3,7 @@
 //! its face: each function here is a thin wrapper over a crate-private one, and each harness
 //! builds the parts a parser feeds offline, with known credentials and a fixed clock.
 //!
+//! - [`header_lines`]: fuzz input's `name:value` lines as a request's headers.
 //! - [`parse_authorization`]: the SigV4 `Authorization` header parser ([`crate::sigv4`]).
 //! - [`Sdk`]: the SDK protocols' `POST /` ([`crate::local_api::sdk`], [`crate::local_api::ssm`])
 //!   through routing and signature verification at [`now`], with a read path whose every fetch
@@ -53,6 +54,19 @@ pub const REGION: &str = "us-east-1";
 pub const SECRETS: &str = "db=app/db,app/api";
 /// The parameters allowlist the harness is configured with.
 pub const PARAMETERS: &str = "/app/db,cfg=/app/config";
+
+/// Each `name:value` line of `lines` as a header, in order, skipping a line without a colon or
+/// with a name or value the `http` crate refuses (as hyper refuses them when it parses a head):
+/// how the request harnesses turn fuzz input into headers.
+pub fn header_lines<'a>(lines: impl Iterator<Item = &'a [u8]>) -> Vec<(HeaderName, HeaderValue)> {
+    lines
+        .filter_map(|line| {
+            let colon = line.iter().position(|b| *b == b':')?;
+            let name = HeaderName::from_bytes(&line[..colon]).ok()?;
+            Some((name, HeaderValue::from_bytes(&line[colon + 1..]).ok()?))
+        })
+        .collect()
+}
 
 /// The fixed clock signatures are judged against: 2026-11-25T12:00:00Z.
 pub fn now() -> SystemTime {

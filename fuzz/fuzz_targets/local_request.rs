@@ -42,12 +42,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(method) = http::Method::from_bytes(method) else { return };
     let Ok(uri) = http::Uri::try_from(target) else { return };
     let mut builder = http::Request::builder().method(method).uri(uri);
-    for line in lines {
-        let Some(colon) = line.iter().position(|b| *b == b':') else { continue };
-        let (name, value) = (&line[..colon], &line[colon + 1..]);
-        let (Ok(name), Ok(value)) = (http::HeaderName::from_bytes(name), http::HeaderValue::from_bytes(value)) else {
-            continue;
-        };
+    for (name, value) in scoped_secrets::fuzzing::header_lines(lines) {
         builder = builder.header(name, value);
     }
     let Ok(request) = builder.body(Empty::<Bytes>::new()) else { return };

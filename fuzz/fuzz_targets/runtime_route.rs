@@ -47,12 +47,7 @@ fuzz_target!(|data: &[u8]| {
     }
 
     let mut headers = HeaderMap::new();
-    for line in lines {
-        let Some(colon) = line.iter().position(|b| *b == b':') else { continue };
-        let (name, value) = (&line[..colon], &line[colon + 1..]);
-        let (Ok(name), Ok(value)) = (http::HeaderName::from_bytes(name), http::HeaderValue::from_bytes(value)) else {
-            continue;
-        };
+    for (name, value) in scoped_secrets::fuzzing::header_lines(lines) {
         headers.append(name, value);
     }
     match runtime_next(&headers) {

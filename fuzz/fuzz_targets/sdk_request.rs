@@ -59,12 +59,7 @@ fuzz_target!(|data: &[u8]| {
             .header("content-type", "application/x-amz-json-1.1")
             .header("x-amz-target", OPERATIONS[usize::from(flags >> 4) % 4]);
     }
-    for line in lines {
-        let Some(colon) = line.iter().position(|b| *b == b':') else { continue };
-        let (name, value) = (&line[..colon], &line[colon + 1..]);
-        let (Ok(name), Ok(value)) = (http::HeaderName::from_bytes(name), http::HeaderValue::from_bytes(value)) else {
-            continue;
-        };
+    for (name, value) in fuzzing::header_lines(lines) {
         builder = builder.header(name, value);
     }
     let Ok(mut request) = builder.body(Full::new(Bytes::copy_from_slice(body))) else { return };

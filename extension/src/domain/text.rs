@@ -12,8 +12,13 @@ pub fn percent_decode_lossy(encoded: &str) -> String {
 
 /// Caller text as a log line may show it: without control characters and at most
 /// [`MAX_LOGGED_CHARS`] characters.
-pub fn printable(text: &str) -> String {
-    text.chars().filter(|c| !c.is_control()).take(MAX_LOGGED_CHARS).collect()
+/// Borrowed when `text` already is (every allowed read's id): no copy per audit line.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    let short = text.len() <= MAX_LOGGED_CHARS;
+    if short && !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    std::borrow::Cow::Owned(text.chars().filter(|c| !c.is_control()).take(MAX_LOGGED_CHARS).collect())
 }
 
 #[cfg(test)]

@@ -55,7 +55,9 @@ impl LocalApi {
     /// Answers one request: `POST /` is the SDK protocol, everything else the GET API.
     pub async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
         if request.method() == Method::POST && request.uri().path() == "/" {
-            return sdk::handle(&self.reader, &self.signatures, request).await;
+            // Boxed so a GET's future does not carry the SDK protocol's (every request's
+            // future is moved on its way into hyper: 3.3 KB with it inline, 1.4 KB without).
+            return Box::pin(sdk::handle(&self.reader, &self.signatures, request)).await;
         }
         match self.caller_request_id(&request) {
             Ok(caller) => get::handle(&self.reader, &self.token, caller.as_deref(), &request).await,

@@ -179,12 +179,12 @@ impl ReadPath {
             None => tracing::info!(
                 target: "audit",
                 event = "allow",
-                request_id = %request_id,
+                request_id = request_id.as_str(),
                 request_id_asserted = read.caller.is_some() && named.is_none(),
                 request_id_checked = named.is_some(),
                 api = read.api.as_str(),
                 kind = kind.as_str(),
-                secret_id = %printable(read.secret_id),
+                secret_id = &*printable(read.secret_id),
                 version_id = &*version_id,
                 source = served.source.as_str(),
                 refresh = read.refresh,
@@ -192,12 +192,12 @@ impl ReadPath {
             Some(decrypt) => tracing::info!(
                 target: "audit",
                 event = "allow",
-                request_id = %request_id,
+                request_id = request_id.as_str(),
                 request_id_asserted = read.caller.is_some() && named.is_none(),
                 request_id_checked = named.is_some(),
                 api = read.api.as_str(),
                 kind = kind.as_str(),
-                parameter = %printable(read.secret_id),
+                parameter = &*printable(read.secret_id),
                 version = &*version_id,
                 with_decryption = decrypt,
                 source = served.source.as_str(),
@@ -255,24 +255,24 @@ impl ReadPath {
             Kind::Secret => tracing::info!(
                 target: "audit",
                 event = "deny",
-                request_id = %request_id,
+                request_id = request_id.as_str(),
                 request_id_asserted = caller.is_some() && !checked,
                 request_id_checked = checked,
                 api = api.as_str(),
                 kind = kind.as_str(),
-                secret_id = %secret_id,
+                secret_id = secret_id.as_str(),
                 code = code.as_str(),
                 status,
             ),
             Kind::Parameter => tracing::info!(
                 target: "audit",
                 event = "deny",
-                request_id = %request_id,
+                request_id = request_id.as_str(),
                 request_id_asserted = caller.is_some() && !checked,
                 request_id_checked = checked,
                 api = api.as_str(),
                 kind = kind.as_str(),
-                parameter = %secret_id,
+                parameter = secret_id.as_str(),
                 code = code.as_str(),
                 status,
             ),
@@ -282,6 +282,6 @@ impl ReadPath {
     /// Caller text as an audit line may show it. A caller that sends its own token as an id
     /// (a bug, or a probe), in whatever encoding, must not get it or a piece of it into the log.
     fn logged(&self, text: &str) -> String {
-        if self.token.appears_in(text) { REDACTED_ID.to_owned() } else { printable(text) }
+        if self.token.appears_in(text) { REDACTED_ID.to_owned() } else { printable(text).into_owned() }
     }
 }

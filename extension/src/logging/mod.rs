@@ -252,24 +252,24 @@ struct Escaping<'a>(&'a mut String);
 
 impl std::fmt::Write for Escaping<'_> {
     fn write_str(&mut self, text: &str) -> std::fmt::Result {
+        // Runs of plain bytes are found by one tight scan and copied whole: byte by byte, the
+        // escaping was 12 % of a cached GET's instructions under callgrind.
+        let bytes = text.as_bytes();
         let mut plain = 0;
-        for (index, byte) in text.bytes().enumerate() {
-            let escape = match byte {
-                b'"' => "\\\"",
-                b'\\' => "\\\\",
-                b'\n' => "\\n",
-                b'\r' => "\\r",
-                b'\t' => "\\t",
-                0x08 => "\\b",
-                0x0c => "\\f",
-                0x00..=0x1f => "",
-                _ => continue,
-            };
+        while let Some(offset) = bytes[plain..].iter().position(|&byte| byte < 0x20 || byte == b'"' || byte == b'\\') {
+            let index = plain + offset;
             self.0.push_str(&text[plain..index]);
-            if escape.is_empty() {
-                let _ = write!(self.0, "\\u{byte:04x}");
-            } else {
-                self.0.push_str(escape);
+            match bytes[index] {
+                b'"' => self.0.push_str("\\\""),
+                b'\\' => self.0.push_str("\\\\"),
+                b'\n' => self.0.push_str("\\n"),
+                b'\r' => self.0.push_str("\\r"),
+                b'\t' => self.0.push_str("\\t"),
+                0x08 => self.0.push_str("\\b"),
+                0x0c => self.0.push_str("\\f"),
+                byte => {
+                    let _ = write!(self.0, "\\u{byte:04x}");
+                }
             }
             plain = index + 1;
         }
