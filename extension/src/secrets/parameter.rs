@@ -34,8 +34,9 @@ pub struct ParameterValue {
     value: Zeroizing<String>,
     /// A Secrets Manager reference's `GetSecretValue` JSON.
     source_result: Option<Zeroizing<String>>,
-    /// The GET API's and the SDK protocol's JSON, each made once and wiped with the value.
-    get_json: OnceLock<Zeroizing<Vec<u8>>>,
+    /// The GET API's and the SDK protocol's JSON, each made once; the GET API's is shared by
+    /// its answers (a reference count each), wiped when the value and the last answer are gone.
+    get_json: OnceLock<bytes::Bytes>,
     sdk_json: OnceLock<Zeroizing<Vec<u8>>>,
 }
 
@@ -192,15 +193,8 @@ impl ParameterValue {
 
     /// The GET API's answer, `{"Parameter": {…}}`, as a body sharing the value's own
     /// (zeroizing) copy, made once per value.
-    pub fn get_body(self: &Arc<Self>) -> bytes::Bytes {
-        struct Shared(Arc<ParameterValue>);
-        impl AsRef<[u8]> for Shared {
-            fn as_ref(&self) -> &[u8] {
-                self.0.get_json.get().map_or(&[], |json| json.as_slice())
-            }
-        }
-        self.get_json.get_or_init(|| self.to_json(Form::Get));
-        bytes::Bytes::from_owner(Shared(Arc::clone(self)))
+    pub fn get_body(&self) -> bytes::Bytes {
+        self.get_json.get_or_init(|| bytes::Bytes::from_owner(self.to_json(Form::Get))).clone()
     }
 
     /// The SDK protocol's `GetParameter` answer, `{"Parameter": {…}}`, in a zeroizing buffer.

@@ -38,9 +38,10 @@ pub struct SecretValue {
     version_stages: Vec<String>,
     created_date: Option<f64>,
     payload: Payload,
-    /// [`SecretValue::to_json`], made once on first use and wiped with the value: every cached
-    /// read answers with these bytes instead of serialising again.
-    json: std::sync::OnceLock<Zeroizing<Vec<u8>>>,
+    /// [`SecretValue::to_json`], made once on first use: every cached read answers with a
+    /// clone of these bytes (a reference count, no copy, no allocation). The zeroizing buffer
+    /// is wiped when the value and the last answer holding it are gone.
+    json: std::sync::OnceLock<bytes::Bytes>,
 }
 
 impl fmt::Debug for SecretValue {
@@ -166,16 +167,9 @@ impl SecretValue {
     }
 
     /// The `GetSecretValue` JSON as a response body that shares the value's own (zeroizing)
-    /// copy, made once per value: the body keeps the value alive until hyper has sent it.
-    pub fn json_body(self: &Arc<Self>) -> bytes::Bytes {
-        struct Shared(Arc<SecretValue>);
-        impl AsRef<[u8]> for Shared {
-            fn as_ref(&self) -> &[u8] {
-                self.0.json.get().map_or(&[], |json| json.as_slice())
-            }
-        }
-        self.json.get_or_init(|| self.to_json());
-        bytes::Bytes::from_owner(Shared(Arc::clone(self)))
+    /// copy, made once per value: the body keeps that copy alive until hyper has sent it.
+    pub fn json_body(&self) -> bytes::Bytes {
+        self.json.get_or_init(|| bytes::Bytes::from_owner(self.to_json())).clone()
     }
 
     /// The secret's ARN.
