@@ -216,7 +216,9 @@ impl Extension {
         let limits = ConnectionLimits { max_connections: config.max_connections, ..Default::default() };
         tasks.spawn(accept_loop(listener, limits, shutdown.clone(), move |request| {
             let api = Arc::clone(&api);
-            async move { api.handle(request).await }
+            // Boxed: hyper moves a request's future twice on its way in; a pointer is cheaper
+            // to move than the read path's 1.4 KB (2.9 % of a cached GET's instructions).
+            Box::pin(async move { api.handle(request).await })
         }));
         Ok(Self {
             config,

@@ -7,7 +7,7 @@
 //! See <https://docs.aws.amazon.com/systems-manager/latest/APIReference/API_Parameter.html>.
 
 use std::fmt;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use aws_sdk_ssm as ssm;
 use serde::Serialize;
@@ -243,6 +243,7 @@ pub fn selected(name: &str, version: &ParameterVersion) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     fn parameter(kind: ssm::types::ParameterType, selector: Option<&str>) -> Arc<ParameterValue> {
         Arc::new(ParameterValue::from_sdk(

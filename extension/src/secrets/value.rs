@@ -5,7 +5,6 @@
 //! copying the others ([`SecretValue::json_with_key`]).
 
 use std::fmt;
-use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -228,6 +227,7 @@ impl SecretValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     fn value(text: Option<&str>, binary: Option<&[u8]>) -> Arc<SecretValue> {
         Arc::new(SecretValue::from_parts(

@@ -41,6 +41,30 @@ fn queries_parse_or_are_refused_with_a_stable_code() {
 }
 
 #[test]
+fn a_query_with_nothing_to_decode_parses_as_form_urlencoded_parses_it() {
+    // The fast split (no `%`, no `+`) against the same query with one byte escaped, which
+    // goes through form_urlencoded: the same answer, or the same refusal.
+    let queries = [
+        "secretId=app/db",
+        "&&secretId=app/db&",
+        "secretId=a=b",
+        "secretId",
+        "secretId=",
+        "=x&secretId=db",
+        "secretId=db&refreshNow=true&jsonKey=k",
+        "secretId=db&versionStage=AWSPENDING",
+        "secretId=db&secretId=db",
+        "secretId=db&unknown",
+        "secretId=\u{FFFD}",
+    ];
+    for query in queries {
+        let escaped = query.replacen('d', "%64", 1);
+        assert_ne!(escaped, query, "{query}: nothing to escape");
+        assert_eq!(SecretQuery::parse(query, None), SecretQuery::parse(&escaped, None), "{query}");
+    }
+}
+
+#[test]
 fn refresh_and_the_agent_path_parse_like_the_query_form() {
     let refreshed = SecretQuery::parse("secretId=db&refreshNow=true", None).expect("valid");
     assert!(refreshed.refresh);
