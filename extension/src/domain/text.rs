@@ -1,5 +1,8 @@
 //! Caller text on its way in: percent-decoding (the `percent-encoding` crate already in the
-//! SDK's tree, not a decoder of our own) and bounding what may reach a log line.
+//! SDK's tree, not a decoder of our own), query pairs ([`form_pairs`], by hand: a profile said
+//! so) and bounding what may reach a log line.
+
+use std::borrow::Cow;
 
 /// The longest piece of caller text a log line shows.
 pub const MAX_LOGGED_CHARS: usize = 256;
@@ -8,6 +11,48 @@ pub const MAX_LOGGED_CHARS: usize = 256;
 /// UTF-8 becomes U+FFFD, which no allowlist entry contains: refused, never guessed at.
 pub fn percent_decode_lossy(encoded: &str) -> String {
     percent_encoding::percent_decode_str(encoded).decode_utf8_lossy().into_owned()
+}
+
+/// A query string's `name=value` pairs as `application/x-www-form-urlencoded` reads them, the
+/// same pairs `form_urlencoded::parse` gives (pieces split at `&`, empty ones skipped, a name
+/// without `=` has an empty value; `+` is a space, `%XX` a byte, invalid UTF-8 U+FFFD), in one
+/// pass per piece, borrowed when there is nothing to decode. Through `form_urlencoded` the
+/// decoding was 5 % of a cached GET's instructions (an iterator step per byte).
+pub fn form_pairs(query: &str) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> {
+    query.split('&').filter(|piece| !piece.is_empty()).map(|piece| {
+        let (name, value) = piece.split_once('=').unwrap_or((piece, ""));
+        (form_decode(name), form_decode(value))
+    })
+}
+
+fn form_decode(text: &str) -> Cow<'_, str> {
+    let bytes = text.as_bytes();
+    if !bytes.iter().any(|&byte| byte == b'%' || byte == b'+') {
+        return Cow::Borrowed(text);
+    }
+    let hex = |byte: u8| char::from(byte).to_digit(16);
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        let byte = bytes[index];
+        index += 1;
+        let escaped = match (byte, bytes.get(index), bytes.get(index + 1)) {
+            (b'%', Some(&high), Some(&low)) => hex(high).zip(hex(low)).map(|(high, low)| (high * 16 + low) as u8),
+            _ => None,
+        };
+        match (byte, escaped) {
+            (_, Some(value)) => {
+                decoded.push(value);
+                index += 2;
+            }
+            (b'+', None) => decoded.push(b' '),
+            (other, None) => decoded.push(other),
+        }
+    }
+    match String::from_utf8(decoded) {
+        Ok(text) => Cow::Owned(text),
+        Err(invalid) => Cow::Owned(String::from_utf8_lossy(invalid.as_bytes()).into_owned()),
+    }
 }
 
 /// Caller text as a log line may show it: without control characters and at most
@@ -24,6 +69,27 @@ pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn query_pairs_are_those_form_urlencoded_gives() {
+        let queries = [
+            "secretId=app%2Fdb",
+            "secretId=a+b&versionStage=AWS%2BX",
+            "&&a=1&&b&=c&d==e&",
+            "x=%zz%2&y=100%&z=%",
+            "bad=%FF%FE&ok=%C3%A9",
+            "k%3Dv=1%263",
+            "%41%4a%4A=%e2%82%ac",
+            "",
+            "plain=value",
+        ];
+        for query in queries {
+            let ours: Vec<_> = form_pairs(query).collect();
+            let theirs: Vec<_> = form_urlencoded::parse(query.as_bytes()).collect();
+            assert_eq!(ours, theirs, "{query}");
+        }
+        assert!(matches!(form_pairs("a=b").next(), Some((Cow::Borrowed(_), Cow::Borrowed(_)))));
+    }
 
     #[test]
     fn decoding_keeps_what_is_not_an_escape_and_never_guesses() {

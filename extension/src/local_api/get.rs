@@ -10,8 +10,6 @@
 //! top-level field of the secret's JSON object.
 //! See <https://docs.aws.amazon.com/secretsmanager/latest/userguide/retrieving-secrets_lambda.html>.
 
-use std::borrow::Cow;
-
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
@@ -24,7 +22,7 @@ use super::read::{Read, ReadPath};
 use crate::config::LocalToken;
 use crate::domain::api::Api;
 use crate::domain::code::Code;
-use crate::domain::text::percent_decode_lossy;
+use crate::domain::text::{form_pairs, percent_decode_lossy};
 use crate::domain::version::{self, Version};
 use crate::http::json_response;
 
@@ -276,19 +274,7 @@ impl SecretQuery {
     pub fn parse(query: &str, path_secret_id: Option<String>) -> Result<Self, Refusal> {
         let (mut secret_id, mut stage, mut id, mut refresh, mut json_key) = (None, None, None, None, None);
         let from_path = path_secret_id.is_some();
-        // A query with nothing to decode (no `%`, no `+`: nearly every one) is split as
-        // `form_urlencoded` splits it, without its decoding pass (4 % of a cached GET).
-        let encoded = query.bytes().any(|byte| byte == b'%' || byte == b'+');
-        let mut plain = (!encoded).then(|| {
-            query.split('&').filter(|pair| !pair.is_empty()).map(|pair| pair.split_once('=').unwrap_or((pair, "")))
-        });
-        let mut decoded = encoded.then(|| form_urlencoded::parse(query.as_bytes()));
-        let mut next = || match (&mut plain, &mut decoded) {
-            (Some(pairs), _) => pairs.next().map(|(name, value)| (Cow::Borrowed(name), Cow::Borrowed(value))),
-            (None, Some(pairs)) => pairs.next(),
-            (None, None) => None,
-        };
-        while let Some((name, value)) = next() {
+        for (name, value) in form_pairs(query) {
             // U+FFFD: an escape that decoded to invalid UTF-8 (or the text itself had it).
             if value.contains('\u{FFFD}') || name.contains('\u{FFFD}') {
                 return Err(Refusal::of(Code::InvalidQuery));

@@ -16,6 +16,7 @@ use crate::domain::api::Api;
 use crate::domain::code::Code;
 use crate::domain::item::Kind;
 use crate::domain::parameter::{self, MAX_NAME_CHARS, ParameterVersion};
+use crate::domain::text::form_pairs;
 use crate::domain::version::Version;
 use crate::secrets::parameter::ParameterValue;
 
@@ -107,7 +108,7 @@ impl ParameterQuery {
     /// A [`Refusal`] with the reason.
     pub fn parse(query: &str) -> Result<Self, Refusal> {
         let (mut name, mut version, mut label, mut decrypt) = (None, None, None, None);
-        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        for (key, value) in form_pairs(query) {
             if value.contains('\u{FFFD}') || key.contains('\u{FFFD}') {
                 return Err(Refusal::of(Code::InvalidQuery));
             }
