@@ -2,7 +2,7 @@
 //! bring (a proxy's headers, an absolute-form target, a foreign `Host`), refused before the
 //! token, the signature or the allowlist are looked at. Each protocol calls them in its order.
 
-use http::{HeaderMap, Uri, Version, header};
+use http::{HeaderMap, HeaderName, Uri, Version, header};
 
 use crate::domain::code::Code;
 
@@ -46,7 +46,9 @@ impl From<Code> for Refusal {
 /// # Errors
 /// [`Code::ForwardedRequest`].
 pub fn refuse_forwarded(headers: &HeaderMap) -> Result<(), Refusal> {
-    if headers.contains_key("x-forwarded-for") || headers.contains_key(header::FORWARDED) {
+    // A ready name: looked up by `&str`, it was parsed again per request.
+    const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+    if headers.contains_key(X_FORWARDED_FOR) || headers.contains_key(header::FORWARDED) {
         return Err(Refusal::of(Code::ForwardedRequest));
     }
     Ok(())

@@ -35,6 +35,7 @@ use crate::domain::version::Version;
 use crate::evidence::Evidence;
 use crate::invocation::Invocations;
 use crate::invocation::scope::Scope;
+use crate::logging;
 use crate::secrets::Secrets;
 use crate::secrets::parameter::ParameterValue;
 use crate::secrets::served::Item;
@@ -175,34 +176,27 @@ impl ReadPath {
             None => served.scope.unwrap_or_else(|| self.invocations.label()),
         };
         let version_id = served.value.version_id();
-        match decrypt {
-            None => tracing::info!(
-                target: "audit",
-                event = "allow",
-                request_id = request_id.as_str(),
-                request_id_asserted = read.caller.is_some() && named.is_none(),
-                request_id_checked = named.is_some(),
-                api = read.api.as_str(),
-                kind = kind.as_str(),
-                secret_id = &*printable(read.secret_id),
-                version_id = &*version_id,
-                source = served.source.as_str(),
-                refresh = read.refresh,
-            ),
-            Some(decrypt) => tracing::info!(
-                target: "audit",
-                event = "allow",
-                request_id = request_id.as_str(),
-                request_id_asserted = read.caller.is_some() && named.is_none(),
-                request_id_checked = named.is_some(),
-                api = read.api.as_str(),
-                kind = kind.as_str(),
-                parameter = &*printable(read.secret_id),
-                version = &*version_id,
-                with_decryption = decrypt,
-                source = served.source.as_str(),
-            ),
-        }
+        let (asserted, checked) = (read.caller.is_some() && named.is_none(), named.is_some());
+        let logged_id = printable(read.secret_id);
+        logging::audit::write("allow", |line| {
+            line.str("request_id", &request_id)
+                .bool("request_id_asserted", asserted)
+                .bool("request_id_checked", checked)
+                .str("api", read.api.as_str())
+                .str("kind", kind.as_str());
+            match decrypt {
+                None => line
+                    .str("secret_id", &logged_id)
+                    .str("version_id", &version_id)
+                    .str("source", served.source.as_str())
+                    .bool("refresh", read.refresh),
+                Some(decrypt) => line
+                    .str("parameter", &logged_id)
+                    .str("version", &version_id)
+                    .bool("with_decryption", decrypt)
+                    .str("source", served.source.as_str()),
+            };
+        });
         Ok(served.value)
     }
 
@@ -251,32 +245,16 @@ impl ReadPath {
         self.evidence.deny(code);
         let secret_id = secret_id.map(|id| self.logged(id)).unwrap_or_default();
         let checked = caller.is_some() && self.checks_callers();
-        match kind {
-            Kind::Secret => tracing::info!(
-                target: "audit",
-                event = "deny",
-                request_id = request_id.as_str(),
-                request_id_asserted = caller.is_some() && !checked,
-                request_id_checked = checked,
-                api = api.as_str(),
-                kind = kind.as_str(),
-                secret_id = secret_id.as_str(),
-                code = code.as_str(),
-                status,
-            ),
-            Kind::Parameter => tracing::info!(
-                target: "audit",
-                event = "deny",
-                request_id = request_id.as_str(),
-                request_id_asserted = caller.is_some() && !checked,
-                request_id_checked = checked,
-                api = api.as_str(),
-                kind = kind.as_str(),
-                parameter = secret_id.as_str(),
-                code = code.as_str(),
-                status,
-            ),
-        }
+        logging::audit::write("deny", |line| {
+            line.str("request_id", &request_id)
+                .bool("request_id_asserted", caller.is_some() && !checked)
+                .bool("request_id_checked", checked)
+                .str("api", api.as_str())
+                .str("kind", kind.as_str())
+                .str(if kind == Kind::Secret { "secret_id" } else { "parameter" }, &secret_id)
+                .str("code", code.as_str())
+                .u64("status", u64::from(status));
+        });
     }
 
     /// Caller text as an audit line may show it. A caller that sends its own token as an id

@@ -16,10 +16,12 @@
 //! promises an audit line keeps (one line per decision, in order, on stdout before the next
 //! `/event/next` and before exit, never dropped) are the sink's.
 
+pub mod audit;
 pub mod sink;
 
 use std::cell::RefCell;
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tracing::level_filters::LevelFilter;
@@ -44,10 +46,15 @@ pub fn init(env: &Env) -> Result<(), String> {
         .with_target("scoped_secrets", level)
         .with_target("audit", LevelFilter::INFO.max(level));
     // Fails only if a subscriber is already installed (tests): keep that one.
-    let _ = tracing_subscriber::registry().with(JsonLines.with_filter(filter)).try_init();
+    if tracing_subscriber::registry().with(JsonLines.with_filter(filter)).try_init().is_ok() {
+        INSTALLED.store(true, Ordering::Release);
+    }
     flush_on_panic();
     problem.map_or(Ok(()), Err)
 }
+
+/// Set once [`init`] installed the JSON lines: [`audit`] lines are written from then on.
+static INSTALLED: AtomicBool = AtomicBool::new(false);
 
 /// The sink in front of stdout, started by the first line.
 fn stdout() -> &'static sink::Sink {
