@@ -352,13 +352,21 @@ impl<S> WriteDeadline<S> {
         Self { inner, timeout, stalled: None, slot: Some((slot, clock)) }
     }
 
+    /// Bytes of an answer went out: its header timeout starts over (only real writes count: a
+    /// flush with nothing to write, which hyper makes after every read, must not, or a client
+    /// sending its head a byte at a time would never time out).
+    fn progressed(&self, polled: &Poll<io::Result<usize>>) {
+        if let (Some((slot, clock)), Poll::Ready(Ok(written))) = (&self.slot, polled)
+            && *written > 0
+        {
+            slot.stamp(clock);
+        }
+    }
+
     /// After a write-side poll: progress clears the stall; pending starts (or checks) it.
     fn bound<T>(&mut self, polled: Poll<io::Result<T>>, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
-        if let Some((slot, clock)) = &self.slot {
+        if let Some((slot, _)) = &self.slot {
             slot.write_stalled.store(polled.is_pending(), Ordering::Release);
-            if polled.is_ready() {
-                slot.stamp(clock);
-            }
         }
         if polled.is_ready() {
             self.stalled = None;
@@ -384,6 +392,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for WriteDeadline<S> {
 impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.progressed(&polled);
         self.bound(polled, cx)
     }
 
@@ -393,6 +402,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.progressed(&polled);
         self.bound(polled, cx)
     }
 
