@@ -1,0 +1,104 @@
+//! Unit tests of the accept loop's pieces: the write deadline, the slot given up, the header
+//! timeout's sweeper.
+
+use super::*;
+use tokio::io::AsyncWriteExt;
+
+#[tokio::test(start_paused = true)]
+async fn a_write_the_peer_never_reads_fails_at_the_write_timeout() {
+    // A 64-byte pipe whose other end never reads: the second write stalls.
+    let (near, _far) = tokio::io::duplex(64);
+    let mut stream = WriteDeadline::new(near, Duration::from_secs(5));
+    stream.write_all(&[0u8; 64]).await.expect("fits the pipe");
+    let started = tokio::time::Instant::now();
+    let error = stream.write_all(&[0u8; 1]).await.expect_err("nobody reads");
+    assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+    assert_eq!(started.elapsed(), Duration::from_secs(5));
+}
+
+#[tokio::test(start_paused = true)]
+async fn progress_restarts_the_write_timeout() {
+    let (near, mut far) = tokio::io::duplex(64);
+    let mut stream = WriteDeadline::new(near, Duration::from_secs(5));
+    let reader = tokio::spawn(async move {
+        // Reads 64 bytes every 4 s: slow, but never 5 s without progress.
+        let mut buffer = [0u8; 64];
+        let mut total = 0;
+        while total < 256 {
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            total += tokio::io::AsyncReadExt::read(&mut far, &mut buffer).await.expect("read");
+        }
+    });
+    stream.write_all(&[0u8; 256]).await.expect("a slow reader is not a stalled one");
+    reader.await.expect("joined");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_slot_given_up_is_one_waiting_on_its_client_never_one_being_served() {
+    let (slots, clock) = (Slots::default(), Clock::default());
+    let dry = |slot: &Slot| slot.read_dry.store(true, Ordering::Release);
+    let (idle, serving, silent, unread, stalled) =
+        (slots.open(&clock), slots.open(&clock), slots.open(&clock), slots.open(&clock), slots.open(&clock));
+    idle.state.store(AFTER, Ordering::Release);
+    dry(&idle);
+    serving.state.store(SERVING, Ordering::Release);
+    dry(&serving);
+    dry(&silent);
+    stalled.state.store(AFTER, Ordering::Release);
+    stalled.write_stalled.store(true, Ordering::Release);
+    tokio::time::advance(HEAD_GRACE).await;
+    let just_opened = slots.open(&clock);
+    dry(&just_opened);
+    assert!(slots.evict_one());
+    assert!(silent.evict.is_cancelled(), "first: read dry without a head, past its grace");
+    assert!(slots.evict_one());
+    assert!(idle.evict.is_cancelled(), "then: idle after its answer");
+    assert!(slots.evict_one());
+    assert!(stalled.evict.is_cancelled(), "or stalled writing it");
+    assert!(!slots.evict_one(), "never one being served, one not read yet, or one just opened");
+    assert!(!serving.evict.is_cancelled() && !unread.evict.is_cancelled() && !just_opened.evict.is_cancelled());
+    tokio::time::advance(HEAD_GRACE).await;
+    assert!(slots.evict_one(), "once its grace is over");
+    assert!(just_opened.evict.is_cancelled() && !unread.evict.is_cancelled());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_sweeper_closes_connections_waiting_past_the_header_timeout_never_one_being_served() {
+    let (slots, clock, shutdown) = (Arc::new(Slots::default()), Arc::new(Clock::default()), CancellationToken::new());
+    let timeout = Duration::from_secs(5);
+    let sweeper = {
+        let (slots, clock, shutdown) = (Arc::clone(&slots), Arc::clone(&clock), shutdown.clone());
+        tokio::spawn(async move { clock.sweep(&slots, timeout, &shutdown).await })
+    };
+    let (silent, serving, answered, writing) =
+        (slots.open(&clock), slots.open(&clock), slots.open(&clock), slots.open(&clock));
+    serving.state.store(SERVING, Ordering::Release);
+    answered.state.store(AFTER, Ordering::Release);
+    writing.state.store(AFTER, Ordering::Release);
+    let step = timeout / TICKS_PER_TIMEOUT;
+    // Two seconds in, the answered one answers again: its wait starts over.
+    for _ in 0..4 {
+        tokio::time::advance(step).await;
+        tokio::task::yield_now().await;
+    }
+    answered.stamp(&clock);
+    // The one writing makes progress every second.
+    let mut elapsed = Duration::ZERO;
+    while !silent.evict.is_cancelled() {
+        tokio::time::advance(step).await;
+        tokio::task::yield_now().await;
+        writing.stamp(&clock);
+        elapsed = Duration::from_secs(2) + step * clock.now().saturating_sub(4);
+        assert!(elapsed <= timeout * 12 / 10, "still open after {elapsed:?}");
+    }
+    assert!(elapsed > timeout, "closed after {elapsed:?}, before the timeout");
+    assert!(!answered.evict.is_cancelled() && !writing.evict.is_cancelled() && !serving.evict.is_cancelled());
+    for _ in 0..4 * TICKS_PER_TIMEOUT {
+        tokio::time::advance(step).await;
+        tokio::task::yield_now().await;
+    }
+    assert!(answered.evict.is_cancelled(), "its own timeout, counted from its last answer");
+    assert!(!serving.evict.is_cancelled(), "a connection being served is never cut");
+    shutdown.cancel();
+    sweeper.await.expect("the sweeper stops at shutdown");
+}
