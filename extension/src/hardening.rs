@@ -112,8 +112,7 @@ fn lock_memory() -> MemoryLock {
 
 /// Gives back the pages of our own executable (code and read-only data: public, the same in
 /// every copy of the layer) that INIT touched, once INIT is over: they are clean file pages, so
-/// the kernel reclaims them (or, where it cannot, they are only unmapped and left to the page
-/// cache) and maps back, on first use, only what serving needs. After INIT,
+/// the kernel drops them and reads back, on first use, only what serving needs. After INIT,
 /// 5.5 MB of the 6.3 MB of code were resident (the SDK's set-up, certificate loading, and the
 /// kernel's 64 KB fault-around), most of RSS. Unlocked first where memory is locked: code holds
 /// no secret. Best effort: returns the bytes advised, 0 where not supported.
@@ -132,10 +131,7 @@ pub fn release_init_code() -> usize {
             // nothing in it can be lost); munlock and madvise only change residency.
             let released = unsafe {
                 libc::munlock(address, length);
-                // Reclaimed where the kernel can (pages only we map); the rest unmapped, left to
-                // the page cache, which the kernel frees under pressure.
-                libc::madvise(address, length, libc::MADV_PAGEOUT);
-                libc::madvise(address, length, libc::MADV_DONTNEED)
+                libc::madvise(address, length, libc::MADV_PAGEOUT)
             };
             if released == 0 {
                 advised += length;
