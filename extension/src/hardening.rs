@@ -110,57 +110,6 @@ fn lock_memory() -> MemoryLock {
     }
 }
 
-/// Gives back the pages of our own executable (code and read-only data: public, the same in
-/// every copy of the layer) that INIT touched, once INIT is over: they are clean file pages, so
-/// the kernel drops them and reads back, on first use, only what serving needs. After INIT,
-/// 5.5 MB of the 6.3 MB of code were resident (the SDK's set-up, certificate loading, and the
-/// kernel's 64 KB fault-around), most of RSS. Unlocked first where memory is locked: code holds
-/// no secret. Best effort: returns the bytes advised, 0 where not supported.
-#[allow(unsafe_code)]
-pub fn release_init_code() -> usize {
-    #[cfg(target_os = "linux")]
-    {
-        let (Ok(maps), Ok(exe)) = (std::fs::read_to_string("/proc/self/maps"), std::fs::read_link("/proc/self/exe"))
-        else {
-            return 0;
-        };
-        let mut advised = 0;
-        for (start, end) in executable_read_only_ranges(&maps, &exe.to_string_lossy()) {
-            let (address, length) = (start as *mut libc::c_void, end - start);
-            // SAFETY: the range is a whole mapping of our executable, read-only (never written:
-            // nothing in it can be lost); munlock and madvise only change residency.
-            let released = unsafe {
-                libc::munlock(address, length);
-                libc::madvise(address, length, libc::MADV_PAGEOUT)
-            };
-            if released == 0 {
-                advised += length;
-            }
-        }
-        advised
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        0
-    }
-}
-
-/// The `start-end` ranges of `/proc/self/maps` lines that map `exe` without write access.
-pub fn executable_read_only_ranges(maps: &str, exe: &str) -> Vec<(usize, usize)> {
-    maps.lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let (range, permissions) = (fields.next()?, fields.next()?);
-            let path = fields.nth(3)?;
-            if path != exe || permissions.as_bytes().get(1) != Some(&b'-') {
-                return None;
-            }
-            let (start, end) = range.split_once('-')?;
-            Some((usize::from_str_radix(start, 16).ok()?, usize::from_str_radix(end, 16).ok()?))
-        })
-        .collect()
-}
-
 #[cfg(target_os = "linux")]
 fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or_default()
@@ -176,19 +125,6 @@ mod tests {
         assert!(should_lock(Some(65_536), true), "CAP_IPC_LOCK lifts the limit");
         assert!(!should_lock(Some(65_536), false), "a finite limit: MCL_FUTURE could fail a later mapping");
         assert!(!should_lock(Some(0), false));
-    }
-
-    #[test]
-    fn only_the_executable_s_read_only_mappings_are_released() {
-        let maps = "\
-01000000-01161000 r--p 00000000 fd:01 123 /opt/extensions/scoped-secrets
-01161000-0177c000 r-xp 00160000 fd:01 123 /opt/extensions/scoped-secrets
-0177c000-017c9000 rw-p 0077b000 fd:01 123 /opt/extensions/scoped-secrets
-7f2d45e70000-7f2d46060000 rw-p 00000000 00:00 0
-7f2d46070000-7f2d46080000 r-xp 00000000 fd:01 9 /opt/extensions/scoped-secrets-other
-7ffff3fc3000-7ffff3fe4000 rw-p 00000000 00:00 0 [stack]";
-        let ranges = executable_read_only_ranges(maps, "/opt/extensions/scoped-secrets");
-        assert_eq!(ranges, [(0x0100_0000, 0x0116_1000), (0x0116_1000, 0x0177_c000)]);
     }
 
     #[test]

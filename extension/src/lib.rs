@@ -134,7 +134,5 @@ pub async fn run(env: Env, name: String, hardening: Hardening, log_problem: Opti
         }
     };
     extension.log_ready(&name, started, &hardening);
-    let released = hardening::release_init_code();
-    tracing::debug!(event = "init_code_released", bytes = released as u64);
     extension.run(registered).await
 }
