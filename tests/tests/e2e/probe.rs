@@ -526,7 +526,7 @@ async fn once_the_invoke_has_come_no_read_is_served_by_the_init_session() -> any
     // The init session was started (its read began under INIT) but never used.
     let sessions = stack.proxy.assume_role_calls();
     let init = sessions.iter().find(|c| c.role_session_name.as_deref().is_some_and(|n| n.ends_with("-init")));
-    let init = init.expect("the read began under the init scope");
+    let Some(init) = init else { panic!("the read began under the init scope\n{}", output.text()) };
     let init_key = init.credentials.as_ref().map(|c| c.access_key_id.clone());
     let reads = stack.proxy.secrets_manager_calls();
     assert!(!reads.is_empty());
