@@ -66,6 +66,12 @@ pub struct ConnectionLimits {
     pub write_timeout: Option<Duration>,
     /// How long open connections may take to finish their current request once shutdown begins.
     pub graceful_close: Duration,
+    /// While a request is handled, keep reading to notice the client hanging up, and drop
+    /// the handler when it does (the Runtime API proxy's long polls). Off, a handler runs to
+    /// its end and its answer meets the closed socket; and hyper does not read ahead while
+    /// the request (whose headers hold slices of the read buffer) is alive, which otherwise
+    /// costs a fresh 8 KiB read buffer, and the old one's wipe on free, per request.
+    pub notice_hangup: bool,
 }
 
 impl Default for ConnectionLimits {
@@ -76,6 +82,7 @@ impl Default for ConnectionLimits {
             max_head_bytes: 16 * 1024,
             write_timeout: Some(Duration::from_secs(5)),
             graceful_close: GRACEFUL_CLOSE,
+            notice_hangup: false,
         }
     }
 }
@@ -309,7 +316,7 @@ where
             });
             // No timer for hyper: the header timeout is the sweeper's ([`Clock`]).
             let mut builder = hyper::server::conn::http1::Builder::new();
-            builder.max_buf_size(limits.max_head_bytes.max(8_192)).keep_alive(true);
+            builder.max_buf_size(limits.max_head_bytes.max(8_192)).keep_alive(true).half_close(!limits.notice_hangup);
             let io = TokioIo::new(WriteDeadline::watched(stream, limits.write_timeout, Arc::clone(&slot), clock));
             let connection = builder.serve_connection(io, service);
             tokio::pin!(connection);

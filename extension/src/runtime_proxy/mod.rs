@@ -128,6 +128,8 @@ pub async fn serve_proxy(
         header_timeout: None,
         // A long poll never finishes on its own: at SHUTDOWN the runtime's connection just closes.
         graceful_close: std::time::Duration::ZERO,
+        // A runtime gone mid-poll must not leave its `/next` waiting on Lambda.
+        notice_hangup: true,
         ..ConnectionLimits::default()
     };
     serve(bound.listener, limits, shutdown, move |request| {
