@@ -1,23 +1,19 @@
-//! HTTP plumbing shared by every listener of the extension (the local API, the telemetry
-//! listener, the Runtime API proxy): the accept loop with its limits, and JSON answers no cache
-//! may keep.
+//! HTTP plumbing shared by every listener of the extension (the local API, the telemetry listener, the
+//! Runtime API proxy): the accept loop with its limits, and JSON answers no cache may keep.
 //!
-//! Every listener binds loopback only and serves HTTP/1 through hyper, with a cap on
-//! concurrent connections, a header timeout (which also closes a keep-alive connection left
-//! idle between requests: kept by one sweeper per listener, not by a timer per request, see
-//! [`Clock`]), a cap on a request's head, and a write timeout: a client that stops
-//! reading its answers (a pipelining client that never reads) is cut off once a write has
-//! stalled that long, so it cannot keep its slot. When every slot is taken, a new connection
-//! takes the slot of the oldest one that is waiting on its client: first one that was read dry
-//! without a whole request head and is older than [`HEAD_GRACE`] (a real client sends its head
-//! at once, and a connection not read yet is never cut), else one waiting for its next request
-//! or stalled writing, after an answer; a connection whose request is being handled is never
-//! cut. So local clients that connect and wait cannot starve a listener. At shutdown the loop
-//! stops accepting and lets open connections finish their current request, bounded by
-//! [`ConnectionLimits::graceful_close`]. The loop is generic over the answer's body, so the
-//! proxy streams what the local API and telemetry buffer; the proxy alone has no header or
-//! write timeout (a runtime's connection idles while its function runs, as with Lambda's own
-//! Runtime API).
+//! Every listener binds loopback only and serves HTTP/1 through hyper, with a cap on concurrent connections,
+//! a header timeout (which also closes a keep-alive connection left idle between requests: kept by one
+//! sweeper per listener, not by a timer per request, see [`Clock`]), a cap on a request's head, and a write
+//! timeout: a client that stops reading its answers (a pipelining client that never reads) is cut off once a
+//! write has stalled that long, so it cannot keep its slot. When every slot is taken, a new connection takes
+//! the slot of the oldest one that is waiting on its client: first one that was read dry without a whole
+//! request head and is older than [`HEAD_GRACE`] (a real client sends its head at once, and a connection not
+//! read yet is never cut), else one waiting for its next request or stalled writing, after an answer; a
+//! connection whose request is being handled is never cut. So local clients that connect and wait cannot
+//! starve a listener. At shutdown the loop stops accepting and lets open connections finish their current
+//! request, bounded by [`ConnectionLimits::graceful_close`]. The loop is generic over the answer's body, so
+//! the proxy streams what the local API and telemetry buffer; the proxy alone has no header or write timeout
+//! (a runtime's connection idles while its function runs, as with Lambda's own Runtime API).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -66,11 +62,8 @@ pub struct ConnectionLimits {
     pub write_timeout: Option<Duration>,
     /// How long open connections may take to finish their current request once shutdown begins.
     pub graceful_close: Duration,
-    /// While a request is handled, keep reading to notice the client hanging up, and drop
-    /// the handler when it does (the Runtime API proxy's long polls). Off, a handler runs to
-    /// its end and its answer meets the closed socket; and hyper does not read ahead while
-    /// the request (whose headers hold slices of the read buffer) is alive, which otherwise
-    /// costs a fresh 8 KiB read buffer, and the old one's wipe on free, per request.
+    /// Read on while a request is handled, to drop its handler if the client hangs up (the
+    /// proxy's long polls). Off, no read ahead: that took a fresh 8 KiB buffer per request.
     pub notice_hangup: bool,
 }
 
