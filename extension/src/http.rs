@@ -1,29 +1,30 @@
-//! HTTP plumbing shared by every listener of the extension (the local API, the telemetry listener, the
-//! Runtime API proxy): the accept loop with its limits, and JSON answers no cache may keep.
+//! HTTP plumbing shared by every listener of the extension (the local API, the telemetry
+//! listener, the Runtime API proxy): the accept loop with its limits, and JSON answers no cache
+//! may keep.
 //!
-//! Every listener binds loopback only and serves HTTP/1 through hyper, with a cap on concurrent connections,
-//! a header timeout (which also closes a keep-alive connection left idle between requests: kept by one
-//! sweeper per listener, not by a timer per request, see [`Clock`]), a cap on a request's head, and a write
-//! timeout: a client that stops reading its answers (a pipelining client that never reads) is cut off once a
-//! write has stalled that long, so it cannot keep its slot. When every slot is taken, a new connection takes
-//! the slot of the oldest one that is waiting on its client: first one that was read dry without a whole
-//! request head and is older than [`HEAD_GRACE`] (a real client sends its head at once, and a connection not
-//! read yet is never cut), else one waiting for its next request or stalled writing, after an answer; a
-//! connection whose request is being handled is never cut. So local clients that connect and wait cannot
-//! starve a listener. At shutdown the loop stops accepting and lets open connections finish their current
-//! request, bounded by [`ConnectionLimits::graceful_close`]. The loop is generic over the answer's body, so
-//! the proxy streams what the local API and telemetry buffer; the proxy alone has no header or write timeout
-//! (a runtime's connection idles while its function runs, as with Lambda's own Runtime API).
+//! Every listener binds loopback only and serves HTTP/1 through hyper, with a cap on
+//! concurrent connections, a header timeout (which also closes a keep-alive connection left
+//! idle between requests: kept by one sweeper per listener, not by a timer per request, see
+//! [`Clock`]), a cap on a request's head, and a write timeout: a client that stops
+//! reading its answers (a pipelining client that never reads) is cut off once a write has
+//! stalled that long, so it cannot keep its slot. When every slot is taken, a new connection
+//! takes the slot of the oldest one that is waiting on its client: first one that was read dry
+//! without a whole request head and is older than [`HEAD_GRACE`] (a real client sends its head
+//! at once, and a connection not read yet is never cut), else one waiting for its next request
+//! or stalled writing, after an answer; a connection whose request is being handled is never
+//! cut. So local clients that connect and wait cannot starve a listener. At shutdown the loop
+//! stops accepting and lets open connections finish their current request, bounded by
+//! [`ConnectionLimits::graceful_close`]. The loop is generic over the answer's body, so the
+//! proxy streams what the local API and telemetry buffer; the proxy alone has no header or
+//! write timeout (a runtime's connection idles while its function runs, as with Lambda's own
+//! Runtime API).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::error::Error as StdError;
 use std::future::Future;
-use std::io;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
-use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -31,10 +32,9 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::{Body, Incoming};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, TryAcquireError};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -329,98 +329,6 @@ where
     tracker.wait().await;
 }
 
-/// A stream whose writes fail with `TimedOut` once one has been pending for `timeout`: the
-/// peer stopped reading. Reads are untouched (hyper's header timeout bounds them); they and
-/// the writes only tell the accept loop whether the connection waits on its client.
-#[derive(Debug)]
-pub struct WriteDeadline<S> {
-    inner: S,
-    timeout: Option<Duration>,
-    stalled: Option<Pin<Box<Sleep>>>,
-    /// The connection's slot and its listener's clock: a write that makes progress restarts
-    /// its header timeout (an answer still going out is not a client gone quiet).
-    slot: Option<(Arc<Slot>, Arc<Clock>)>,
-}
-
-impl<S> WriteDeadline<S> {
-    /// `inner` with writes bounded by `timeout`.
-    pub fn new(inner: S, timeout: Duration) -> Self {
-        Self { inner, timeout: Some(timeout), stalled: None, slot: None }
-    }
-
-    fn watched(inner: S, timeout: Option<Duration>, slot: Arc<Slot>, clock: Arc<Clock>) -> Self {
-        Self { inner, timeout, stalled: None, slot: Some((slot, clock)) }
-    }
-
-    /// Bytes of an answer went out: its header timeout starts over (only real writes count: a
-    /// flush with nothing to write, which hyper makes after every read, must not, or a client
-    /// sending its head a byte at a time would never time out).
-    fn progressed(&self, polled: &Poll<io::Result<usize>>) {
-        if let (Some((slot, clock)), Poll::Ready(Ok(written))) = (&self.slot, polled)
-            && *written > 0
-        {
-            slot.stamp(clock);
-        }
-    }
-
-    /// After a write-side poll: progress clears the stall; pending starts (or checks) it.
-    fn bound<T>(&mut self, polled: Poll<io::Result<T>>, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
-        if let Some((slot, _)) = &self.slot {
-            slot.write_stalled.store(polled.is_pending(), Ordering::Release);
-        }
-        if polled.is_ready() {
-            self.stalled = None;
-            return polled;
-        }
-        let Some(timeout) = self.timeout else { return polled };
-        let stalled = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-        ready!(stalled.as_mut().poll(cx));
-        Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "the peer stopped reading")))
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for WriteDeadline<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let Some((slot, _)) = &self.slot {
-            slot.read_dry.store(polled.is_pending(), Ordering::Release);
-        }
-        polled
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.progressed(&polled);
-        self.bound(polled, cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        self.progressed(&polled);
-        self.bound(polled, cx)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let polled = Pin::new(&mut self.inner).poll_flush(cx);
-        self.bound(polled, cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let polled = Pin::new(&mut self.inner).poll_shutdown(cx);
-        self.bound(polled, cx)
-    }
-}
-
 /// An answer with `content_type` that no cache may keep.
 pub fn json_response(status: StatusCode, body: Bytes, content_type: &'static str) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(body));
@@ -447,3 +355,6 @@ pub fn closing_response(status: StatusCode) -> Response<Full<Bytes>> {
 
 #[cfg(test)]
 mod tests;
+mod write_deadline;
+
+pub use write_deadline::WriteDeadline;

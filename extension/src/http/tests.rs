@@ -2,6 +2,7 @@
 //! timeout's sweeper.
 
 use super::*;
+use std::io;
 use tokio::io::AsyncWriteExt;
 
 #[tokio::test(start_paused = true)]
@@ -103,32 +104,30 @@ async fn the_sweeper_closes_connections_waiting_past_the_header_timeout_never_on
     sweeper.await.expect("the sweeper stops at shutdown");
 }
 
-/// Serves one connection whose handler waits for `release` (or is dropped first), sends one
-/// request and shuts down the client's write side. Returns whether the handler was dropped
-/// before it was released, and what the client read.
-async fn half_closed_client(notice_hangup: bool) -> (bool, Vec<u8>) {
-    struct Dropped(Arc<AtomicBool>, Arc<AtomicBool>);
+/// Serves one connection whose handler waits for `release`, sends one request and shuts down
+/// the client's write side. Returns whether the handler was dropped within `watch` (it cannot
+/// have finished: it is released only after), and what the client read once it was released.
+async fn half_closed_client(notice_hangup: bool, watch: Duration) -> (bool, Vec<u8>) {
+    struct Dropped(Arc<AtomicBool>);
     impl Drop for Dropped {
         fn drop(&mut self) {
-            if !self.1.load(Ordering::Acquire) {
-                self.0.store(true, Ordering::Release);
-            }
+            self.0.store(true, Ordering::Release);
         }
     }
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("address");
     let limits = ConnectionLimits { notice_hangup, ..ConnectionLimits::default() };
-    let (cancelled, done) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+    let dropped = Arc::new(AtomicBool::new(false));
     let release = Arc::new(tokio::sync::Notify::new());
     let shutdown = CancellationToken::new();
     let server = {
-        let (cancelled, done, release) = (Arc::clone(&cancelled), Arc::clone(&done), Arc::clone(&release));
+        let (dropped, release) = (Arc::clone(&dropped), Arc::clone(&release));
         tokio::spawn(accept_loop(listener, limits, shutdown.clone(), move |_request| {
-            let guard = Dropped(Arc::clone(&cancelled), Arc::clone(&done));
+            let guard = Dropped(Arc::clone(&dropped));
             let release = Arc::clone(&release);
             async move {
                 release.notified().await;
-                guard.1.store(true, Ordering::Release);
+                drop(guard);
                 json_response(StatusCode::OK, Bytes::from_static(b"{}"), "application/json")
             }
         }))
@@ -137,8 +136,11 @@ async fn half_closed_client(notice_hangup: bool) -> (bool, Vec<u8>) {
     client.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").await.expect("request");
     client.shutdown().await.expect("half-close");
     // Time for the server to read the head and, if it watches, the EOF after it.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let was_cancelled = cancelled.load(Ordering::Acquire);
+    let watched = tokio::time::Instant::now();
+    while !dropped.load(Ordering::Acquire) && watched.elapsed() < watch {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let was_dropped = dropped.load(Ordering::Acquire);
     release.notify_one();
     let mut answer = Vec::new();
     let _ =
@@ -146,19 +148,19 @@ async fn half_closed_client(notice_hangup: bool) -> (bool, Vec<u8>) {
             .await;
     shutdown.cancel();
     server.await.expect("the accept loop ends");
-    (was_cancelled, answer)
+    (was_dropped, answer)
 }
 
 #[tokio::test]
 async fn a_handler_runs_to_its_answer_for_a_client_that_half_closed() {
-    let (cancelled, answer) = half_closed_client(false).await;
+    let (cancelled, answer) = half_closed_client(false, Duration::from_millis(200)).await;
     assert!(!cancelled, "the handler was dropped at the client's EOF");
     assert!(answer.starts_with(b"HTTP/1.1 200 OK\r\n"), "answer: {:?}", String::from_utf8_lossy(&answer));
 }
 
 #[tokio::test]
 async fn with_notice_hangup_the_handler_is_dropped_when_the_client_goes() {
-    let (cancelled, answer) = half_closed_client(true).await;
+    let (cancelled, answer) = half_closed_client(true, Duration::from_secs(5)).await;
     assert!(cancelled, "the handler still ran after the client's EOF");
     assert!(answer.is_empty(), "answer: {:?}", String::from_utf8_lossy(&answer));
 }
