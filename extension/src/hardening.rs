@@ -110,6 +110,17 @@ fn lock_memory() -> MemoryLock {
     }
 }
 
+/// Whether the system may write memory to swap: `/proc/swaps` lists a swap area, or cannot be
+/// read (then assume it does). Lambda has none.
+pub fn swap_configured() -> bool {
+    std::fs::read_to_string("/proc/swaps").map_or(true, |swaps| swaps_listed(&swaps))
+}
+
+/// Whether a `/proc/swaps` text lists a swap area (a line after its header).
+pub fn swaps_listed(swaps: &str) -> bool {
+    swaps.lines().skip(1).any(|line| !line.trim().is_empty())
+}
+
 #[cfg(target_os = "linux")]
 fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or_default()
@@ -118,6 +129,14 @@ fn errno() -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn swap_is_seen_in_proc_swaps() {
+        let header = "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n";
+        assert!(!swaps_listed(header), "only the header: no swap (Lambda)");
+        assert!(!swaps_listed(""));
+        assert!(swaps_listed(&format!("{header}/swapfile                               file\t\t1048572\t\t0\t\t-2\n")));
+    }
 
     #[test]
     fn memory_is_locked_only_where_no_limit_can_abort_an_allocation() {
