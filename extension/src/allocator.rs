@@ -38,19 +38,20 @@ pub const SPARSE_FROM_PAGES: usize = 2;
 /// touched reads as zeros; 0 until then (every block is written over whole).
 static PAGE: AtomicUsize = AtomicUsize::new(0);
 
-/// Lets large freed blocks skip the pages the process never touched, where that is safe: every
-/// page is locked in memory (`mlockall`) or there is no swap (Lambda has none), so a page that
-/// is not resident was never written and holds nothing but zeros. Elsewhere a written page
-/// could be in swap, not resident, and every block is still written over whole.
+/// Lets large freed blocks skip the pages the process never touched. The caller says whether
+/// that is safe: every page is locked in memory (`mlockall`) or there is no swap (Lambda has
+/// none), so a page that is not resident was never written and holds nothing but zeros.
+/// Elsewhere a written page could be in swap, not resident, and every block is still written
+/// over whole.
 ///
 /// Writing zeros over every byte of every freed block made each page of it resident, the parts
 /// the program never used included: a connection's 8 KiB read and write buffers, of which a GET
 /// uses a few hundred bytes, became three resident pages each, and the allocator keeps freed
 /// blocks for reuse, so the extension's memory grew by about 24 KiB for every connection it
 /// ever had open at once.
-pub fn skip_untouched_pages(memory_locked: bool, swap_configured: bool) {
+pub fn skip_untouched_pages(untouched_pages_are_zeros: bool) {
     #[cfg(target_os = "linux")]
-    if memory_locked || !swap_configured {
+    if untouched_pages_are_zeros {
         // SAFETY: sysconf takes a constant and touches no memory of ours.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
         if let Ok(page) = usize::try_from(page)
@@ -60,7 +61,7 @@ pub fn skip_untouched_pages(memory_locked: bool, swap_configured: bool) {
         }
     }
     #[cfg(not(target_os = "linux"))]
-    let _ = (memory_locked, swap_configured);
+    let _ = untouched_pages_are_zeros;
 }
 
 /// Wipes the parts of `ptr..ptr+len` that lie in pages the kernel reports resident

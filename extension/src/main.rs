@@ -10,10 +10,10 @@ static ALLOCATOR: scoped_secrets::allocator::ZeroOnFree = scoped_secrets::alloca
 
 fn main() -> ExitCode {
     let hardening = scoped_secrets::hardening::harden();
-    // Freed blocks skip the pages never touched, where such a page can only hold zeros.
+    // Freed blocks skip the pages never touched, where such a page can only hold zeros
+    // (`/proc/swaps` is read only when memory is not locked).
     scoped_secrets::allocator::skip_untouched_pages(
-        hardening.memory.is_locked(),
-        scoped_secrets::hardening::swap_configured(),
+        hardening.memory.is_locked() || !scoped_secrets::hardening::swap_configured(),
     );
     let env = scoped_secrets::config::Env::from_process();
     let log_problem = scoped_secrets::logging::init(&env).err();
