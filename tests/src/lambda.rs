@@ -130,6 +130,28 @@ impl Output {
         }
     }
 
+    /// The JSON lines with `event` for `request_id`, once there is at least one: an invocation's
+    /// end is logged before the extension answers the runtime, but the answer can reach a test
+    /// before the log writer has put the line on stdout.
+    pub async fn wait_for_request(
+        &self,
+        event: &str,
+        request_id: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<Value>> {
+        let started = Instant::now();
+        loop {
+            let lines: Vec<Value> = self.events(event).into_iter().filter(|l| l["request_id"] == request_id).collect();
+            if !lines.is_empty() {
+                return Ok(lines);
+            }
+            if started.elapsed() > timeout {
+                bail!("no {event:?} line for {request_id} within {timeout:?}; output:\n{}", self.text());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// The JSON lines with `event` once there are at least `count` of them. A line is logged
     /// before its answer but written by the extension's log writer within about 1 ms (and read
     /// by this harness on a task of its own): a test that counts lines after its answers waits.

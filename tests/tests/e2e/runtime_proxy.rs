@@ -24,18 +24,9 @@ fn events_for(environment: &Environment, event: &str, request_id: &str) -> Vec<V
     environment.extension.output.events(event).into_iter().filter(|l| l["request_id"] == request_id).collect()
 }
 
-/// [`events_for`] once there is at least one (or after [`TIMEOUT`]): a line is logged before
-/// the extension's answer to the runtime, but its log writer puts it on stdout up to about 1 ms
-/// later, and the answer can reach the test first.
-async fn logged_for(environment: &Environment, event: &str, request_id: &str) -> Vec<Value> {
-    let waited = Instant::now();
-    loop {
-        let lines = events_for(environment, event, request_id);
-        if !lines.is_empty() || waited.elapsed() > TIMEOUT {
-            return lines;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+/// The `event` lines of `request_id`, waited for (`Output::wait_for_request`).
+async fn logged_for(environment: &Environment, event: &str, request_id: &str) -> anyhow::Result<Vec<Value>> {
+    environment.extension.output.wait_for_request(event, request_id, TIMEOUT).await
 }
 
 /// Telemetry held back 5 s: the invocation still ends at the function's response, and by the
@@ -68,13 +59,13 @@ async fn the_invocation_ends_at_the_response_while_telemetry_is_still_on_its_way
     assert!(started.elapsed() < delay, "the scan ran after telemetry could have arrived");
     assert!(found.is_empty(), "after the response (0 key, 1 token, 2 secret): {found:#?}");
 
-    let ended = logged_for(&environment, "invocation_ended", &invoked.request_id).await;
+    let ended = logged_for(&environment, "invocation_ended", &invoked.request_id).await?;
     assert_eq!(ended.len(), 1, "{}", output.text());
     assert_eq!(
         (ended[0]["reason"].as_str(), ended[0]["end_of_invocation"].as_str()),
         (Some("response"), Some("runtime_api"))
     );
-    let session_ended = logged_for(&environment, "session_ended", &invoked.request_id).await;
+    let session_ended = logged_for(&environment, "session_ended", &invoked.request_id).await?;
     assert_eq!(session_ended.len(), 1);
     assert_eq!(session_ended[0]["reason"], "response");
     assert_eq!(output.events("runtime_proxy_in_use").len(), 1);
@@ -106,7 +97,7 @@ async fn the_proxy_passes_the_runtime_api_through_byte_for_byte() -> anyhow::Res
     assert_eq!(proxy.respond(&request_id, answer.clone()).await?.status, 202);
     assert_eq!(environment.result_received(&request_id), Some(("response".to_owned(), answer)));
     environment.complete(&request_id, enqueued, timeout).await?;
-    let ended = logged_for(&environment, "invocation_ended", &request_id).await;
+    let ended = logged_for(&environment, "invocation_ended", &request_id).await?;
     assert_eq!(
         (ended[0]["reason"].as_str(), ended[0]["end_of_invocation"].as_str()),
         (Some("response"), Some("runtime_api"))
@@ -120,7 +111,7 @@ async fn the_proxy_passes_the_runtime_api_through_byte_for_byte() -> anyhow::Res
     assert_eq!(environment.result_received(&request_id), Some(("error".to_owned(), error)));
     let invoked = environment.complete(&request_id, enqueued, timeout).await?;
     assert_eq!(invoked.status, lambda_simulator::InvocationStatus::Error);
-    assert_eq!(logged_for(&environment, "invocation_ended", &request_id).await[0]["reason"], "error");
+    assert_eq!(logged_for(&environment, "invocation_ended", &request_id).await?[0]["reason"], "error");
 
     // A streamed response: chunks arrive as they are written, the trailers after them, and the
     // invocation ends with the stream, not before.
@@ -151,7 +142,7 @@ async fn the_proxy_passes_the_runtime_api_through_byte_for_byte() -> anyhow::Res
         Some(&b"streaming"[..])
     );
     // It ended at the stream's end, through the proxy, not at telemetry's runtimeDone.
-    let ended = logged_for(&environment, "invocation_ended", &request_id).await;
+    let ended = logged_for(&environment, "invocation_ended", &request_id).await?;
     assert_eq!(ended.len(), 1, "the streamed invocation ended once");
     assert_eq!(
         (ended[0]["reason"].as_str(), ended[0]["end_of_invocation"].as_str()),
@@ -268,7 +259,7 @@ async fn managed_instances_give_concurrent_invocations_their_own_sessions() -> a
     assert!(allows.iter().all(|l| l["request_id_checked"] == true && l["request_id_asserted"] == false), "{allows:?}");
     for id in [&first, &second] {
         // Lambda's 202 reaches the runtime before the loop has handled the proxy's report.
-        let ended = logged_for(&environment, "session_ended", id).await;
+        let ended = logged_for(&environment, "session_ended", id).await?;
         assert_eq!(ended.len(), 1, "{}", output.text());
         assert_eq!(ended[0]["reason"], "response");
         assert_eq!(events_for(&environment, "allow", id).len(), 2, "both reads with its own session");
@@ -306,7 +297,7 @@ async fn reads_through_the_proxy(runtime: Program) -> anyhow::Result<()> {
         let invoked = environment.invoke(json!({ "secretId": secret }), TIMEOUT).await?;
         let expected = if secret == "db" { "app/db" } else { secret };
         assert_eq!(invoked.payload["sha256"], sha256_hex(value_of(expected)), "{}", invoked.payload);
-        let ended = logged_for(&environment, "invocation_ended", &invoked.request_id).await;
+        let ended = logged_for(&environment, "invocation_ended", &invoked.request_id).await?;
         assert_eq!(ended.len(), 1, "{}", environment.extension.output.text());
         // The proxy reports the response once Lambda accepted it; the simulator sends
         // runtimeDone at once, so either may reach the loop first: both are the function's
@@ -349,7 +340,7 @@ async fn without_the_proxy_the_wrapper_steps_aside() -> anyhow::Result<()> {
     assert_eq!(ready["runtime_proxy"], "off");
     let invoked = environment.invoke(read("app/db"), TIMEOUT).await?;
     assert_eq!(invoked.payload["status"], 200);
-    let ended = logged_for(&environment, "invocation_ended", &invoked.request_id).await;
+    let ended = logged_for(&environment, "invocation_ended", &invoked.request_id).await?;
     assert_eq!(
         (ended[0]["reason"].as_str(), ended[0]["end_of_invocation"].as_str()),
         (Some("runtime_done"), Some("telemetry"))
