@@ -139,14 +139,25 @@ impl Output {
         request_id: &str,
         timeout: Duration,
     ) -> anyhow::Result<Vec<Value>> {
+        self.wait_for_matching(event, timeout, |l| l["request_id"] == request_id).await
+    }
+
+    /// The JSON lines with `event` that `matches`, once there is at least one (as
+    /// `wait_for_request`, for a line told apart by another field).
+    pub async fn wait_for_matching(
+        &self,
+        event: &str,
+        timeout: Duration,
+        matches: impl Fn(&Value) -> bool,
+    ) -> anyhow::Result<Vec<Value>> {
         let started = Instant::now();
         loop {
-            let lines: Vec<Value> = self.events(event).into_iter().filter(|l| l["request_id"] == request_id).collect();
+            let lines: Vec<Value> = self.events(event).into_iter().filter(|l| matches(l)).collect();
             if !lines.is_empty() {
                 return Ok(lines);
             }
             if started.elapsed() > timeout {
-                bail!("no {event:?} line for {request_id} within {timeout:?}; output:\n{}", self.text());
+                bail!("no matching {event:?} line within {timeout:?}; output:\n{}", self.text());
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

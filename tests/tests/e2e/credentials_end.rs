@@ -73,8 +73,8 @@ async fn a_credential_window_ends_access_mid_invocation_and_a_later_read_renews(
     assert_eq!(calls.len(), 2, "one more AssumeRole");
     let first_name = calls[0].role_session_name.clone().unwrap_or_default();
     assert_eq!(calls[1].role_session_name, Some(format!("{first_name}-1")), "a distinct, numbered session name");
-    let reasons: Vec<Value> =
-        environment.extension.output.events("session_ended").iter().map(|e| e["reason"].clone()).collect();
+    let ended = environment.extension.output.wait_for_count("session_ended", 2, TIMEOUT).await?;
+    let reasons: Vec<Value> = ended.iter().map(|e| e["reason"].clone()).collect();
     assert_eq!(reasons, [json!("window"), json!("runtime_done")]);
     Ok(())
 }
@@ -221,7 +221,7 @@ async fn deny_revocation_refuses_live_sessions_at_shutdown_and_collapses_when_th
     assert_eq!(invoked.payload["then"]["status"], 200, "B re-assumed and read: {}", invoked.payload);
     let b_names: Vec<String> = sessions_of(&stack, &b_env).iter().filter_map(|c| c.role_session_name.clone()).collect();
     assert!(b_names.last().is_some_and(|n| n.ends_with("-1")), "B re-assumed once: {b_names:?}");
-    let refused = b.extension.output.events("session_ended").into_iter().filter(|e| e["reason"] == "refused").count();
-    assert_eq!(refused, 1);
+    let refused = b.extension.output.wait_for_matching("session_ended", TIMEOUT, |e| e["reason"] == "refused").await?;
+    assert_eq!(refused.len(), 1, "{refused:?}");
     Ok(())
 }

@@ -67,8 +67,9 @@ async fn parameters_follow_managed_instances_and_tenant_isolation() -> anyhow::R
     let mut asserted = asserted_reads();
     asserted.sort();
     assert_eq!(asserted, ["req-0", "req-1", "req-2"]);
-    let ended = log.events("session_ended");
-    assert!(!ended.is_empty() && ended.iter().all(|e| e["reason"] == "fetch_done"), "{ended:?}");
+    let sessions = stack.proxy.assume_role_calls().len();
+    let ended = log.wait_for_count("session_ended", sessions.max(1), std::time::Duration::from_secs(5)).await?;
+    assert!(ended.iter().all(|e| e["reason"] == "fetch_done"), "{ended:?}");
     for call in stack.proxy.assume_role_calls() {
         let policy = call.policy_json().expect("policy");
         assert!(policy.to_string().contains(&arn("/tenants/blue/config")), "{policy}");

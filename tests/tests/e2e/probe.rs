@@ -123,6 +123,7 @@ async fn forged_platform_events_are_refused_audited_and_change_nothing() -> anyh
     let blue = sha256_hex(tenant_value("tenants/blue/db"));
     assert_eq!(invoked.payload["sha256"], blue, "{}", invoked.payload);
     assert_eq!(invoked.payload["then"]["sha256"], blue, "not ended early: {}", invoked.payload);
+    output.wait_for_request("invocation_ended", &request_id, TIMEOUT).await?;
     let ended = output.events("invocation_ended");
     assert_eq!(ended.len(), 1, "{ended:?}");
     assert_eq!(
@@ -531,8 +532,7 @@ async fn once_the_invoke_has_come_no_read_is_served_by_the_init_session() -> any
     let reads = stack.proxy.secrets_manager_calls();
     assert!(!reads.is_empty());
     assert!(reads.iter().all(|call| call.access_key_id != init_key), "a read made with the init session");
-    let ended: Vec<Value> = output.events("session_ended");
-    assert!(ended.iter().any(|e| e["request_id"] == "init"), "{ended:?}");
+    output.wait_for_request("session_ended", "init", TIMEOUT).await?;
     environment.shut_down().await?;
     Ok(())
 }
