@@ -74,19 +74,22 @@ pub fn refuse_absolute_target(uri: &Uri) -> Result<(), Refusal> {
 /// [`Code::InvalidHost`].
 pub fn check_host(version: Version, headers: &HeaderMap) -> Result<(), Refusal> {
     let mut hosts = headers.get_all(header::HOST).iter();
+    // Bytes, not `to_str`: a value with a byte outside visible ASCII cannot equal a loopback
+    // name, so it is refused all the same, without a validating pass first (callgrind: the
+    // string steps were half of this check's ~540 instructions per cached GET).
     let host = match hosts.next() {
-        Some(value) => value.to_str().unwrap_or_default(),
-        None if version == Version::HTTP_10 || version == Version::HTTP_09 => "localhost",
+        Some(value) => value.as_bytes(),
+        None if version == Version::HTTP_10 || version == Version::HTTP_09 => b"localhost",
         None => return Err(Refusal::with(Code::InvalidHost, "HTTP/1.1 requires a Host header.")),
     };
     if hosts.next().is_some() {
         return Err(Refusal::with(Code::InvalidHost, "The Host header must appear once."));
     }
-    let hostname = match host.rsplit_once(':') {
-        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+    let hostname = match host.iter().rposition(|&b| b == b':') {
+        Some(colon) if host[colon + 1..].iter().all(u8::is_ascii_digit) => &host[..colon],
         _ => host,
     };
-    let loopback = ["localhost", "127.0.0.1", "[::1]", "0.0.0.0"];
+    let loopback: [&[u8]; 4] = [b"localhost", b"127.0.0.1", b"[::1]", b"0.0.0.0"];
     if !loopback.iter().any(|name| hostname.eq_ignore_ascii_case(name)) {
         return Err(Refusal::with(Code::InvalidHost, "The Host header must name the loopback address."));
     }
@@ -111,7 +114,9 @@ mod tests {
         for host in ["localhost", "localhost:2773", "LOCALHOST:2773", "LocalHost", "127.0.0.1:2773", "[::1]:2773"] {
             assert_eq!(check_host(Version::HTTP_11, &headers(&[host])), Ok(()), "{host}");
         }
-        for hosts in [&["example.com"][..], &["localhost.evil"], &["127.0.0.1:x"], &["localhost", "evil"], &[""]] {
+        let hostile =
+            [&["example.com"][..], &["localhost.evil"], &["127.0.0.1:x"], &["localhost", "evil"], &[""], &[":"]];
+        for hosts in hostile {
             assert!(check_host(Version::HTTP_11, &headers(hosts)).is_err(), "{hosts:?}");
         }
         assert_eq!(
@@ -120,5 +125,11 @@ mod tests {
             "HTTP/1.1 without Host"
         );
         assert_eq!(check_host(Version::HTTP_10, &headers(&[])), Ok(()), "HTTP/1.0 may leave it out");
+        // A byte outside visible ASCII (which `HeaderValue::to_str` refuses) is refused too.
+        let mut odd = HeaderMap::new();
+        for value in [&b"localhost\xff"[..], b"local\thost", b"localhost:27\xe973", b"\xc4\xb1ocalhost"] {
+            odd.insert(header::HOST, HeaderValue::from_bytes(value).expect("a header value"));
+            assert!(check_host(Version::HTTP_11, &odd).is_err(), "{value:?}");
+        }
     }
 }

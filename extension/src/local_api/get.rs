@@ -22,7 +22,7 @@ use super::read::{Read, ReadPath};
 use crate::config::LocalToken;
 use crate::domain::api::Api;
 use crate::domain::code::Code;
-use crate::domain::text::{form_pairs, percent_decode_lossy};
+use crate::domain::text::{form_pairs, has_replacement, percent_decode_lossy};
 use crate::domain::version::{self, Version};
 use crate::http::json_response;
 
@@ -275,8 +275,7 @@ impl SecretQuery {
         let (mut secret_id, mut stage, mut id, mut refresh, mut json_key) = (None, None, None, None, None);
         let from_path = path_secret_id.is_some();
         for (name, value) in form_pairs(query) {
-            // U+FFFD: an escape that decoded to invalid UTF-8 (or the text itself had it).
-            if value.contains('\u{FFFD}') || name.contains('\u{FFFD}') {
+            if has_replacement(&value) || has_replacement(&name) {
                 return Err(Refusal::of(Code::InvalidQuery));
             }
             let slot = match name.as_ref() {

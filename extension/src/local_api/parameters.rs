@@ -16,7 +16,7 @@ use crate::domain::api::Api;
 use crate::domain::code::Code;
 use crate::domain::item::Kind;
 use crate::domain::parameter::{self, MAX_NAME_CHARS, ParameterVersion};
-use crate::domain::text::form_pairs;
+use crate::domain::text::{form_pairs, has_replacement};
 use crate::domain::version::Version;
 use crate::secrets::parameter::ParameterValue;
 
@@ -109,7 +109,7 @@ impl ParameterQuery {
     pub fn parse(query: &str) -> Result<Self, Refusal> {
         let (mut name, mut version, mut label, mut decrypt) = (None, None, None, None);
         for (key, value) in form_pairs(query) {
-            if value.contains('\u{FFFD}') || key.contains('\u{FFFD}') {
+            if has_replacement(&value) || has_replacement(&key) {
                 return Err(Refusal::of(Code::InvalidQuery));
             }
             let slot = match key.as_ref() {
