@@ -11,12 +11,12 @@
 //! See <https://docs.aws.amazon.com/secretsmanager/latest/userguide/retrieving-secrets_lambda.html>.
 
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Body;
 use tokio::time::Instant;
 
-use super::envelope::{Refusal, check_host, refuse_absolute_target, refuse_forwarded};
+use super::envelope::{Headers, Refusal, refuse_absolute_target};
 use super::parameters::{self, ParameterQuery};
 use super::read::{Read, ReadPath};
 use crate::config::LocalToken;
@@ -126,12 +126,13 @@ async fn answer_parameter(
 /// # Errors
 /// The [`Refusal`] and the face of the API it was refused on.
 pub fn route<B: Body>(request: &Request<B>, token: &LocalToken) -> Result<Route, (Refusal, Api)> {
-    check_envelope(request).map_err(|r| (r, Api::Get))?;
+    let headers = Headers::scan(request.headers(), TOKEN_HEADER);
+    check_envelope(request, &headers).map_err(|r| (r, Api::Get))?;
     let path = request.uri().path();
     let (api, path_secret_id) = match path {
         "/ping" => return Ok(Route::Ping),
         PARAMETERS_PATH => {
-            check_token(request, token).map_err(|r| (r, Api::Get))?;
+            check_token(&headers, token).map_err(|r| (r, Api::Get))?;
             let query = ParameterQuery::parse(request.uri().query().unwrap_or_default()).map_err(|r| (r, Api::Get))?;
             return Ok(Route::Parameter { query });
         }
@@ -139,7 +140,7 @@ pub fn route<B: Body>(request: &Request<B>, token: &LocalToken) -> Result<Route,
         _ if path.starts_with("/v1/") => (Api::AgentPath, Some(percent_decode_lossy(&path[4..]))),
         _ => return Err((Refusal::of(Code::NotFound), Api::Get)),
     };
-    check_token(request, token).map_err(|r| (r, api))?;
+    check_token(&headers, token).map_err(|r| (r, api))?;
     let query = SecretQuery::parse(request.uri().query().unwrap_or_default(), path_secret_id).map_err(|r| (r, api))?;
     Ok(Route::Read { api, query })
 }
@@ -218,38 +219,32 @@ pub fn error_response(refusal: Refusal) -> Response<Full<Bytes>> {
     response
 }
 
-fn check_token<B>(request: &Request<B>, token: &LocalToken) -> Result<(), Refusal> {
-    // Looked up by a ready `HeaderName`: by `&str`, the name was parsed again per request.
-    const TOKEN: HeaderName = HeaderName::from_static(TOKEN_HEADER);
-    let mut values = request.headers().get_all(&TOKEN).iter();
-    let Some(presented) = values.next() else {
+fn check_token(headers: &Headers<'_>, token: &LocalToken) -> Result<(), Refusal> {
+    let Some(presented) = headers.token else {
         return Err(Refusal::of(Code::MissingToken));
     };
-    if values.next().is_some() || !token.matches(presented.as_bytes()) {
+    if headers.tokens_repeated || !token.matches(presented.as_bytes()) {
         return Err(Refusal::of(Code::InvalidToken));
     }
     Ok(())
 }
 
-/// Checks that apply to every GET path: method, proxies, body, target form and length, host.
-fn check_envelope<B: Body>(request: &Request<B>) -> Result<(), Refusal> {
+/// Checks that apply to every GET path: method, proxies, body, target form and length, host
+/// (`headers`: the request's, scanned once).
+fn check_envelope<B: Body>(request: &Request<B>, headers: &Headers<'_>) -> Result<(), Refusal> {
     if request.method() != Method::GET {
         return Err(Refusal::with(Code::MethodNotAllowed, "Only GET is served."));
     }
-    refuse_forwarded(request.headers())?;
-    let declared =
-        request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    if request.headers().contains_key(header::TRANSFER_ENCODING)
-        || declared.is_some_and(|n| n > 0)
-        || !request.body().is_end_stream()
-    {
+    headers.refuse_forwarded()?;
+    let declared = headers.content_length.and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if headers.transfer_encoding || declared.is_some_and(|n| n > 0) || !request.body().is_end_stream() {
         return Err(Refusal::of(Code::BodyNotAllowed));
     }
     refuse_absolute_target(request.uri())?;
     if request.uri().path_and_query().map_or(0, |p| p.as_str().len()) > MAX_TARGET_BYTES {
         return Err(Refusal::of(Code::TargetTooLong));
     }
-    check_host(request.version(), request.headers())
+    headers.check_host(request.version())
 }
 
 /// A parsed `/secretsmanager/get` query.

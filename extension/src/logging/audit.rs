@@ -13,12 +13,15 @@ use std::time::SystemTime;
 use super::{INSTALLED, LINE, push_escaped, stdout};
 use crate::domain::time::push_rfc3339_micros;
 
-/// The fields of one audit line, appended in the order they are given.
+/// The fields of one audit line, appended in the order they are given. Always inlined: each
+/// call then appends its constant pieces (`,"name":` and the quotes) as a few stores, where a
+/// call per field went through `memcpy` three times (callgrind: ~60 instructions a field).
 #[derive(Debug)]
 pub struct Fields<'a>(&'a mut String);
 
 impl Fields<'_> {
     /// `"name":"value"`, the value escaped.
+    #[inline(always)]
     pub fn str(&mut self, name: &'static str, value: &str) -> &mut Self {
         self.key(name);
         self.0.push('"');
@@ -28,6 +31,7 @@ impl Fields<'_> {
     }
 
     /// `"name":true` or `false`.
+    #[inline(always)]
     pub fn bool(&mut self, name: &'static str, value: bool) -> &mut Self {
         self.key(name);
         self.0.push_str(if value { "true" } else { "false" });
@@ -35,6 +39,7 @@ impl Fields<'_> {
     }
 
     /// `"name":123`.
+    #[inline(always)]
     pub fn u64(&mut self, name: &'static str, value: u64) -> &mut Self {
         self.key(name);
         let mut digits = [0u8; 20];
@@ -52,6 +57,7 @@ impl Fields<'_> {
         self
     }
 
+    #[inline(always)]
     fn key(&mut self, name: &'static str) {
         // Names are this crate's identifiers: nothing to escape.
         debug_assert!(super::is_plain(name.as_bytes()));
