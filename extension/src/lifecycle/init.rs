@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Instant, SystemTime};
 
+use futures_util::future::Either;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -215,10 +216,14 @@ impl Extension {
         }
         let limits = ConnectionLimits { max_connections: config.max_connections, ..Default::default() };
         tasks.spawn(accept_loop(listener, limits, shutdown.clone(), move |request| {
+            // A cached read that needs no wait is answered here, without a future to build.
+            if let Some(response) = api.answer_now(&request) {
+                return Either::Left(std::future::ready(response));
+            }
             let api = Arc::clone(&api);
             // Boxed: hyper moves a request's future twice on its way in; a pointer is cheaper
             // to move than the read path's 1.4 KB (2.9 % of a cached GET's instructions).
-            Box::pin(async move { api.handle(request).await })
+            Either::Right(Box::pin(async move { api.handle(request).await }))
         }));
         Ok(Self {
             config,

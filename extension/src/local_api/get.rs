@@ -99,6 +99,32 @@ pub async fn handle<B: Body>(
     }
 }
 
+/// Answers a cached secret read at once, without a future: a `/secretsmanager/get` or `/v1/`
+/// read that routes, needs no `jsonKey`, and is served by [`ReadPath::read_ready`]. `None`,
+/// with nothing logged or counted, for anything else ([`handle`] answers it).
+pub fn answer_now<B: Body>(
+    reader: &ReadPath,
+    token: &LocalToken,
+    caller: Option<&str>,
+    request: &Request<B>,
+) -> Option<Response<Full<Bytes>>> {
+    let Ok(Route::Read { api, query }) = route(request, token) else { return None };
+    if query.json_key.is_some() {
+        return None;
+    }
+    let read = Read {
+        secret_id: &query.secret_id,
+        api,
+        refresh: query.refresh,
+        caller,
+        deadline: reader.deadline(),
+        stage_of_id: None,
+    };
+    let value = reader.read_ready(read, &query.version)?;
+    // The body is the value's own zeroizing JSON: wiped with the value.
+    Some(json_response(StatusCode::OK, value.json_body(), JSON))
+}
+
 /// Answers a routed `/systemsmanager/parameters/get` (`caller`: the Managed Instances request
 /// id it asserted): 200 with `{"Parameter": {…}}`, else the code's status and JSON error.
 async fn answer_parameter(

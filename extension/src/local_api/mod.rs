@@ -69,6 +69,19 @@ impl LocalApi {
         }
     }
 
+    /// [`LocalApi::handle`] for a cached GET that needs no wait, answered at once without a
+    /// future (see [`get::answer_now`]); `None` for every other request.
+    pub fn answer_now<B>(&self, request: &Request<B>) -> Option<Response<Full<Bytes>>>
+    where
+        B: hyper::body::Body,
+    {
+        if request.method() != Method::GET {
+            return None;
+        }
+        let caller = self.caller_request_id(request).ok()?;
+        get::answer_now(&self.reader, &self.token, caller.as_deref(), request)
+    }
+
     /// The caller's own request id, where it is taken (Managed Instances): 1 to 64 of
     /// `A-Z a-z 0-9 - _`, else the request is refused.
     fn caller_request_id<B>(&self, request: &Request<B>) -> Result<Option<String>, Refusal> {

@@ -38,7 +38,8 @@ use crate::invocation::scope::Scope;
 use crate::logging;
 use crate::secrets::Secrets;
 use crate::secrets::parameter::ParameterValue;
-use crate::secrets::served::Item;
+use crate::config::allowlist::EntryIndex;
+use crate::secrets::served::{Item, Served};
 use crate::secrets::value::SecretValue;
 use crate::tenant::Tenancy;
 
@@ -161,22 +162,45 @@ impl ReadPath {
             }
         }
         let served = self.secrets.get(entry, wanted, read.refresh, read.deadline, named.as_ref()).await?;
-        if let Item::Secret(secret) = &served.value {
-            if by_arn && secret.arn() != read.secret_id {
-                // AWS would find no secret with that ARN (or another one): not this one's value.
-                return Err(ReadError::NotFound);
-            }
-            if read.stage_of_id.is_some_and(|stage| !secret.has_stage(stage)) {
-                return Err(ReadError::VersionStageMismatch);
-            }
+        check_served(&read, by_arn, &served.value)?;
+        Ok(self.allow(read, entry, decrypt, named.is_some(), served))
+    }
+
+    /// [`ReadPath::read`] when it needs no wait and its value is cached: no `refresh`, no
+    /// tenant to wait for, no caller's request id to check, a fresh value in the cache. The same
+    /// checks, counters, evidence and audit line, without building the read's future (a
+    /// cached GET's future was moved five times on its way through hyper, and boxed: ~1.5 k of
+    /// its 16 k instructions under callgrind). `None`, with nothing counted or logged: the
+    /// read goes through [`ReadPath::read`], which decides it again.
+    pub fn read_ready(&self, read: Read<'_>, version: &Version) -> Option<Arc<SecretValue>> {
+        if read.refresh || self.tenancy.is_scoped() || (read.caller.is_some() && self.checks_callers()) {
+            return None;
         }
+        let allowlist = self.tenancy.template();
+        let entry = allowlist.find(read.secret_id)?;
+        let by_arn = allowlist.entry(entry).is_some_and(|e| e.is_named_by_arn(read.secret_id));
+        let served = self.secrets.cached(entry, Wanted::Secret(version.clone()))?;
+        if !matches!(served.value, Item::Secret(_)) || check_served(&read, by_arn, &served.value).is_err() {
+            return None;
+        }
+        self.secrets.count(Ok(&served));
+        match self.allow(read, entry, None, false, served) {
+            Item::Secret(value) => Some(value),
+            Item::Parameter(_) => None,
+        }
+    }
+
+    /// A read served: its evidence and its `allow` line (`decrypt`: a parameter's; `named`:
+    /// the caller's request id named a running invocation).
+    fn allow(&self, read: Read<'_>, entry: EntryIndex, decrypt: Option<bool>, named: bool, served: Served) -> Item {
+        let kind = if decrypt.is_some() { Kind::Parameter } else { Kind::Secret };
         self.evidence.read(entry, read.api);
         let request_id = match read.caller {
             Some(caller) => self.logged(caller),
             None => served.scope.unwrap_or_else(|| self.invocations.label()),
         };
         let version_id = served.value.version_id();
-        let (asserted, checked) = (read.caller.is_some() && named.is_none(), named.is_some());
+        let (asserted, checked) = (read.caller.is_some() && !named, named);
         let logged_id = printable(read.secret_id);
         logging::audit::write("allow", |line| {
             line.str("request_id", &request_id)
@@ -197,7 +221,7 @@ impl ReadPath {
                     .str("source", served.source.as_str()),
             };
         });
-        Ok(served.value)
+        served.value
     }
 
     /// Whether a caller's request id must name an invocation running now.
@@ -262,4 +286,20 @@ impl ReadPath {
     fn logged(&self, text: &str) -> String {
         if self.token.appears_in(text) { REDACTED_ID.to_owned() } else { printable(text).into_owned() }
     }
+}
+
+/// What the value served must still match: a secret asked for by a complete ARN other than the
+/// configured id is served only if it is the secret's actual ARN (`by_arn`), learnt from AWS's
+/// answer (AWS would find no secret with that ARN, or another one); a version asked for by id
+/// must carry the staging label asked for with it.
+fn check_served(read: &Read<'_>, by_arn: bool, value: &Item) -> Result<(), ReadError> {
+    if let Item::Secret(secret) = value {
+        if by_arn && secret.arn() != read.secret_id {
+            return Err(ReadError::NotFound);
+        }
+        if read.stage_of_id.is_some_and(|stage| !secret.has_stage(stage)) {
+            return Err(ReadError::VersionStageMismatch);
+        }
+    }
+    Ok(())
 }

@@ -111,7 +111,20 @@ impl Secrets {
             // per request (17 % of its instructions under callgrind).
             None => Box::pin(self.get_with_scope(&key, refresh, deadline, named)).await,
         };
-        match &served {
+        self.count(served.as_ref());
+        served
+    }
+
+    /// The fresh cached value of `entry`, without waiting and without counting it (the local
+    /// API's ready path: [`Secrets::count`] once it serves it; otherwise it goes through
+    /// [`Secrets::get`], which counts).
+    pub fn cached(&self, entry: EntryIndex, wanted: Wanted) -> Option<Served> {
+        self.cache.fresh_served(&Key { entry, wanted })
+    }
+
+    /// Counts what [`Secrets::get`] or [`Secrets::cached`] served: a cache hit or a fetch.
+    pub fn count(&self, served: Result<&Served, &ReadError>) {
+        match served {
             Ok(Served { source: Source::Cache, .. }) => {
                 self.counters.cache_hits.fetch_add(1, Relaxed);
                 self.evidence.cache(true);
@@ -122,7 +135,6 @@ impl Secrets {
             }
             Err(_) => self.evidence.cache(false),
         }
-        served
     }
 
     /// The miss path of [`Secrets::get`]: the scope, its session, then the key's single flight.
