@@ -4,7 +4,7 @@
 # 8 and 64 connections against a bare hyper server, per-invocation overhead, memory, SHUTDOWN →
 # exit, and sizes. Not part of the test suite: it fails only if something does not work.
 #
-#   bench/run.sh [--runs N] [--starts N] [--invocations N] [--seconds S]
+#   bench/run.sh [--runs N] [--starts N] [--invocations N] [--seconds S] [--only SECTIONS] [--connections 1,8,64]
 #
 # Defaults: 5 load runs of 3 s per server and connection count, 20 fresh starts, 30 invocations
 # of each kind. Needs what tests/prepare.sh installs (it is sourced), and wrk (Debian's, installed

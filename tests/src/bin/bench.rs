@@ -55,12 +55,14 @@ struct Args {
     bare: PathBuf,
     /// Only these sections (`start`, `invocation`, `proxy`, `trips`, `load`, `size`), e.g. to profile one.
     only: Vec<String>,
+    /// Only these connection counts in `load` (of 1, 8, 64), e.g. to profile one.
+    connections: Vec<u32>,
 }
 
 impl Args {
     fn parse() -> anyhow::Result<Self> {
         let mut args =
-            Args { runs: 5, starts: 20, invocations: 30, seconds: 3, bare: PathBuf::new(), only: Vec::new() };
+            Args { runs: 5, starts: 20, invocations: 30, seconds: 3, bare: PathBuf::new(), only: Vec::new(), connections: CONNECTIONS.to_vec() };
         let mut raw = std::env::args().skip(1);
         while let Some(flag) = raw.next() {
             let value = raw.next().with_context(|| format!("{flag} needs a value"))?;
@@ -71,9 +73,11 @@ impl Args {
                 "--seconds" => args.seconds = value.parse()?,
                 "--bare" => args.bare = PathBuf::from(value),
                 "--only" => args.only = value.split(',').map(str::to_owned).collect(),
+                "--connections" => args.connections = value.split(',').map(str::parse).collect::<Result<_, _>>()?,
                 _ => bail!("unknown flag {flag}"),
             }
         }
+        ensure!(args.connections.iter().all(|c| CONNECTIONS.contains(c)), "--connections: 1, 8 or 64");
         ensure!(args.bare.is_file(), "--bare must name the bare hyper server binary");
         ensure!(args.runs > 0 && args.starts > 0 && args.invocations > 0 && args.seconds > 0, "counts must be > 0");
         Ok(args)
@@ -215,7 +219,7 @@ async fn main() -> anyhow::Result<()> {
     if wanted("load") {
         eprintln!(
             "==> cached GET under load: {} runs × {:?} connections × {} s: ours, ours with stdout to /dev/null, bare",
-            args.runs, CONNECTIONS, args.seconds
+            args.runs, args.connections, args.seconds
         );
         load(&stack, &args, &mut table).await?;
     }
@@ -695,6 +699,9 @@ async fn load(stack: &Stack, args: &Args, table: &mut Table) -> anyhow::Result<(
     std::fs::write(&script, WRK_SCRIPT)?;
     for run in 0..args.runs {
         for (index, &connections) in CONNECTIONS.iter().enumerate() {
+            if !args.connections.contains(&connections) {
+                continue;
+            }
             // Rotate which server goes first, so drift on a shared machine hits all three.
             for turn in 0..servers.len() {
                 let server = &mut servers[(run + turn) % 3];
@@ -722,6 +729,9 @@ async fn load(stack: &Stack, args: &Args, table: &mut Table) -> anyhow::Result<(
     ensure!(enqueued_at.elapsed() < pause, "the load outlasted the invocation; raise the pause");
     let [ours, quiet_server, bare_server] = &servers;
     for (index, connections) in CONNECTIONS.iter().enumerate() {
+        if !args.connections.contains(connections) {
+            continue;
+        }
         let c = format!("cached GET c={connections}");
         let ratio = |a: &Samples, b: &Samples| {
             let mut ratio = Samples::default();
