@@ -50,6 +50,8 @@ struct State {
     done: u64,
     /// Callers waiting in [`Sink::flush`]: the writer does not linger while there are any.
     flushers: usize,
+    /// Producers waiting for room in a full queue.
+    blocked: usize,
     /// The writer sleeps until a producer wakes it.
     idle: bool,
     /// No writer thread (it could not be started): producers write themselves.
@@ -102,7 +104,9 @@ impl Sink {
         }
         while !state.queue.is_empty() && state.queue.len() + line.len() > self.capacity && !state.broken {
             self.work.notify_one();
+            state.blocked += 1;
             state = self.written.wait(state).unwrap_or_else(PoisonError::into_inner);
+            state.blocked -= 1;
         }
         let wake = (state.idle && state.queue.is_empty()) || state.queue.len() + line.len() >= self.capacity / 2;
         state.queue.extend_from_slice(line);
@@ -191,7 +195,10 @@ impl Sink {
             state = self.lock();
             state.done += length;
             state.broken |= failed;
-            self.written.notify_all();
+            // A notification is a `futex` call even with nobody waiting: only when someone is.
+            if state.flushers > 0 || state.blocked > 0 {
+                self.written.notify_all();
+            }
         }
     }
 }
