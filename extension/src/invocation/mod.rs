@@ -51,6 +51,25 @@ pub enum Phase {
     ShuttingDown,
 }
 
+/// A phase's label: its scope's request id (or `init`), or a word for a phase without one.
+#[derive(Debug, Clone)]
+pub enum Label {
+    /// The scope's own label.
+    Scope(Arc<Scope>),
+    /// `init`, `idle` or `shutdown`.
+    Word(&'static str),
+}
+
+impl Label {
+    /// The label's text.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Label::Scope(scope) => scope.label(),
+            Label::Word(word) => word,
+        }
+    }
+}
+
 /// The phase, shared by the lifecycle loop (the only writer) and the request handlers. A
 /// `watch` channel: readers see the newest phase without a lock and can wait for a change.
 #[derive(Debug)]
@@ -303,11 +322,17 @@ impl Invocations {
 
     /// The label (request id, `init`, `idle`, `shutdown`) of the phase now.
     pub fn label(&self) -> String {
+        self.current_label().as_str().to_owned()
+    }
+
+    /// [`Invocations::label`] without copying it (every audit line of a cached read names it:
+    /// the copy was an allocation, a copy and a wiped free per line).
+    pub fn current_label(&self) -> Label {
         match &*self.phase.borrow() {
-            Phase::Init(scope) | Phase::Active(scope) => scope.label().to_owned(),
-            Phase::Snapshotting => "init".to_owned(),
-            Phase::AwaitingRestore | Phase::Idle => "idle".to_owned(),
-            Phase::ShuttingDown => "shutdown".to_owned(),
+            Phase::Init(scope) | Phase::Active(scope) => Label::Scope(Arc::clone(scope)),
+            Phase::Snapshotting => Label::Word("init"),
+            Phase::AwaitingRestore | Phase::Idle => Label::Word("idle"),
+            Phase::ShuttingDown => Label::Word("shutdown"),
         }
     }
 

@@ -24,6 +24,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::config::LocalToken;
+use crate::config::allowlist::EntryIndex;
 use crate::domain::api::Api;
 use crate::domain::code::Code;
 use crate::domain::error::ReadError;
@@ -38,7 +39,6 @@ use crate::invocation::scope::Scope;
 use crate::logging;
 use crate::secrets::Secrets;
 use crate::secrets::parameter::ParameterValue;
-use crate::config::allowlist::EntryIndex;
 use crate::secrets::served::{Item, Served};
 use crate::secrets::value::SecretValue;
 use crate::tenant::Tenancy;
@@ -195,15 +195,18 @@ impl ReadPath {
     fn allow(&self, read: Read<'_>, entry: EntryIndex, decrypt: Option<bool>, named: bool, served: Served) -> Item {
         let kind = if decrypt.is_some() { Kind::Parameter } else { Kind::Secret };
         self.evidence.read(entry, read.api);
-        let request_id = match read.caller {
-            Some(caller) => self.logged(caller),
-            None => served.scope.unwrap_or_else(|| self.invocations.label()),
+        // Holders for the label's text: the caller's as logged, or the phase's.
+        let (mut logged_caller, mut phase) = (None, None);
+        let request_id = match (read.caller, &served.scope) {
+            (Some(caller), _) => logged_caller.insert(self.logged(caller)).as_str(),
+            (None, Some(scope)) => scope.as_str(),
+            (None, None) => phase.insert(self.invocations.current_label()).as_str(),
         };
         let version_id = served.value.version_id();
         let (asserted, checked) = (read.caller.is_some() && !named, named);
         let logged_id = printable(read.secret_id);
         logging::audit::write("allow", |line| {
-            line.str("request_id", &request_id)
+            line.str("request_id", request_id)
                 .bool("request_id_asserted", asserted)
                 .bool("request_id_checked", checked)
                 .str("api", read.api.as_str())
