@@ -61,8 +61,15 @@ struct Args {
 
 impl Args {
     fn parse() -> anyhow::Result<Self> {
-        let mut args =
-            Args { runs: 5, starts: 20, invocations: 30, seconds: 3, bare: PathBuf::new(), only: Vec::new(), connections: CONNECTIONS.to_vec() };
+        let mut args = Args {
+            runs: 5,
+            starts: 20,
+            invocations: 30,
+            seconds: 3,
+            bare: PathBuf::new(),
+            only: Vec::new(),
+            connections: CONNECTIONS.to_vec(),
+        };
         let mut raw = std::env::args().skip(1);
         while let Some(flag) = raw.next() {
             let value = raw.next().with_context(|| format!("{flag} needs a value"))?;
