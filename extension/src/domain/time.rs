@@ -49,11 +49,7 @@ pub fn push_rfc3339_micros(out: &mut String, time: SystemTime) {
     };
     let mut text = [0u8; 27];
     text[..20].copy_from_slice(&head);
-    let mut micros = since.subsec_micros();
-    for slot in text[20..26].iter_mut().rev() {
-        *slot = b'0' + (micros % 10) as u8;
-        micros /= 10;
-    }
+    put_digits(&mut text[20..26], u64::from(since.subsec_micros()));
     text[26] = b'Z';
     out.push_str(std::str::from_utf8(&text).unwrap_or_default());
 }
@@ -66,19 +62,21 @@ fn second_digits(seconds: u64) -> Option<[u8; 20]> {
     }
     let rest = seconds % 86_400;
     let mut text = *b"0000-00-00T00:00:00.";
-    let mut put = |at: usize, width: usize, mut value: u64| {
-        for slot in text[at..at + width].iter_mut().rev() {
-            *slot = b'0' + (value % 10) as u8;
-            value /= 10;
-        }
-    };
-    put(0, 4, year);
-    put(5, 2, month);
-    put(8, 2, day);
-    put(11, 2, rest / 3_600);
-    put(14, 2, rest % 3_600 / 60);
-    put(17, 2, rest % 60);
+    put_digits(&mut text[0..4], year);
+    put_digits(&mut text[5..7], month);
+    put_digits(&mut text[8..10], day);
+    put_digits(&mut text[11..13], rest / 3_600);
+    put_digits(&mut text[14..16], rest % 3_600 / 60);
+    put_digits(&mut text[17..19], rest % 60);
     Some(text)
+}
+
+/// Writes `value`'s last `slots.len()` decimal digits into `slots`, zero-padded.
+fn put_digits(slots: &mut [u8], mut value: u64) {
+    for slot in slots.iter_mut().rev() {
+        *slot = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
 }
 
 fn push_seconds(out: &mut String, seconds: u64) {
@@ -178,24 +176,24 @@ mod tests {
             .step_by(86_400_000_000 * 3 + 3_661_000_001)
             .chain([253_402_300_799_999_999, 253_402_300_800_000_000])
         {
-            let time = UNIX_EPOCH + Duration::from_micros(micros);
-            let (mut fast, mut formatted) = (String::new(), String::new());
-            push_rfc3339_micros(&mut fast, time);
-            push_seconds(&mut formatted, micros / 1_000_000);
-            let _ = write!(formatted, ".{:06}Z", micros % 1_000_000);
-            assert_eq!(fast, formatted);
+            assert_formats_as_write_would(micros);
         }
         // The second kept per thread: the same second again with other microseconds, the next
         // second, and back (a clock stepped back), each as formatting it afresh would write it.
         let base = 1_764_000_000_000_000u64;
         for micros in [base + 999_999, base + 5, base + 1_000_000, base + 999_998, base + 86_400_000_000, base] {
-            let time = UNIX_EPOCH + Duration::from_micros(micros);
-            let (mut fast, mut formatted) = (String::new(), String::new());
-            push_rfc3339_micros(&mut fast, time);
-            push_seconds(&mut formatted, micros / 1_000_000);
-            let _ = write!(formatted, ".{:06}Z", micros % 1_000_000);
-            assert_eq!(fast, formatted);
+            assert_formats_as_write_would(micros);
         }
+    }
+
+    /// The hand-placed timestamp of `micros` after the epoch equals the one `write!` formats.
+    fn assert_formats_as_write_would(micros: u64) {
+        let time = UNIX_EPOCH + Duration::from_micros(micros);
+        let (mut fast, mut formatted) = (String::new(), String::new());
+        push_rfc3339_micros(&mut fast, time);
+        push_seconds(&mut formatted, micros / 1_000_000);
+        let _ = write!(formatted, ".{:06}Z", micros % 1_000_000);
+        assert_eq!(fast, formatted, "{micros}");
     }
 
     #[test]
