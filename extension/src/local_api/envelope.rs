@@ -2,7 +2,7 @@
 //! bring (a proxy's headers, an absolute-form target, a foreign `Host`), refused before the
 //! token, the signature or the allowlist are looked at. Each protocol calls them in its order.
 
-use http::{HeaderMap, HeaderName, HeaderValue, Uri, Version, header};
+use http::{HeaderMap, HeaderValue, Uri, Version};
 
 use crate::domain::code::Code;
 
@@ -41,19 +41,6 @@ impl From<Code> for Refusal {
     }
 }
 
-/// `X-Forwarded-For` or `Forwarded`: a proxy relayed the request (an SSRF through a proxy).
-///
-/// # Errors
-/// [`Code::ForwardedRequest`].
-pub fn refuse_forwarded(headers: &HeaderMap) -> Result<(), Refusal> {
-    // A ready name: looked up by `&str`, it was parsed again per request.
-    const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-    if headers.contains_key(X_FORWARDED_FOR) || headers.contains_key(header::FORWARDED) {
-        return Err(Refusal::of(Code::ForwardedRequest));
-    }
-    Ok(())
-}
-
 /// An absolute-form target (`GET http://host/…`): only a proxy sends one.
 ///
 /// # Errors
@@ -68,17 +55,7 @@ pub fn refuse_absolute_target(uri: &Uri) -> Result<(), Refusal> {
 /// The `Host` header names the loopback address (any case, any port), once (RFC 9112 §3.2:
 /// checking only the first of two would let a second, foreign one through to whatever reads
 /// the other). HTTP/1.1 requires it (RFC 9112 §3.2: a request without one is refused);
-/// HTTP/1.0 may leave it out.
-///
-/// # Errors
-/// [`Code::InvalidHost`].
-pub fn check_host(version: Version, headers: &HeaderMap) -> Result<(), Refusal> {
-    let mut hosts = headers.get_all(header::HOST).iter();
-    let first = hosts.next();
-    check_host_values(version, first, first.is_some() && hosts.next().is_some())
-}
-
-/// [`check_host`] on the first `Host` value and whether there was another.
+/// HTTP/1.0 may leave it out. `first`: the first `Host` value; `another`: a second came.
 fn check_host_values(version: Version, first: Option<&HeaderValue>, another: bool) -> Result<(), Refusal> {
     // Bytes, not `to_str`: a value with a byte outside visible ASCII cannot equal a loopback
     // name, so it is refused all the same, without a validating pass first (callgrind: the
@@ -111,10 +88,10 @@ fn first_or_repeated<'a>(first: &mut Option<&'a HeaderValue>, repeated: &mut boo
     }
 }
 
-/// The headers the GET API's checks read, found in one pass over a request's headers: a
-/// lookup by name hashes the name, and the six lookups of a cached GET (two proxy headers,
-/// the two body headers, `Host`, the token) were about 800 of its instructions under
-/// callgrind; a request carries a handful of headers, and one walk over them compares
+/// The headers the envelope checks of both protocols read (and the GET API's token), found
+/// in one pass over a request's headers: a lookup by name hashes the name, and the six lookups
+/// of a cached GET (two proxy headers, the two body headers, `Host`, the token) were about 800
+/// of its instructions under callgrind; a request carries a handful of headers, and one walk over them compares
 /// lengths first. Each field holds what the lookup it replaces found: the first value, and
 /// whether there was another.
 #[derive(Debug, Default)]
@@ -125,18 +102,19 @@ pub struct Headers<'a> {
     pub transfer_encoding: bool,
     /// The first `Content-Length`.
     pub content_length: Option<&'a HeaderValue>,
-    /// The first `Host`, and whether there is another.
+    /// The first `Host`.
     pub host: Option<&'a HeaderValue>,
     /// A second `Host` came.
     pub hosts_repeated: bool,
-    /// The first value of the header named `token_name`, and whether there is another.
+    /// The first value of the header named `token_name`.
     pub token: Option<&'a HeaderValue>,
     /// A second token header came.
     pub tokens_repeated: bool,
 }
 
 impl<'a> Headers<'a> {
-    /// Walks `headers` once; `token_name` is the (lowercase) name of the token header.
+    /// Walks `headers` once; `token_name` is the (lowercase) name of the token header (the
+    /// SDK protocol, which has none, reads no `token`).
     pub fn scan(headers: &'a HeaderMap, token_name: &str) -> Self {
         let mut seen = Self::default();
         for (name, value) in headers {
@@ -158,7 +136,7 @@ impl<'a> Headers<'a> {
         seen
     }
 
-    /// [`refuse_forwarded`] on the headers scanned.
+    /// `X-Forwarded-For` or `Forwarded`: a proxy relayed the request (an SSRF through a proxy).
     ///
     /// # Errors
     /// [`Code::ForwardedRequest`].
@@ -169,7 +147,8 @@ impl<'a> Headers<'a> {
         Ok(())
     }
 
-    /// [`check_host`] on the headers scanned.
+    /// The `Host` header names the loopback address, once; HTTP/1.1 requires it
+    /// ([`check_host_values`]).
     ///
     /// # Errors
     /// [`Code::InvalidHost`].
@@ -181,7 +160,7 @@ impl<'a> Headers<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
+    use http::{HeaderName, header};
 
     fn headers(hosts: &[&str]) -> HeaderMap {
         let mut headers = HeaderMap::new();
@@ -217,17 +196,24 @@ mod tests {
             }
             let seen = Headers::scan(&headers, TOKEN);
             let context = format!("{sequence:?}");
-            assert_eq!(seen.forwarded, refuse_forwarded(&headers).is_err(), "{context}");
+            let forwarded = headers.contains_key("x-forwarded-for") || headers.contains_key(header::FORWARDED);
+            assert_eq!(seen.forwarded, forwarded, "{context}");
             assert_eq!(seen.transfer_encoding, headers.contains_key(header::TRANSFER_ENCODING), "{context}");
             assert_eq!(seen.content_length, headers.get(header::CONTENT_LENGTH), "{context}");
             assert_eq!(seen.host, headers.get(header::HOST), "{context}");
             assert_eq!(seen.hosts_repeated, headers.get_all(header::HOST).iter().count() > 1, "{context}");
             assert_eq!(seen.token, headers.get(TOKEN), "{context}");
             assert_eq!(seen.tokens_repeated, headers.get_all(TOKEN).iter().count() > 1, "{context}");
+            let mut hosts = headers.get_all(header::HOST).iter();
+            let (first, another) = (hosts.next(), hosts.next().is_some());
             for version in [Version::HTTP_10, Version::HTTP_11] {
-                assert_eq!(seen.check_host(version), check_host(version, &headers), "{context}");
+                assert_eq!(seen.check_host(version), check_host_values(version, first, another), "{context}");
             }
         }
+    }
+
+    fn check_host(version: Version, headers: &HeaderMap) -> Result<(), Refusal> {
+        Headers::scan(headers, "x-aws-parameters-secrets-token").check_host(version)
     }
 
     #[test]

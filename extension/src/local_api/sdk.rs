@@ -26,7 +26,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use zeroize::Zeroizing;
 
-use super::envelope::{AMZ_JSON, Refusal, Refused, check_host, refuse_absolute_target, refuse_forwarded};
+use super::envelope::{AMZ_JSON, Headers, Refusal, Refused, refuse_absolute_target};
 use super::read::{Read, ReadPath};
 use super::ssm;
 use crate::domain::api::Api;
@@ -153,10 +153,12 @@ where
 {
     let refused = |refusal: Refusal| (refusal, None);
     let (parts, body) = request.into_parts();
-    refuse_forwarded(&parts.headers).map_err(refused)?;
+    // No token header in this protocol: the signature stands for it.
+    let seen = Headers::scan(&parts.headers, "");
+    seen.refuse_forwarded().map_err(refused)?;
     refuse_absolute_target(&parts.uri).map_err(refused)?;
-    check_host(parts.version, &parts.headers).map_err(refused)?;
-    let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    seen.check_host(parts.version).map_err(refused)?;
+    let declared = seen.content_length.and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
     if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
         return Err(refused(Refusal::with(Code::BodyTooLarge, "The request body is too large.")));
     }
