@@ -115,6 +115,98 @@ unsafe fn wipe_in_place(ptr: *mut u8, len: usize) {
     zeroize::Zeroize::zeroize(bytes);
 }
 
+/// Gives every block of [`MAPPED_FROM`] bytes or more pages of its own (`mmap`) and hands them
+/// back to the kernel when it is freed (`munmap`); smaller blocks go to `A`.
+///
+/// The libc's `malloc` keeps freed blocks of up to 32 KiB in slabs for reuse and never returns
+/// them: a burst of connections (hyper's two 8 KiB buffers each) left its pages resident for
+/// good, about 0.7 MiB after 64 connections at once. Mapped, they leave with the connection.
+/// The cost is two system calls per block, paid when a connection opens and closes (or a
+/// buffer grows), never per request on a kept-alive connection.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct MapLarge<A = System>(pub A);
+
+/// Blocks of this many bytes or more are mapped by [`MapLarge`]: two pages, where the libc's
+/// slabs begin to hold whole pages per block.
+pub const MAPPED_FROM: usize = 8 * 1024;
+
+/// The smallest page size of the platforms we run on: a mapping is aligned to at least this.
+const MIN_PAGE: usize = 4 * 1024;
+
+/// Whether [`MapLarge`] maps a block of `layout` itself. The same answer at allocation and at
+/// free, since it depends on the layout only.
+fn mapped(layout: Layout) -> bool {
+    cfg!(unix) && layout.size() >= MAPPED_FROM && layout.align() <= MIN_PAGE
+}
+
+// SAFETY: a mapped block is a fresh private anonymous mapping of at least `layout.size()` bytes,
+// aligned to a page (≥ `layout.align()`), unmapped with the same length when freed; the
+// decision depends on the layout only, so a block is always freed the way it was allocated.
+// Everything else is forwarded to the inner allocator with the same contract.
+unsafe impl<A: GlobalAlloc> GlobalAlloc for MapLarge<A> {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if mapped(layout) {
+            return map(layout.size());
+        }
+        // SAFETY: forwarded as is.
+        unsafe { self.0.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if mapped(layout) {
+            // A fresh anonymous mapping reads as zeros.
+            return map(layout.size());
+        }
+        // SAFETY: forwarded as is.
+        unsafe { self.0.alloc_zeroed(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if mapped(layout) {
+            // SAFETY: `ptr` is the start of a mapping of `layout.size()` bytes made by `map`.
+            unsafe { unmap(ptr, layout.size()) };
+            return;
+        }
+        // SAFETY: forwarded as is.
+        unsafe { self.0.dealloc(ptr, layout) }
+    }
+}
+
+/// A private anonymous mapping of `len` bytes (rounded up to pages by the kernel), or null.
+#[cfg(unix)]
+fn map(len: usize) -> *mut u8 {
+    // SAFETY: a new mapping at an address the kernel picks; touches no memory of ours.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED { std::ptr::null_mut() } else { ptr.cast() }
+}
+
+#[cfg(not(unix))]
+fn map(_len: usize) -> *mut u8 {
+    std::ptr::null_mut()
+}
+
+/// Unmaps the `len` bytes [`map`] mapped at `ptr`.
+///
+/// # Safety
+/// `ptr` must come from `map(len)` and not be used afterwards.
+#[cfg(unix)]
+unsafe fn unmap(ptr: *mut u8, len: usize) {
+    // SAFETY: the caller's guarantee; a failure (impossible for a whole mapping) leaks it.
+    unsafe { libc::munmap(ptr.cast(), len) };
+}
+
+#[cfg(not(unix))]
+unsafe fn unmap(_ptr: *mut u8, _len: usize) {}
+
 // SAFETY: every method forwards to the inner allocator with the same layout contract; the only
 // additions are writes inside blocks the caller still owns (before they are freed).
 unsafe impl<A: GlobalAlloc> GlobalAlloc for ZeroOnFree<A> {
@@ -160,31 +252,42 @@ mod tests {
     use super::*;
     use std::sync::Mutex;
 
-    /// Records, at each free, whether the block was all zeros.
-    struct Recording {
+    /// Records, at each free, whether the block was all zeros, then forwards to `A`.
+    struct Recording<A = System> {
         frees: Mutex<Vec<bool>>,
+        inner: A,
     }
 
-    // SAFETY: forwards to the system allocator; inspects blocks before freeing them.
-    unsafe impl GlobalAlloc for Recording {
+    impl<A> Recording<A> {
+        fn new(inner: A) -> Self {
+            Self { frees: Mutex::new(Vec::new()), inner }
+        }
+
+        fn frees(&self) -> Vec<bool> {
+            self.frees.lock().expect("lock").clone()
+        }
+    }
+
+    // SAFETY: forwards to the inner allocator; inspects blocks before freeing them.
+    unsafe impl<A: GlobalAlloc> GlobalAlloc for Recording<A> {
         unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
             // SAFETY: forwarded.
-            unsafe { System.alloc(layout) }
+            unsafe { self.inner.alloc(layout) }
         }
         unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-            // SAFETY: the block is live until System.dealloc.
+            // SAFETY: the block is live until the inner dealloc.
             let zeroed = unsafe { std::slice::from_raw_parts(ptr, layout.size()) }.iter().all(|b| *b == 0);
             if let Ok(mut frees) = self.frees.lock() {
                 frees.push(zeroed);
             }
             // SAFETY: forwarded.
-            unsafe { System.dealloc(ptr, layout) }
+            unsafe { self.inner.dealloc(ptr, layout) }
         }
     }
 
     #[test]
     fn freed_and_outgrown_blocks_reach_the_inner_allocator_wiped() {
-        let allocator = ZeroOnFree(Recording { frees: Mutex::new(Vec::new()) });
+        let allocator = ZeroOnFree(Recording::new(System));
         let layout = Layout::from_size_align(64, 8).expect("layout");
         // SAFETY: a block allocated, filled, grown and freed with matching layouts.
         unsafe {
@@ -196,8 +299,63 @@ mod tests {
             assert_eq!(std::slice::from_raw_parts(grown, 64), &[0xA5; 64][..], "contents moved");
             allocator.dealloc(grown, Layout::from_size_align(256, 8).expect("layout"));
         }
-        let frees = allocator.0.frees.lock().expect("lock").clone();
-        assert_eq!(frees, [true, true], "the outgrown block and the final one were wiped first");
+        assert_eq!(allocator.0.frees(), [true, true], "the outgrown block and the final one were wiped first");
+    }
+
+    /// Whether `len` bytes at `ptr` are mapped at all (`mincore` fails with `ENOMEM` where not).
+    #[cfg(target_os = "linux")]
+    fn is_mapped(ptr: *mut u8, len: usize, page: usize) -> bool {
+        let mut flags = vec![0u8; len.div_ceil(page)];
+        // SAFETY: mincore only reads the page tables and writes one byte per page into `flags`.
+        unsafe { libc::mincore(ptr.cast(), len, flags.as_mut_ptr()) == 0 }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_large_block_has_pages_of_its_own_and_gives_them_back_when_freed() {
+        // SAFETY: sysconf takes a constant.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).expect("page size");
+        let allocator = MapLarge(Recording::new(System));
+        let large = Layout::from_size_align(MAPPED_FROM, 16).expect("layout");
+        let small = Layout::from_size_align(MAPPED_FROM - 1, 16).expect("layout");
+        // SAFETY: blocks allocated, written and freed with matching layouts.
+        unsafe {
+            let block = allocator.alloc(large);
+            assert!(!block.is_null());
+            assert_eq!(block as usize % page, 0, "a mapping starts a page");
+            std::ptr::write_bytes(block, 0xA5, MAPPED_FROM);
+            assert!(is_mapped(block, MAPPED_FROM, page));
+            allocator.dealloc(block, large);
+            assert!(!is_mapped(block, MAPPED_FROM, page), "the pages went back to the kernel");
+
+            let zeroed = allocator.alloc_zeroed(large);
+            assert!(std::slice::from_raw_parts(zeroed, MAPPED_FROM).iter().all(|b| *b == 0));
+            allocator.dealloc(zeroed, large);
+
+            let below = allocator.alloc(small);
+            assert!(!below.is_null());
+            std::ptr::write_bytes(below, 0, MAPPED_FROM - 1);
+            allocator.dealloc(below, small);
+        }
+        assert_eq!(allocator.0.frees(), [true], "only the block below the threshold reached the libc");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_mapped_block_is_wiped_before_its_pages_go_back() {
+        let allocator = ZeroOnFree(Recording::new(MapLarge(System)));
+        let layout = Layout::from_size_align(3 * MAPPED_FROM, 8).expect("layout");
+        // SAFETY: a block allocated, filled, grown and freed with matching layouts.
+        unsafe {
+            let block = allocator.alloc(layout);
+            assert!(!block.is_null());
+            std::ptr::write_bytes(block.add(100), 0xA5, 300);
+            let grown = allocator.realloc(block, layout, 4 * MAPPED_FROM);
+            assert!(!grown.is_null());
+            assert_eq!(std::slice::from_raw_parts(grown.add(100), 300), &[0xA5; 300][..], "contents moved");
+            allocator.dealloc(grown, Layout::from_size_align(4 * MAPPED_FROM, 8).expect("layout"));
+        }
+        assert_eq!(allocator.0.frees(), [true, true], "both blocks wiped before they were unmapped");
     }
 
     /// Whether each of `pages` pages at `base` is resident.

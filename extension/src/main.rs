@@ -4,9 +4,11 @@
 use std::process::ExitCode;
 
 /// Every heap block is wiped before it is freed: the copies the SDK and hyper make of secrets
-/// and credentials go too, not only our zeroizing values.
+/// and credentials go too, not only our zeroizing values. Blocks of 8 KiB and more have pages
+/// of their own, which go back to the kernel when freed (a connection's buffers leave with it).
 #[global_allocator]
-static ALLOCATOR: scoped_secrets::allocator::ZeroOnFree = scoped_secrets::allocator::ZeroOnFree(std::alloc::System);
+static ALLOCATOR: scoped_secrets::allocator::ZeroOnFree<scoped_secrets::allocator::MapLarge> =
+    scoped_secrets::allocator::ZeroOnFree(scoped_secrets::allocator::MapLarge(std::alloc::System));
 
 fn main() -> ExitCode {
     let hardening = scoped_secrets::hardening::harden();
