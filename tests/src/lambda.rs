@@ -164,7 +164,7 @@ impl Output {
     }
 
     /// The JSON lines with `event` once there are at least `count` of them. A line is logged
-    /// before its answer but written by the extension's log writer within about 1 ms (and read
+    /// before its answer but written by the extension's log writer within about 3 ms (and read
     /// by this harness on a task of its own): a test that counts lines after its answers waits.
     pub async fn wait_for_count(&self, event: &str, count: usize, timeout: Duration) -> anyhow::Result<Vec<Value>> {
         let started = Instant::now();

@@ -282,7 +282,7 @@ async fn managed_instances_registers_shutdown_only_and_serves_per_fetch_sessions
 
     let output = environment.extension.output.clone();
     // On Managed Instances no `/event/next` flushes the log between invocations: a line reaches
-    // stdout within the writer's 1 ms linger, and the harness's copy a moment later. Wait
+    // stdout within the writer's 3 ms linger, and the harness's copy a moment later. Wait
     // (bounded) for the four reads' lines and for each session's end.
     let waiting = std::time::Instant::now();
     let settled = || {
