@@ -100,7 +100,8 @@ struct Slot {
     /// The [`Clock`] tick at which it began waiting for a request head (accepted, or its last
     /// answer's last byte went out).
     waiting_since: AtomicU32,
-    /// Cancelled to take the connection's slot for a new one.
+    /// Cancelled to take the connection's slot for a new one, and with the listener's shutdown
+    /// (a child of its token): the connection's task waits on this one token, not two.
     evict: CancellationToken,
 }
 
@@ -129,14 +130,14 @@ impl Slot {
 struct Slots(Mutex<VecDeque<Weak<Slot>>>);
 
 impl Slots {
-    fn open(&self, clock: &Clock) -> Arc<Slot> {
+    fn open(&self, clock: &Clock, shutdown: &CancellationToken) -> Arc<Slot> {
         let slot = Arc::new(Slot {
             state: AtomicU8::new(NEW),
             read_dry: AtomicBool::new(false),
             write_stalled: AtomicBool::new(false),
             opened: Instant::now(),
             waiting_since: AtomicU32::new(clock.now()),
-            evict: CancellationToken::new(),
+            evict: shutdown.child_token(),
         });
         let mut slots = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         slots.retain(|slot| slot.strong_count() > 0);
@@ -289,7 +290,7 @@ where
         };
         let Some(permit) = permit else { break };
         let _ = stream.set_nodelay(true);
-        let slot = slots.open(&clock);
+        let slot = slots.open(&clock, &shutdown);
         let handler = handler.clone();
         let shutdown = shutdown.clone();
         let clock = Arc::clone(&clock);
@@ -313,11 +314,13 @@ where
             let io = TokioIo::new(WriteDeadline::watched(stream, limits.write_timeout, Arc::clone(&slot), clock));
             let connection = builder.serve_connection(io, service);
             tokio::pin!(connection);
+            // Biased, the connection first: no random branch order drawn on every wake-up.
             tokio::select! {
+                biased;
                 _ = connection.as_mut() => {}
-                // Dropped: closed without an answer.
-                () = slot.evict.cancelled() => {}
-                () = shutdown.cancelled() => {
+                // Shutdown: the current request may finish. Evicted: dropped, closed without an
+                // answer.
+                () = slot.evict.cancelled() => if shutdown.is_cancelled() {
                     connection.as_mut().graceful_shutdown();
                     let _ = tokio::time::timeout(limits.graceful_close, connection).await;
                 }

@@ -36,10 +36,10 @@ async fn progress_restarts_the_write_timeout() {
 
 #[tokio::test(start_paused = true)]
 async fn the_slot_given_up_is_one_waiting_on_its_client_never_one_being_served() {
-    let (slots, clock) = (Slots::default(), Clock::default());
+    let (slots, clock, shutdown) = (Slots::default(), Clock::default(), CancellationToken::new());
+    let open = || slots.open(&clock, &shutdown);
     let dry = |slot: &Slot| slot.read_dry.store(true, Ordering::Release);
-    let (idle, serving, silent, unread, stalled) =
-        (slots.open(&clock), slots.open(&clock), slots.open(&clock), slots.open(&clock), slots.open(&clock));
+    let (idle, serving, silent, unread, stalled) = (open(), open(), open(), open(), open());
     idle.state.store(AFTER, Ordering::Release);
     dry(&idle);
     serving.state.store(SERVING, Ordering::Release);
@@ -48,7 +48,7 @@ async fn the_slot_given_up_is_one_waiting_on_its_client_never_one_being_served()
     stalled.state.store(AFTER, Ordering::Release);
     stalled.write_stalled.store(true, Ordering::Release);
     tokio::time::advance(HEAD_GRACE).await;
-    let just_opened = slots.open(&clock);
+    let just_opened = open();
     dry(&just_opened);
     assert!(slots.evict_one());
     assert!(silent.evict.is_cancelled(), "first: read dry without a head, past its grace");
@@ -61,6 +61,8 @@ async fn the_slot_given_up_is_one_waiting_on_its_client_never_one_being_served()
     tokio::time::advance(HEAD_GRACE).await;
     assert!(slots.evict_one(), "once its grace is over");
     assert!(just_opened.evict.is_cancelled() && !unread.evict.is_cancelled());
+    shutdown.cancel();
+    assert!(unread.evict.is_cancelled() && serving.evict.is_cancelled(), "shutdown reaches every connection");
 }
 
 #[tokio::test(start_paused = true)]
@@ -71,8 +73,12 @@ async fn the_sweeper_closes_connections_waiting_past_the_header_timeout_never_on
         let (slots, clock, shutdown) = (Arc::clone(&slots), Arc::clone(&clock), shutdown.clone());
         tokio::spawn(async move { clock.sweep(&slots, timeout, &shutdown).await })
     };
-    let (silent, serving, answered, writing) =
-        (slots.open(&clock), slots.open(&clock), slots.open(&clock), slots.open(&clock));
+    let (silent, serving, answered, writing) = (
+        slots.open(&clock, &shutdown),
+        slots.open(&clock, &shutdown),
+        slots.open(&clock, &shutdown),
+        slots.open(&clock, &shutdown),
+    );
     serving.state.store(SERVING, Ordering::Release);
     answered.state.store(AFTER, Ordering::Release);
     writing.state.store(AFTER, Ordering::Release);
