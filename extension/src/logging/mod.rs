@@ -59,7 +59,35 @@ static INSTALLED: AtomicBool = AtomicBool::new(false);
 /// The sink in front of stdout, started by the first line.
 fn stdout() -> &'static sink::Sink {
     static STDOUT: OnceLock<Arc<sink::Sink>> = OnceLock::new();
-    STDOUT.get_or_init(|| sink::Sink::start(std::io::stdout(), sink::CAPACITY, sink::LINGER))
+    STDOUT.get_or_init(|| {
+        grow_pipe(1, PIPE_BYTES);
+        sink::Sink::start(std::io::stdout(), sink::CAPACITY, sink::LINGER)
+    })
+}
+
+/// What stdout's pipe is asked to hold: about 30 ms of lines at 100,000 a second, where the
+/// default 64 KiB holds one of the writer's batches. Kernel memory, used only while the reader
+/// lags.
+const PIPE_BYTES: i32 = 1024 * 1024;
+
+/// Asks the pipe behind `fd`, if it is one, to hold `bytes` (`F_SETPIPE_SZ`), so a batch goes in
+/// whole while the reader drains the one before instead of in pieces, a wake-up of both sides
+/// each. Returns the pipe's size, or `None` when `fd` is not a pipe or the kernel refused (above
+/// `/proc/sys/fs/pipe-max-size`, or the user's pipe pages used up): lines go out all the same.
+/// Measured: 0.92x of bare hyper's throughput at 8 connections against 0.88x without it (four
+/// pairs of runs; docs/performance.md).
+fn grow_pipe(fd: i32, bytes: i32) -> Option<usize> {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: fcntl on a descriptor number with an integer argument; no memory of ours.
+        let size = unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, bytes) };
+        usize::try_from(size).ok()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (fd, bytes);
+        None
+    }
 }
 
 /// Returns once every line logged before the call is on stdout (blocking: the wait is the
@@ -326,6 +354,30 @@ fn escape_into(line: &mut String, text: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_pipe_is_grown_and_anything_else_left_alone() {
+        use std::os::fd::AsRawFd;
+        let mut fds = [0; 2];
+        // SAFETY: pipe writes two descriptors into the array.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        let grown = grow_pipe(fds[1], PIPE_BYTES);
+        // SAFETY: fcntl on our own descriptor.
+        let now = usize::try_from(unsafe { libc::fcntl(fds[1], libc::F_GETPIPE_SZ) }).expect("a pipe's size");
+        match grown {
+            Some(size) => assert!(size >= 1024 * 1024 && now == size, "grown to {size}, reads {now}"),
+            // A limit of this machine's: the pipe keeps its size.
+            None => assert_eq!(now, 65_536),
+        }
+        // SAFETY: closing our own descriptors.
+        unsafe {
+            libc::close(fds[0]);
+            libc::close(fds[1]);
+        }
+        let null = std::fs::File::open("/dev/null").expect("/dev/null");
+        assert_eq!(grow_pipe(null.as_raw_fd(), PIPE_BYTES), None, "not a pipe");
+    }
 
     #[test]
     fn lines_are_json_with_every_field_flattened_and_escaped_as_serde_json_escapes() {

@@ -1,9 +1,10 @@
 //! Test support (`tests/tests/e2e/audit_log.rs`): a log shipper that can stall.
 //!
 //! `gated_relay COMMAND [ARGS…]` runs the command with its stdout a one-page pipe (4 KiB, the
-//! smallest Linux allows) and copies that pipe to its own stdout, line by line, except while
-//! the file named by `GATED_RELAY_GATE` exists: then it stops reading, as a log pipeline that
-//! does not keep up, and the command's writes to stdout block once the page is full. SIGTERM is
+//! smallest Linux allows; the extension asks for 1 MiB when it starts, as it does on Lambda) and
+//! copies that pipe to its own stdout, line by line, except while the file named by
+//! `GATED_RELAY_GATE` exists: then it stops reading, as a log pipeline that does not keep up,
+//! and the command's writes to stdout block once the pipe is full. SIGTERM is
 //! passed on to the command; the relay exits with the command's status once its stdout closes.
 
 use std::io::{BufRead, BufReader, Write};

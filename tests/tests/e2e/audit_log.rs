@@ -96,8 +96,9 @@ async fn a_stalled_stdout_makes_reads_wait_and_loses_no_line() -> anyhow::Result
     output.wait_for_count("allow", 1, TIMEOUT).await?;
 
     std::fs::write(&gate, b"")?;
-    // About 330 bytes a line: 8 clients × 120 reads × 2 lines is twice the queue and the pipe.
-    let reads = 120;
+    // About 330 bytes a line: 8 clients × 480 reads × 2 lines is twice the queue (128 KiB) and
+    // the pipe (the extension asks for 1 MiB).
+    let reads = 480;
     let loading = tokio::spawn({
         let token = token.clone();
         async move { load(port, &token, reads).await }
