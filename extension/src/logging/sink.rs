@@ -219,8 +219,8 @@ impl Sink {
 /// How long the writer waits without a line before it gives back buffers a burst grew.
 const RECYCLE_AFTER: Duration = Duration::from_millis(100);
 
-/// An idle writer keeps buffers of at most this much: a third of a millisecond of lines at
-/// 100,000 requests per second. A larger one, grown by load or a stalled stdout, is given back.
+/// An idle writer keeps buffers of at most this much: a millisecond of lines at 100,000
+/// requests per second. A larger one, grown by load or a stalled stdout, is given back.
 pub const KEEP: usize = 32 * 1024;
 
 /// Empties a buffer for reuse, and gives its memory back if it grew larger than [`KEEP`]: a
