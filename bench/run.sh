@@ -5,6 +5,7 @@
 # exit, and sizes. Not part of the test suite: it fails only if something does not work.
 #
 #   bench/run.sh [--runs N] [--starts N] [--invocations N] [--seconds S] [--only SECTIONS] [--connections 1,8,64]
+#                [--pin LOAD_CPU,SERVER_CPU]
 #
 # Defaults: 5 load runs of 3 s per server and connection count, 20 fresh starts, 30 invocations
 # of each kind. Needs what tests/prepare.sh installs (it is sourced), and wrk (Debian's, installed

@@ -11,7 +11,8 @@
 //! line by this process, as Lambda's log agent reads it; the lines are counted, checked (one
 //! `allow` per request served) and dropped after each load run. The bare server writes nothing.
 //!
-//! `bench [--runs N] [--starts N] [--invocations N] [--seconds S] --bare PATH`
+//! `bench [--runs N] [--starts N] [--invocations N] [--seconds S] [--only SECTIONS]
+//! [--connections 1,8,64] [--pin LOAD_CPU,SERVER_CPU] --bare PATH`
 
 #![allow(clippy::print_stdout, clippy::print_stderr, clippy::expect_used)]
 
@@ -57,6 +58,9 @@ struct Args {
     only: Vec<String>,
     /// Only these connection counts in `load` (of 1, 8, 64), e.g. to profile one.
     connections: Vec<u32>,
+    /// `load` with wrk on the first CPU and each server (every thread) on the second, instead of
+    /// wherever the scheduler puts them: less spread between runs on a shared machine.
+    pin: Option<(u32, u32)>,
 }
 
 impl Args {
@@ -69,6 +73,7 @@ impl Args {
             bare: PathBuf::new(),
             only: Vec::new(),
             connections: CONNECTIONS.to_vec(),
+            pin: None,
         };
         let mut raw = std::env::args().skip(1);
         while let Some(flag) = raw.next() {
@@ -81,6 +86,10 @@ impl Args {
                 "--bare" => args.bare = PathBuf::from(value),
                 "--only" => args.only = value.split(',').map(str::to_owned).collect(),
                 "--connections" => args.connections = value.split(',').map(str::parse).collect::<Result<_, _>>()?,
+                "--pin" => {
+                    let (load, server) = value.split_once(',').context("--pin LOAD_CPU,SERVER_CPU")?;
+                    args.pin = Some((load.parse()?, server.parse()?));
+                }
                 _ => bail!("unknown flag {flag}"),
             }
         }
@@ -532,8 +541,23 @@ struct WrkRun {
     cpu_us_per_request: f64,
 }
 
-async fn wrk(port: u16, token: &str, connections: u32, seconds: u64, script: &Path) -> anyhow::Result<WrkRun> {
-    let output = Command::new("wrk")
+async fn wrk(
+    port: u16,
+    token: &str,
+    connections: u32,
+    seconds: u64,
+    script: &Path,
+    cpu: Option<u32>,
+) -> anyhow::Result<WrkRun> {
+    let mut command = match cpu {
+        Some(cpu) => {
+            let mut taskset = Command::new("taskset");
+            taskset.args(["-c", &cpu.to_string(), "wrk"]);
+            taskset
+        }
+        None => Command::new("wrk"),
+    };
+    let output = command
         .args(["-t1", &format!("-c{connections}"), &format!("-d{seconds}s"), "-s"])
         .arg(script)
         .args(["-H", &format!("X-Aws-Parameters-Secrets-Token: {token}")])
@@ -702,6 +726,11 @@ async fn load(stack: &Stack, args: &Args, table: &mut Table) -> anyhow::Result<(
         Server::new(quiet_port, quiet_pid, None),
         Server::new(bare_port, bare_pid, None),
     ];
+    if let Some((_, cpu)) = args.pin {
+        for server in &servers {
+            pin(server.pid, cpu)?;
+        }
+    }
     let script = std::env::temp_dir().join(format!("scoped-secrets-bench-{}.lua", std::process::id()));
     std::fs::write(&script, WRK_SCRIPT)?;
     for run in 0..args.runs {
@@ -713,7 +742,9 @@ async fn load(stack: &Stack, args: &Args, table: &mut Table) -> anyhow::Result<(
             for turn in 0..servers.len() {
                 let server = &mut servers[(run + turn) % 3];
                 let cpu_before = cpu_us(server.pid)?;
-                let mut result = wrk(server.port, &token, connections, args.seconds, &script).await?;
+                let mut result =
+                    wrk(server.port, &token, connections, args.seconds, &script, args.pin.map(|(load, _)| load))
+                        .await?;
                 result.cpu_us_per_request = (cpu_us(server.pid)? - cpu_before) / result.requests.max(1.0);
                 if let Some(audit) = &server.audit {
                     let allows = allow_lines(audit, result.requests).await;
@@ -802,6 +833,17 @@ async fn load(stack: &Stack, args: &Args, table: &mut Table) -> anyhow::Result<(
     ensure!(status.success(), "the extension exited with {status}");
     table.add("SHUTDOWN → exit after the load (cache full)", "ms", &one(ms(sent.context("no SHUTDOWN seen")?)));
     quiet.shut_down().await?;
+    Ok(())
+}
+
+/// Moves every thread of process `pid` to CPU `cpu` (`taskset -a`).
+fn pin(pid: u32, cpu: u32) -> anyhow::Result<()> {
+    let status = std::process::Command::new("taskset")
+        .args(["-a", "-p", "-c", &cpu.to_string(), &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("running taskset (util-linux)")?;
+    ensure!(status.success(), "taskset -a -p -c {cpu} {pid}: {status}");
     Ok(())
 }
 
