@@ -31,8 +31,8 @@ pub const CAPACITY: usize = 128 * 1024;
 /// 3 ms, not 1: under load every batch wakes the writer and whoever reads the pipe, and on a
 /// machine with few cores each wake-up preempts the thread serving requests. With 1 ms the
 /// batches were ~30 KiB; with 3 ms the half-full queue (64 KiB) ends them first at 100,000
-/// lines per second, half the wake-ups. Measured (bench, 8 connections, four pairs of runs):
-/// throughput 0.77-0.84x of bare hyper at 1 ms, 0.87-0.92x at 3 ms.
+/// lines per second, half the wake-ups. Measured (bench, 8 connections, six pairs of runs):
+/// throughput 0.75-0.88x of bare hyper at 1 ms (mean 0.81x), 0.82-0.92x at 3 ms (0.87x).
 pub const LINGER: Duration = Duration::from_millis(3);
 
 /// A queue of lines and the thread that writes them.
