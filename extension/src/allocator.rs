@@ -302,12 +302,20 @@ mod tests {
         assert_eq!(allocator.0.frees(), [true, true], "the outgrown block and the final one were wiped first");
     }
 
-    /// Whether `len` bytes at `ptr` are mapped at all (`mincore` fails with `ENOMEM` where not).
+    /// Whether each page of the `len` bytes at `base` (page-aligned) is resident, or `None`
+    /// where they are not all mapped (`mincore` fails with `ENOMEM`).
     #[cfg(target_os = "linux")]
-    fn is_mapped(ptr: *mut u8, len: usize, page: usize) -> bool {
+    fn resident_pages(base: *mut u8, len: usize, page: usize) -> Option<Vec<bool>> {
         let mut flags = vec![0u8; len.div_ceil(page)];
         // SAFETY: mincore only reads the page tables and writes one byte per page into `flags`.
-        unsafe { libc::mincore(ptr.cast(), len, flags.as_mut_ptr()) == 0 }
+        let mapped = unsafe { libc::mincore(base.cast(), len, flags.as_mut_ptr()) } == 0;
+        mapped.then(|| flags.iter().map(|f| f & 1 == 1).collect())
+    }
+
+    /// Whether `len` bytes at `ptr` are mapped at all.
+    #[cfg(target_os = "linux")]
+    fn is_mapped(ptr: *mut u8, len: usize, page: usize) -> bool {
+        resident_pages(ptr, len, page).is_some()
     }
 
     #[cfg(target_os = "linux")]
@@ -358,13 +366,10 @@ mod tests {
         assert_eq!(allocator.0.frees(), [true, true], "both blocks wiped before they were unmapped");
     }
 
-    /// Whether each of `pages` pages at `base` is resident.
+    /// Whether each of `pages` pages at `base` (a mapping) is resident.
     #[cfg(target_os = "linux")]
     fn residency(base: *mut u8, pages: usize, page: usize) -> Vec<bool> {
-        let mut flags = vec![0u8; pages];
-        // SAFETY: `base` is a page-aligned mapping of `pages` pages; one byte per page written.
-        assert_eq!(unsafe { libc::mincore(base.cast(), pages * page, flags.as_mut_ptr()) }, 0);
-        flags.iter().map(|f| f & 1 == 1).collect()
+        resident_pages(base, pages * page, page).expect("a mapping")
     }
 
     #[cfg(target_os = "linux")]

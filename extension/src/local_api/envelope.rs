@@ -91,8 +91,8 @@ fn first_or_repeated<'a>(first: &mut Option<&'a HeaderValue>, repeated: &mut boo
 /// The headers the envelope checks of both protocols read (and the GET API's token), found
 /// in one pass over a request's headers: a lookup by name hashes the name, and the six lookups
 /// of a cached GET (two proxy headers, the two body headers, `Host`, the token) were about 800
-/// of its instructions under callgrind; a request carries a handful of headers, and one walk over them compares
-/// lengths first. Each field holds what the lookup it replaces found: the first value, and
+/// of its instructions under callgrind; a request carries a handful of headers, and one walk
+/// over them compares lengths first. Each field holds what the lookup it replaces found: the first value, and
 /// whether there was another.
 #[derive(Debug, Default)]
 pub struct Headers<'a> {

@@ -60,7 +60,7 @@ static INSTALLED: AtomicBool = AtomicBool::new(false);
 fn stdout() -> &'static sink::Sink {
     static STDOUT: OnceLock<Arc<sink::Sink>> = OnceLock::new();
     STDOUT.get_or_init(|| {
-        grow_pipe(1, PIPE_BYTES);
+        grow_pipe(std::os::fd::AsRawFd::as_raw_fd(&std::io::stdout()), PIPE_BYTES);
         sink::Sink::start(std::io::stdout(), sink::CAPACITY, sink::LINGER)
     })
 }
