@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use fnv::FnvHashMap;
 use tokio::time::Instant;
 
 use super::served::{Item, Served, Source};
@@ -59,7 +60,8 @@ struct Flight {
 pub struct Cache {
     ttl: Duration,
     invocations: Arc<Invocations>,
-    entries: Mutex<HashMap<Key, Cached>>,
+    /// FNV, not SipHash: keys are allowlist entries and versions AWS has, not a caller's choice.
+    entries: Mutex<FnvHashMap<Key, Cached>>,
     in_flight: Mutex<HashMap<Key, Arc<Flight>>>,
     /// Woken when a value is stored, so the expiry sweeper learns of a new deadline.
     stored: tokio::sync::Notify,
