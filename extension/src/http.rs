@@ -332,13 +332,18 @@ where
     tracker.wait().await;
 }
 
+/// `Cache-Control` of every JSON answer. A `static`, as the content types are: checked once, at
+/// compile time (`HeaderValue::from_static` checked both values byte by byte on every answer,
+/// ~190 instructions of a cached GET under callgrind).
+static NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
+
 /// An answer with `content_type` that no cache may keep.
-pub fn json_response(status: StatusCode, body: Bytes, content_type: &'static str) -> Response<Full<Bytes>> {
+pub fn json_response(status: StatusCode, body: Bytes, content_type: &'static HeaderValue) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::CONTENT_TYPE, content_type.clone());
+    headers.insert(header::CACHE_CONTROL, NO_STORE.clone());
     response
 }
 

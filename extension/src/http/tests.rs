@@ -5,6 +5,8 @@ use super::*;
 use std::io;
 use tokio::io::AsyncWriteExt;
 
+static JSON_TYPE: HeaderValue = HeaderValue::from_static("application/json");
+
 #[tokio::test(start_paused = true)]
 async fn a_write_the_peer_never_reads_fails_at_the_write_timeout() {
     // A 64-byte pipe whose other end never reads: the second write stalls.
@@ -134,7 +136,7 @@ async fn half_closed_client(notice_hangup: bool, watch: Duration) -> (bool, Vec<
             async move {
                 release.notified().await;
                 drop(guard);
-                json_response(StatusCode::OK, Bytes::from_static(b"{}"), "application/json")
+                json_response(StatusCode::OK, Bytes::from_static(b"{}"), &JSON_TYPE)
             }
         }))
     };

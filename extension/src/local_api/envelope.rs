@@ -32,8 +32,9 @@ impl Refusal {
 /// protocols' handlers return it; the caller audits and answers it).
 pub type Refused = (Refusal, Option<String>);
 
-/// The content type of the Secrets Manager and Systems Manager JSON protocols.
-pub const AMZ_JSON: &str = "application/x-amz-json-1.1";
+/// The content type of the Secrets Manager and Systems Manager JSON protocols (a `static`:
+/// checked once, at compile time).
+pub static AMZ_JSON: HeaderValue = HeaderValue::from_static("application/x-amz-json-1.1");
 
 impl From<Code> for Refusal {
     fn from(code: Code) -> Self {

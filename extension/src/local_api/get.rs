@@ -36,8 +36,8 @@ pub const MAX_SECRET_ID_BYTES: usize = 2_048;
 pub const MAX_JSON_KEY_CHARS: usize = 256;
 /// The parameters path of AWS's extension.
 pub const PARAMETERS_PATH: &str = "/systemsmanager/parameters/get";
-/// Content type of the GET API's answers.
-pub(super) const JSON: &str = "application/json";
+/// Content type of the GET API's answers (a `static`: checked once, at compile time).
+pub(super) static JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 /// Where a local GET request goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,7 +67,7 @@ pub async fn handle<B: Body>(
 ) -> Response<Full<Bytes>> {
     let deadline = reader.deadline();
     let (api, query) = match route(request, token) {
-        Ok(Route::Ping) => return json_response(StatusCode::OK, Bytes::from_static(br#"{"status":"ready"}"#), JSON),
+        Ok(Route::Ping) => return json_response(StatusCode::OK, Bytes::from_static(br#"{"status":"ready"}"#), &JSON),
         Ok(Route::Read { api, query }) => (api, query),
         Ok(Route::Parameter { query }) => return answer_parameter(reader, caller, &query, deadline).await,
         Err((refusal, api)) => {
@@ -89,7 +89,7 @@ pub async fn handle<B: Body>(
         }
     });
     match answered {
-        Ok(body) => json_response(StatusCode::OK, body, JSON),
+        Ok(body) => json_response(StatusCode::OK, body, &JSON),
         Err(code) => {
             let refusal = Refusal::of(code);
             let status = status_of(refusal.code).as_u16();
@@ -122,7 +122,7 @@ pub fn answer_now<B: Body>(
     };
     let value = reader.read_ready(read, &query.version)?;
     // The body is the value's own zeroizing JSON: wiped with the value.
-    Some(json_response(StatusCode::OK, value.json_body(), JSON))
+    Some(json_response(StatusCode::OK, value.json_body(), &JSON))
 }
 
 /// Answers a routed `/systemsmanager/parameters/get` (`caller`: the Managed Instances request
@@ -136,7 +136,7 @@ async fn answer_parameter(
     let ParameterQuery { name, version, decrypt } = query;
     match parameters::read(reader, Api::Get, caller, name, version.clone(), *decrypt, deadline).await {
         // The body is the value's own zeroizing JSON: wiped with the value.
-        Ok(value) => json_response(StatusCode::OK, value.get_body(), JSON),
+        Ok(value) => json_response(StatusCode::OK, value.get_body(), &JSON),
         Err(refusal) => {
             let status = status_of(refusal.code).as_u16();
             reader.audit_parameter_deny(Api::Get, caller, Some(&query.name), refusal.code, status).await;
@@ -238,7 +238,7 @@ pub fn status_of(code: Code) -> StatusCode {
 pub fn error_response(refusal: Refusal) -> Response<Full<Bytes>> {
     let status = status_of(refusal.code);
     let body = serde_json::json!({ "error": refusal.code.as_str(), "message": refusal.message }).to_string();
-    let mut response = json_response(status, Bytes::from(body), JSON);
+    let mut response = json_response(status, Bytes::from(body), &JSON);
     if status == StatusCode::SERVICE_UNAVAILABLE {
         response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }

@@ -230,7 +230,7 @@ async fn get_secret_value(reader: &ReadPath, body: &[u8], deadline: Instant) -> 
         stage_of_id: stage_of_id.as_deref(),
     };
     let value = reader.read(read, version).await.map_err(|e| (Refusal::of(e.code()), Some(input.secret_id.clone())))?;
-    Ok(json_response(StatusCode::OK, value.json_body(), AMZ_JSON))
+    Ok(json_response(StatusCode::OK, value.json_body(), &AMZ_JSON))
 }
 
 async fn batch_get_secret_value(
@@ -284,7 +284,7 @@ async fn batch_get_secret_value(
     buffer.extend_from_slice(b"],\"Errors\":");
     buffer.extend_from_slice(&errors);
     buffer.push(b'}');
-    Ok(json_response(StatusCode::OK, Bytes::from_owner(buffer), AMZ_JSON))
+    Ok(json_response(StatusCode::OK, Bytes::from_owner(buffer), &AMZ_JSON))
 }
 
 /// The version asked for, and the staging label it must carry when both were given.
@@ -379,7 +379,7 @@ fn error_response(protocol: Protocol, refusal: Refusal) -> Response<Full<Bytes>>
     let (status, kind) = protocol.form(refusal.code);
 
     let body = serde_json::json!({ "__type": kind, "message": refusal.message }).to_string();
-    let mut response = json_response(status, Bytes::from(body), AMZ_JSON);
+    let mut response = json_response(status, Bytes::from(body), &AMZ_JSON);
     response.headers_mut().insert("x-amzn-errortype", HeaderValue::from_static(kind));
     response
 }

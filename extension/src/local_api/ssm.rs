@@ -61,7 +61,7 @@ pub(super) async fn get_parameter(
     let value = read(reader, Api::Sdk, None, &input.name, None, decrypt, deadline)
         .await
         .map_err(|refusal| (refusal, Some(input.name)))?;
-    Ok(json_response(StatusCode::OK, Bytes::from_owner(value.sdk_body()), AMZ_JSON))
+    Ok(json_response(StatusCode::OK, Bytes::from_owner(value.sdk_body()), &AMZ_JSON))
 }
 
 /// `AmazonSSM.GetParameters`: every name allowlisted or the whole call refused; then each read
@@ -144,7 +144,7 @@ pub(super) async fn get_parameters(
         buffer.extend_from_slice(value.sdk_object());
     }
     buffer.extend_from_slice(b"]}");
-    Ok(json_response(StatusCode::OK, Bytes::from_owner(buffer), AMZ_JSON))
+    Ok(json_response(StatusCode::OK, Bytes::from_owner(buffer), &AMZ_JSON))
 }
 
 /// Each code's status and error type on the Systems Manager protocol (one `match`: every code
