@@ -62,6 +62,18 @@ pub fn has_replacement(text: &str) -> bool {
     !text.is_ascii() && text.contains('\u{FFFD}')
 }
 
+/// `a == b`, a word at a time, for text on the request path that is not secret (it may stop
+/// at the first difference). The `bcmp` the musl build links (Zig's compiler-rt) compares a
+/// byte at a time: about 6 instructions a byte under callgrind, 500 of a cached GET's.
+pub fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    let word = |chunk: &[u8]| u64::from_ne_bytes(<[u8; 8]>::try_from(chunk).unwrap_or_default());
+    let (words_a, words_b) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (rest_a, rest_b) = (words_a.remainder(), words_b.remainder());
+    a.len() == b.len()
+        && words_a.zip(words_b).all(|(x, y)| word(x) == word(y))
+        && rest_a.iter().zip(rest_b).all(|(x, y)| x == y)
+}
+
 /// Caller text as a log line may show it: without control characters and at most
 /// [`MAX_LOGGED_CHARS`] characters.
 /// Borrowed when `text` already is (every allowed read's id): no copy per audit line.
@@ -76,6 +88,24 @@ pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn same_bytes_is_equality() {
+        let texts: [&[u8]; 9] =
+            [b"", b"a", b"b", b"abcdefgh", b"abcdefgi", b"abcdefghi", b"abcdefghj", b"bbcdefghi", b"abcdefgh\0"];
+        for a in texts {
+            for b in texts {
+                assert_eq!(same_bytes(a, b), a == b, "{a:?} {b:?}");
+            }
+        }
+        let long = "671bc2ea-c6c0-4cab-91f7-097215396fa6";
+        for at in 0..long.len() {
+            let mut other = long.as_bytes().to_vec();
+            other[at] ^= 1;
+            assert!(!same_bytes(long.as_bytes(), &other), "differs at {at}");
+        }
+        assert!(same_bytes(long.as_bytes(), long.to_owned().as_bytes()));
+    }
 
     #[test]
     fn query_pairs_are_those_form_urlencoded_gives() {

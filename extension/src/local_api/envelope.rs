@@ -5,6 +5,7 @@
 use http::{HeaderMap, HeaderValue, Uri, Version};
 
 use crate::domain::code::Code;
+use crate::domain::text::same_bytes;
 
 /// A refusal: the stable code, and a sentence for the caller (the code's own unless the check
 /// has something more specific to say). Never a value, a credential or the token.
@@ -120,7 +121,7 @@ impl<'a> Headers<'a> {
         let mut seen = Self::default();
         for (name, value) in headers {
             let name = name.as_str();
-            if name == token_name {
+            if same_bytes(name.as_bytes(), token_name.as_bytes()) {
                 first_or_repeated(&mut seen.token, &mut seen.tokens_repeated, value);
                 continue;
             }
