@@ -31,15 +31,16 @@ use crate::domain::error::ReadError;
 use crate::domain::item::{Kind, Wanted};
 use crate::domain::parameter::ParameterVersion;
 use crate::domain::request_id::RequestId;
-use crate::domain::text::printable;
+use crate::domain::text::{printable, same_bytes};
 use crate::domain::version::Version;
 use crate::evidence::Evidence;
 use crate::invocation::Invocations;
 use crate::invocation::scope::Scope;
 use crate::logging;
+use crate::logging::audit::Memo;
 use crate::secrets::Secrets;
 use crate::secrets::parameter::ParameterValue;
-use crate::secrets::served::{Item, Served};
+use crate::secrets::served::{Item, Served, Source};
 use crate::secrets::value::SecretValue;
 use crate::tenant::Tenancy;
 
@@ -65,6 +66,21 @@ pub struct ReadPath {
     /// Set once an invocation came through the Runtime API proxy: from then on a caller's
     /// request id must name an invocation running now.
     pub runtime_proxy_delivered: Arc<AtomicBool>,
+}
+
+thread_local! {
+    /// What the last `allow` line was made of, and its text (the serving thread writes them).
+    static ALLOW_LINE: Memo<AllowKey> = const { Memo::new() };
+}
+
+/// What an `allow` line is made of: everything its fields read.
+#[derive(Debug)]
+struct AllowKey {
+    request_id: String,
+    secret_id: String,
+    version_id: String,
+    /// Asserted, checked, api, kind, decrypt, source, refresh.
+    flags: (bool, bool, Api, Kind, Option<bool>, Source, bool),
 }
 
 /// One read as a protocol parsed it.
@@ -204,25 +220,41 @@ impl ReadPath {
         };
         let version_id = served.value.version_id();
         let (asserted, checked) = (read.caller.is_some() && !named, named);
-        let logged_id = printable(read.secret_id);
-        logging::audit::write("allow", |line| {
-            line.str("request_id", request_id)
-                .bool("request_id_asserted", asserted)
-                .bool("request_id_checked", checked)
-                .str("api", read.api.as_str())
-                .str("kind", kind.as_str());
-            match decrypt {
-                None => line
-                    .str("secret_id", &logged_id)
-                    .str("version_id", &version_id)
-                    .str("source", served.source.as_str())
-                    .bool("refresh", read.refresh),
-                Some(decrypt) => line
-                    .str("parameter", &logged_id)
-                    .str("version", &version_id)
-                    .bool("with_decryption", decrypt)
-                    .str("source", served.source.as_str()),
-            };
+        let flags = (asserted, checked, read.api, kind, decrypt, served.source, read.refresh);
+        // A cached read repeats the last line's fields: only its timestamp is formatted then.
+        let same = |last: &AllowKey| {
+            last.flags == flags
+                && same_bytes(last.request_id.as_bytes(), request_id.as_bytes())
+                && same_bytes(last.secret_id.as_bytes(), read.secret_id.as_bytes())
+                && same_bytes(last.version_id.as_bytes(), version_id.as_bytes())
+        };
+        let key = || AllowKey {
+            request_id: request_id.to_owned(),
+            secret_id: read.secret_id.to_owned(),
+            version_id: version_id.clone().into_owned(),
+            flags,
+        };
+        ALLOW_LINE.with(|memo| {
+            logging::audit::write_memoized("allow", memo, same, key, |line| {
+                let logged_id = printable(read.secret_id);
+                line.str("request_id", request_id)
+                    .bool("request_id_asserted", asserted)
+                    .bool("request_id_checked", checked)
+                    .str("api", read.api.as_str())
+                    .str("kind", kind.as_str());
+                match decrypt {
+                    None => line
+                        .str("secret_id", &logged_id)
+                        .str("version_id", &version_id)
+                        .str("source", served.source.as_str())
+                        .bool("refresh", read.refresh),
+                    Some(decrypt) => line
+                        .str("parameter", &logged_id)
+                        .str("version", &version_id)
+                        .bool("with_decryption", decrypt)
+                        .str("source", served.source.as_str()),
+                };
+            });
         });
         served.value
     }

@@ -7,6 +7,7 @@
 //! They are written once [`super::init`] has installed logging (as the tracing lines: a unit
 //! test that does not install it prints nothing), at `INFO`, which the audit target always is.
 
+use std::cell::RefCell;
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
@@ -70,6 +71,70 @@ impl Fields<'_> {
 /// Queues the audit line `event` with the fields `fields` adds, as
 /// `tracing::info!(target: "audit", event = …, …)` would write it.
 pub fn write(event: &'static str, fields: impl FnOnce(&mut Fields<'_>)) {
+    write_with(event, |line| push_tail(line, fields));
+}
+
+/// One call site's last line: what its fields were made of (`K`), and its text after the
+/// event. A call site that writes the same fields again and again (a cached read, once per
+/// request) then formats only the timestamp.
+#[derive(Debug)]
+pub struct Memo<K>(RefCell<Option<(K, String)>>);
+
+impl<K> Memo<K> {
+    /// Nothing written yet.
+    pub const fn new() -> Self {
+        Self(RefCell::new(None))
+    }
+}
+
+impl<K> Default for Memo<K> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// [`write`], with the text after the event taken from `memo` when `same` says the fields
+/// are made of what the last line's were (the line is then byte for byte the one [`write`]
+/// would queue: tested); else formatted, and kept with `key()` for the next line. `same` and
+/// `key` must cover everything `fields` reads.
+pub fn write_memoized<K>(
+    event: &'static str,
+    memo: &Memo<K>,
+    same: impl FnOnce(&K) -> bool,
+    key: impl FnOnce() -> K,
+    fields: impl FnOnce(&mut Fields<'_>),
+) {
+    write_with(event, |line| push_tail_memoized(line, memo, same, key, fields));
+}
+
+/// [`push_tail`] through `memo` (see [`write_memoized`]).
+fn push_tail_memoized<K>(
+    line: &mut String,
+    memo: &Memo<K>,
+    same: impl FnOnce(&K) -> bool,
+    key: impl FnOnce() -> K,
+    fields: impl FnOnce(&mut Fields<'_>),
+) {
+    // Re-entrant use (a line written while this one is formatted) goes without the memo.
+    let Ok(mut kept) = memo.0.try_borrow_mut() else { return push_tail(line, fields) };
+    let hit = kept.as_ref().is_some_and(|(last, _)| same(last));
+    let start = line.len();
+    match kept.as_mut() {
+        Some((_, tail)) if hit => line.push_str(tail),
+        Some((last, tail)) => {
+            push_tail(line, fields);
+            *last = key();
+            tail.clear();
+            tail.push_str(&line[start..]);
+        }
+        None => {
+            push_tail(line, fields);
+            *kept = Some((key(), line[start..].to_owned()));
+        }
+    }
+}
+
+fn write_with(event: &'static str, tail: impl FnOnce(&mut String)) {
     if !INSTALLED.load(Ordering::Acquire) {
         return;
     }
@@ -82,20 +147,32 @@ pub fn write(event: &'static str, fields: impl FnOnce(&mut Fields<'_>)) {
             Err(_) => &mut fallback,
         };
         line.clear();
-        format(line, SystemTime::now(), event, fields);
+        push_head(line, SystemTime::now(), event);
+        tail(line);
         stdout().push(line.as_bytes());
     });
 }
 
-fn format(line: &mut String, now: SystemTime, event: &'static str, fields: impl FnOnce(&mut Fields<'_>)) {
+/// The timestamp, level and event.
+fn push_head(line: &mut String, now: SystemTime, event: &'static str) {
     line.push_str(r#"{"timestamp":""#);
     push_rfc3339_micros(line, now);
     line.push_str(r#"","level":"INFO","event":"#);
     line.push('"');
     push_escaped(line, event);
     line.push('"');
+}
+
+/// The fields, the target and the end of the line.
+fn push_tail(line: &mut String, fields: impl FnOnce(&mut Fields<'_>)) {
     fields(&mut Fields(line));
     line.push_str(",\"target\":\"audit\"}\n");
+}
+
+#[cfg(test)]
+fn format(line: &mut String, now: SystemTime, event: &'static str, fields: impl FnOnce(&mut Fields<'_>)) {
+    push_head(line, now, event);
+    push_tail(line, fields);
 }
 
 #[cfg(test)]
@@ -151,5 +228,51 @@ mod tests {
         assert!(direct.ends_with('\n'));
         let parsed: serde_json::Value = serde_json::from_str(&direct).expect("one JSON object");
         assert_eq!(parsed["secret_id"], id);
+    }
+
+    /// Through a memo, every line is the one formatted afresh, whatever the order in which the
+    /// fields change; the fields are formatted only when they changed.
+    #[test]
+    fn a_memoized_line_is_the_line_formatted_afresh() {
+        let memo = Memo::new();
+        let sets = [("a", "app/db", true), ("a", "app/db", true), ("b", "app/db", true), ("b", "app/db", false)];
+        let sets = sets.iter().chain(&[("b", "app/\"db\"", false), ("b", "app/\"db\"", false), ("a", "app/db", true)]);
+        let mut formatted = 0;
+        for &(request_id, secret_id, flag) in sets {
+            let fields = |line: &mut Fields<'_>| {
+                line.str("request_id", request_id).str("secret_id", secret_id).bool("flag", flag);
+            };
+            let now = SystemTime::now();
+            let mut fresh = String::new();
+            format(&mut fresh, now, "allow", fields);
+            let mut memoized = String::new();
+            push_head(&mut memoized, now, "allow");
+            push_tail_memoized(
+                &mut memoized,
+                &memo,
+                |last: &(String, String, bool)| last.0 == request_id && last.1 == secret_id && last.2 == flag,
+                || (request_id.to_owned(), secret_id.to_owned(), flag),
+                |line| {
+                    formatted += 1;
+                    fields(line);
+                },
+            );
+            assert_eq!(memoized, fresh);
+        }
+        assert_eq!(formatted, 5, "formatted again only when a field changed");
+        // Re-entrant use goes without it, and leaves it alone.
+        let held = memo.0.borrow_mut();
+        let mut line = String::new();
+        push_tail_memoized(
+            &mut line,
+            &memo,
+            |_| true,
+            || unreachable!(),
+            |fields| {
+                fields.str("request_id", "c");
+            },
+        );
+        assert_eq!(line, ",\"request_id\":\"c\",\"target\":\"audit\"}\n");
+        drop(held);
     }
 }
