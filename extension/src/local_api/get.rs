@@ -10,8 +10,10 @@
 //! top-level field of the secret's JSON object.
 //! See <https://docs.aws.amazon.com/secretsmanager/latest/userguide/retrieving-secrets_lambda.html>.
 
+use std::cell::RefCell;
+
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, header};
 use http_body_util::Full;
 use hyper::body::Body;
 use tokio::time::Instant;
@@ -22,7 +24,7 @@ use super::read::{Read, ReadPath};
 use crate::config::LocalToken;
 use crate::domain::api::Api;
 use crate::domain::code::Code;
-use crate::domain::text::{form_pairs, has_replacement, percent_decode_lossy};
+use crate::domain::text::{form_pairs, has_replacement, percent_decode_lossy, same_bytes};
 use crate::domain::version::{self, Version};
 use crate::http::json_response;
 
@@ -108,21 +110,39 @@ pub fn answer_now<B: Body>(
     caller: Option<&str>,
     request: &Request<B>,
 ) -> Option<Response<Full<Bytes>>> {
-    let Ok(Route::Read { api, query }) = route(request, token) else { return None };
-    if query.json_key.is_some() {
-        return None;
-    }
-    let read = Read {
-        secret_id: &query.secret_id,
-        api,
-        refresh: query.refresh,
-        caller,
-        deadline: reader.deadline(),
-        stage_of_id: None,
-    };
-    let value = reader.read_ready(read, &query.version)?;
-    // The body is the value's own zeroizing JSON: wiped with the value.
-    Some(json_response(StatusCode::OK, value.json_body(), &JSON))
+    let Ok(checked @ Checked::Read(api)) = route_checked(request, token) else { return None };
+    let target = request.uri().path_and_query()?.as_str();
+    LAST_QUERY.with(|last| {
+        // Not re-entered (nothing below answers a request); were it, the read goes the long way.
+        let mut last = last.try_borrow_mut().ok()?;
+        let parsed_before = last.as_ref().is_some_and(|(before, _)| same_bytes(before.as_bytes(), target.as_bytes()));
+        if !parsed_before {
+            let Ok(Route::Read { query, .. }) = checked.parse(request.uri()) else { return None };
+            *last = Some((target.to_owned(), query));
+        }
+        let (_, query) = last.as_ref()?;
+        if query.json_key.is_some() {
+            return None;
+        }
+        let read = Read {
+            secret_id: &query.secret_id,
+            api,
+            refresh: query.refresh,
+            caller,
+            deadline: reader.deadline(),
+            stage_of_id: None,
+        };
+        let value = reader.read_ready(read, &query.version)?;
+        // The body is the value's own zeroizing JSON: wiped with the value.
+        Some(json_response(StatusCode::OK, value.json_body(), &JSON))
+    })
+}
+
+thread_local! {
+    /// The target (path and query) the ready path last parsed, and its query: a function reads
+    /// the same secret again and again, and parsing its query was ~1 k of a cached GET's
+    /// instructions (callgrind). Checked afresh on every request: envelope, path and token.
+    static LAST_QUERY: RefCell<Option<(String, SecretQuery)>> = const { RefCell::new(None) };
 }
 
 /// Answers a routed `/systemsmanager/parameters/get` (`caller`: the Managed Instances request
@@ -152,23 +172,54 @@ async fn answer_parameter(
 /// # Errors
 /// The [`Refusal`] and the face of the API it was refused on.
 pub fn route<B: Body>(request: &Request<B>, token: &LocalToken) -> Result<Route, (Refusal, Api)> {
+    route_checked(request, token)?.parse(request.uri())
+}
+
+/// Where a request goes once its envelope, path and token are checked; its query not read yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Checked {
+    Ping,
+    Parameter,
+    Read(Api),
+}
+
+/// [`route`]'s checks: envelope, path, token (everything but the query).
+fn route_checked<B: Body>(request: &Request<B>, token: &LocalToken) -> Result<Checked, (Refusal, Api)> {
     let headers = Headers::scan(request.headers(), TOKEN_HEADER);
     check_envelope(request, &headers).map_err(|r| (r, Api::Get))?;
     let path = request.uri().path();
-    let (api, path_secret_id) = match path {
-        "/ping" => return Ok(Route::Ping),
-        PARAMETERS_PATH => {
-            check_token(&headers, token).map_err(|r| (r, Api::Get))?;
-            let query = ParameterQuery::parse(request.uri().query().unwrap_or_default()).map_err(|r| (r, Api::Get))?;
-            return Ok(Route::Parameter { query });
-        }
-        "/secretsmanager/get" => (Api::Get, None),
-        _ if path.starts_with("/v1/") => (Api::AgentPath, Some(percent_decode_lossy(&path[4..]))),
+    let checked = match path {
+        "/ping" => return Ok(Checked::Ping),
+        PARAMETERS_PATH => Checked::Parameter,
+        "/secretsmanager/get" => Checked::Read(Api::Get),
+        _ if path.starts_with("/v1/") => Checked::Read(Api::AgentPath),
         _ => return Err((Refusal::of(Code::NotFound), Api::Get)),
     };
+    let api = match checked {
+        Checked::Read(api) => api,
+        Checked::Ping | Checked::Parameter => Api::Get,
+    };
     check_token(&headers, token).map_err(|r| (r, api))?;
-    let query = SecretQuery::parse(request.uri().query().unwrap_or_default(), path_secret_id).map_err(|r| (r, api))?;
-    Ok(Route::Read { api, query })
+    Ok(checked)
+}
+
+impl Checked {
+    /// The route, with the query (and a `/v1/` path's secret id) parsed.
+    fn parse(self, uri: &Uri) -> Result<Route, (Refusal, Api)> {
+        let query = uri.query().unwrap_or_default();
+        match self {
+            Self::Ping => Ok(Route::Ping),
+            Self::Parameter => {
+                let query = ParameterQuery::parse(query).map_err(|r| (r, Api::Get))?;
+                Ok(Route::Parameter { query })
+            }
+            Self::Read(api) => {
+                let path_secret_id = (api == Api::AgentPath).then(|| percent_decode_lossy(&uri.path()[4..]));
+                let query = SecretQuery::parse(query, path_secret_id).map_err(|r| (r, api))?;
+                Ok(Route::Read { api, query })
+            }
+        }
+    }
 }
 
 /// The HTTP status of each code on the GET API (one `match`: every code has one).

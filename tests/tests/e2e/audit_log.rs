@@ -16,8 +16,10 @@ const TOKEN_HEADER: &str = "X-Aws-Parameters-Secrets-Token";
 const HELD: Duration = Duration::from_secs(30);
 const CLIENTS: usize = 8;
 
-/// `CLIENTS` clients, each reading `reads` times one after the other: an allowed secret, then
-/// an id of its own that is not allowlisted (a deny naming the client and the read).
+/// `CLIENTS` clients, each reading `reads` times one after the other: an allowed secret, the
+/// same target with a wrong token (the ready path keeps the last target's parsed query: the
+/// token is still checked on every request), then an id of its own that is not allowlisted (a
+/// deny naming the client and the read).
 async fn load(port: u16, token: &str, reads: usize) -> anyhow::Result<()> {
     let clients = (0..CLIENTS).map(|client| {
         let token = token.to_owned();
@@ -26,6 +28,9 @@ async fn load(port: u16, token: &str, reads: usize) -> anyhow::Result<()> {
             for read in 0..reads {
                 let (status, _) = local_get(port, "/secretsmanager/get?secretId=db", &header).await?;
                 anyhow::ensure!(status == 200, "allowed read: {status}");
+                let wrong = [(TOKEN_HEADER, "wrong")];
+                let (status, _) = local_get(port, "/secretsmanager/get?secretId=db", &wrong).await?;
+                anyhow::ensure!(status == 403, "the allowed target with a wrong token: {status}");
                 let target = format!("/secretsmanager/get?secretId=unlisted-{client}-{read}");
                 let (status, _) = local_get(port, &target, &header).await?;
                 anyhow::ensure!(status == 403, "unlisted read: {status}");
@@ -49,6 +54,8 @@ fn assert_one_line_per_decision(output: &Output, reads: usize, request_id: &str)
         .filter(|l| l["secret_id"].as_str().is_some_and(|s| s.starts_with("unlisted-")))
         .collect();
     assert_eq!((allows.len(), denies.len()), (CLIENTS * reads + 1, CLIENTS * reads), "one line per decision");
+    let wrong_tokens = output.events("deny").into_iter().filter(|l| l["code"] == "invalid_token").count();
+    assert_eq!(wrong_tokens, CLIENTS * reads, "every wrong token refused, the target parsed before or not");
     assert!(allows.iter().chain(&denies).all(|l| l["request_id"] == request_id), "attributed to the invocation");
     let mut next = [0; CLIENTS];
     for deny in &denies {
@@ -73,7 +80,7 @@ async fn every_decision_is_one_line_in_order_and_all_are_out_before_shutdown_end
     environment.complete(&request_id, at, HELD).await?;
     // The function's own read is one more allow line.
     output.wait_for_count("allow", CLIENTS * reads + 1, TIMEOUT).await?;
-    output.wait_for_count("deny", CLIENTS * reads, TIMEOUT).await?;
+    output.wait_for_count("deny", 2 * CLIENTS * reads, TIMEOUT).await?;
     assert!(environment.shut_down().await?.0.success());
     output.wait_for_count("shutdown", 1, TIMEOUT).await?;
     let lines = output.json_lines();
@@ -96,9 +103,9 @@ async fn a_stalled_stdout_makes_reads_wait_and_loses_no_line() -> anyhow::Result
     output.wait_for_count("allow", 1, TIMEOUT).await?;
 
     std::fs::write(&gate, b"")?;
-    // About 330 bytes a line: 8 clients × 480 reads × 2 lines is twice the queue (128 KiB) and
+    // About 330 bytes a line: 8 clients × 320 reads × 3 lines is twice the queue (128 KiB) and
     // the pipe (the extension asks for 1 MiB).
-    let reads = 480;
+    let reads = 320;
     let loading = tokio::spawn({
         let token = token.clone();
         async move { load(port, &token, reads).await }
@@ -107,11 +114,11 @@ async fn a_stalled_stdout_makes_reads_wait_and_loses_no_line() -> anyhow::Result
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert!(!loading.is_finished(), "every read was answered although nothing could take its audit line");
     let shown = output.events("deny").len();
-    assert!(shown < CLIENTS * reads, "lines went past a stalled pipe: {shown}");
+    assert!(shown < 2 * CLIENTS * reads, "lines went past a stalled pipe: {shown}");
     std::fs::remove_file(&gate)?;
     loading.await??;
     environment.complete(&request_id, at, HELD).await?;
-    output.wait_for_count("deny", CLIENTS * reads, Duration::from_secs(20)).await?;
+    output.wait_for_count("deny", 2 * CLIENTS * reads, Duration::from_secs(20)).await?;
     assert!(environment.shut_down().await?.0.success());
     output.wait_for_count("shutdown", 1, TIMEOUT).await?;
     output.wait_for_count("allow", CLIENTS * reads + 1, TIMEOUT).await?;
@@ -140,7 +147,7 @@ async fn lines_queued_at_sigterm_are_all_written_before_exit() -> anyhow::Result
     let status = environment.extension.wait(Duration::from_secs(10)).await?;
     assert!(status.success(), "{status:?}\n{}", output.text());
     output.wait_for_count("shutdown", 1, TIMEOUT).await?;
-    output.wait_for_count("deny", CLIENTS * reads, TIMEOUT).await?;
+    output.wait_for_count("deny", 2 * CLIENTS * reads, TIMEOUT).await?;
     output.wait_for_count("allow", CLIENTS * reads + 1, TIMEOUT).await?;
     assert_one_line_per_decision(&output, reads, &request_id);
     Ok(())
