@@ -6,7 +6,7 @@
 //! - [`push_rfc3339_micros`]: `YYYY-MM-DDThh:mm:ss.uuuuuuZ`, every log line's timestamp;
 //! - [`parse_amz_date`]: SigV4's `X-Amz-Date` (`YYYYMMDDThhmmssZ`).
 
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -30,28 +30,35 @@ pub fn iso8601_ceil(time: SystemTime) -> String {
 pub fn push_rfc3339_micros(out: &mut String, time: SystemTime) {
     thread_local! {
         /// The last second formatted on this thread, and its `YYYY-MM-DDThh:mm:ss.` text.
-        static SECOND: Cell<(u64, [u8; 20])> = const { Cell::new((u64::MAX, [0; 20])) };
+        static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
     }
     let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
     let seconds = since.as_secs();
-    let head = SECOND.with(|second| match second.get() {
-        (cached, head) if cached == seconds => Some(head),
-        _ => {
-            let head = second_digits(seconds)?;
-            second.set((seconds, head));
-            Some(head)
+    let head = SECOND.with(|second| {
+        let mut second = second.try_borrow_mut().ok()?;
+        if second.0 != seconds {
+            let digits = second_digits(seconds)?;
+            second.1.clear();
+            second.1.push_str(std::str::from_utf8(&digits).ok()?);
+            second.0 = seconds;
         }
+        out.push_str(&second.1);
+        Some(())
     });
-    let Some(head) = head else {
+    if head.is_none() {
         push_seconds(out, seconds);
         let _ = write!(out, ".{:06}Z", since.subsec_micros());
         return;
-    };
-    let mut text = [0u8; 27];
-    text[..20].copy_from_slice(&head);
-    put_digits(&mut text[20..26], u64::from(since.subsec_micros()));
-    text[26] = b'Z';
-    out.push_str(std::str::from_utf8(&text).unwrap_or_default());
+    }
+    // Pushed as ASCII characters: no validating pass over a byte array (`str::from_utf8` on
+    // the 27 bytes was a third of this function's ~320 instructions under callgrind).
+    let mut micros = [0u8; 6];
+    put_digits(&mut micros, u64::from(since.subsec_micros()));
+    out.reserve(micros.len() + 1);
+    for digit in micros {
+        out.push(char::from(digit));
+    }
+    out.push('Z');
 }
 
 /// `YYYY-MM-DDThh:mm:ss.` for `seconds` since the epoch; `None` past the year 9999.
