@@ -24,9 +24,11 @@ use super::read::{Read, ReadPath};
 use crate::config::LocalToken;
 use crate::domain::api::Api;
 use crate::domain::code::Code;
+use crate::domain::item::Wanted;
 use crate::domain::text::{form_pairs, has_replacement, percent_decode_lossy, same_bytes};
 use crate::domain::version::{self, Version};
 use crate::http::json_response;
+use crate::secrets::served::Item;
 
 /// The token header AWS's extension defines.
 pub const TOKEN_HEADER: &str = "x-aws-parameters-secrets-token";
@@ -101,48 +103,65 @@ pub async fn handle<B: Body>(
     }
 }
 
-/// Answers a cached secret read at once, without a future: a `/secretsmanager/get` or `/v1/`
-/// read that routes, needs no `jsonKey`, and is served by [`ReadPath::read_ready`]. `None`,
-/// with nothing logged or counted, for anything else ([`handle`] answers it).
+/// Answers a cached read at once, without a future: a `/secretsmanager/get` or `/v1/` read that
+/// routes and needs no `jsonKey`, or a parameter read, served by [`ReadPath::read_ready`].
+/// `None`, with nothing logged or counted, for anything else ([`handle`] answers it).
 pub fn answer_now<B: Body>(
     reader: &ReadPath,
     token: &LocalToken,
     caller: Option<&str>,
     request: &Request<B>,
 ) -> Option<Response<Full<Bytes>>> {
-    let Ok(checked @ Checked::Read(api)) = route_checked(request, token) else { return None };
+    let checked = route_checked(request, token).ok().filter(|checked| *checked != Checked::Ping)?;
     let target = request.uri().path_and_query()?.as_str();
-    LAST_QUERY.with(|last| {
+    LAST_ROUTE.with(|last| {
         // Not re-entered (nothing below answers a request); were it, the read goes the long way.
         let mut last = last.try_borrow_mut().ok()?;
         let parsed_before = last.as_ref().is_some_and(|(before, _)| same_bytes(before.as_bytes(), target.as_bytes()));
         if !parsed_before {
-            let Ok(Route::Read { query, .. }) = checked.parse(request.uri()) else { return None };
-            *last = Some((target.to_owned(), query));
+            *last = Some((target.to_owned(), checked.parse(request.uri()).ok()?));
         }
-        let (_, query) = last.as_ref()?;
-        if query.json_key.is_some() {
-            return None;
-        }
-        let read = Read {
-            secret_id: &query.secret_id,
-            api,
-            refresh: query.refresh,
-            caller,
-            deadline: reader.deadline(),
-            stage_of_id: None,
-        };
-        let value = reader.read_ready(read, &query.version)?;
+        let (_, route) = last.as_ref()?;
         // The body is the value's own zeroizing JSON: wiped with the value.
-        Some(json_response(StatusCode::OK, value.json_body(), &JSON))
+        match route {
+            Route::Read { api, query } if query.json_key.is_none() => {
+                let read = Read {
+                    secret_id: &query.secret_id,
+                    api: *api,
+                    refresh: query.refresh,
+                    caller,
+                    deadline: reader.deadline(),
+                    stage_of_id: None,
+                };
+                match reader.read_ready(read, Wanted::Secret(query.version.clone()))? {
+                    Item::Secret(value) => Some(json_response(StatusCode::OK, value.json_body(), &JSON)),
+                    Item::Parameter(_) => None,
+                }
+            }
+            Route::Parameter { query } => {
+                let ParameterQuery { name, version, decrypt } = query;
+                let value = parameters::read_ready(
+                    reader,
+                    Api::Get,
+                    caller,
+                    name,
+                    version.clone(),
+                    *decrypt,
+                    reader.deadline(),
+                )?;
+                Some(json_response(StatusCode::OK, value.get_body(), &JSON))
+            }
+            Route::Read { .. } | Route::Ping => None,
+        }
     })
 }
 
 thread_local! {
-    /// The target (path and query) the ready path last parsed, and its query: a function reads
-    /// the same secret again and again, and parsing its query was ~1 k of a cached GET's
-    /// instructions (callgrind). Checked afresh on every request: envelope, path and token.
-    static LAST_QUERY: RefCell<Option<(String, SecretQuery)>> = const { RefCell::new(None) };
+    /// The target (path and query) the ready path last parsed, and its route: a function reads
+    /// the same secret or parameter again and again, and parsing its query was ~1 k of a
+    /// cached GET's instructions (callgrind). Checked afresh on every request: envelope, path
+    /// and token.
+    static LAST_ROUTE: RefCell<Option<(String, Route)>> = const { RefCell::new(None) };
 }
 
 /// Answers a routed `/systemsmanager/parameters/get` (`caller`: the Managed Instances request

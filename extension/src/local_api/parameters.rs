@@ -14,11 +14,12 @@ use super::envelope::Refusal;
 use super::read::{Read, ReadPath};
 use crate::domain::api::Api;
 use crate::domain::code::Code;
-use crate::domain::item::Kind;
+use crate::domain::item::{Kind, Wanted};
 use crate::domain::parameter::{self, MAX_NAME_CHARS, ParameterVersion};
 use crate::domain::text::{form_pairs, has_replacement};
 use crate::domain::version::Version;
 use crate::secrets::parameter::ParameterValue;
+use crate::secrets::served::Item;
 
 /// What a requested name reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,13 +69,7 @@ pub async fn read(
 ) -> Result<Arc<ParameterValue>, Refusal> {
     match Target::of(name)? {
         Target::Parameter(base, selected) => {
-            let version = match (version, selected) {
-                (Some(_), ParameterVersion::Number(_) | ParameterVersion::Label(_)) => {
-                    return Err(Refusal::with(Code::ConflictingVersion, "Give a version or a label once, not twice."));
-                }
-                (Some(version), ParameterVersion::Latest) => version,
-                (None, selected) => selected,
-            };
+            let version = selected_version(version, selected)?;
             let read = Read { secret_id: base, api, refresh: false, caller, deadline, stage_of_id: None };
             reader.read_parameter(read, version, decrypt).await.map_err(|e| Refusal::of(e.code()))
         }
@@ -86,6 +81,43 @@ pub async fn read(
             let secret = reader.read(read, Version::Current).await.map_err(|e| Refusal::of(e.code()))?;
             Ok(Arc::new(ParameterValue::from_secret(name, &secret)))
         }
+    }
+}
+
+/// [`read`] for a parameter read that needs no wait and whose value is cached, answered at
+/// once ([`ReadPath::read_ready`]); `None`, with nothing counted or logged, for anything else
+/// (a secret referenced through `/aws/reference/secretsmanager/` included), which [`read`]
+/// then decides afresh.
+pub fn read_ready(
+    reader: &ReadPath,
+    api: Api,
+    caller: Option<&str>,
+    name: &str,
+    version: Option<ParameterVersion>,
+    decrypt: bool,
+    deadline: Instant,
+) -> Option<Arc<ParameterValue>> {
+    let Ok(Target::Parameter(base, selected)) = Target::of(name) else { return None };
+    let version = selected_version(version, selected).ok()?;
+    let read = Read { secret_id: base, api, refresh: false, caller, deadline, stage_of_id: None };
+    match reader.read_ready(read, Wanted::Parameter { version, decrypt })? {
+        Item::Parameter(value) => Some(value),
+        Item::Secret(_) => None,
+    }
+}
+
+/// The version a read asks for: the query's `version` or `label`, or the name's own
+/// `:version` or `:label`, not both.
+fn selected_version(
+    version: Option<ParameterVersion>,
+    selected: ParameterVersion,
+) -> Result<ParameterVersion, Refusal> {
+    match (version, selected) {
+        (Some(_), ParameterVersion::Number(_) | ParameterVersion::Label(_)) => {
+            Err(Refusal::with(Code::ConflictingVersion, "Give a version or a label once, not twice."))
+        }
+        (Some(version), ParameterVersion::Latest) => Ok(version),
+        (None, selected) => Ok(selected),
     }
 }
 

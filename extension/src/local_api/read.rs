@@ -188,22 +188,31 @@ impl ReadPath {
     /// cached GET's future was moved five times on its way through hyper, and boxed: ~1.5 k of
     /// its 16 k instructions under callgrind). `None`, with nothing counted or logged: the
     /// read goes through [`ReadPath::read`], which decides it again.
-    pub fn read_ready(&self, read: Read<'_>, version: &Version) -> Option<Arc<SecretValue>> {
+    pub fn read_ready(&self, read: Read<'_>, wanted: Wanted) -> Option<Item> {
         if read.refresh || self.tenancy.is_scoped() || (read.caller.is_some() && self.checks_callers()) {
             return None;
         }
         let allowlist = self.tenancy.template();
-        let entry = allowlist.find(read.secret_id)?;
-        let by_arn = allowlist.entry(entry).is_some_and(|e| e.is_named_by_arn(read.secret_id));
-        let served = self.secrets.cached(entry, Wanted::Secret(version.clone()))?;
-        if !matches!(served.value, Item::Secret(_)) || check_served(&read, by_arn, &served.value).is_err() {
+        let kind = wanted.kind();
+        let entry = match kind {
+            Kind::Secret => allowlist.find(read.secret_id)?,
+            Kind::Parameter => allowlist.find_parameter(read.secret_id)?,
+        };
+        let by_arn = kind == Kind::Secret && allowlist.entry(entry).is_some_and(|e| e.is_named_by_arn(read.secret_id));
+        let decrypt = match &wanted {
+            Wanted::Parameter { decrypt, .. } => Some(*decrypt),
+            Wanted::Secret(_) => None,
+        };
+        let served = self.secrets.cached(entry, wanted)?;
+        let of_kind = match &served.value {
+            Item::Secret(_) => kind == Kind::Secret,
+            Item::Parameter(_) => kind == Kind::Parameter,
+        };
+        if !of_kind || check_served(&read, by_arn, &served.value).is_err() {
             return None;
         }
         self.secrets.count(Ok(&served));
-        match self.allow(read, entry, None, false, served) {
-            Item::Secret(value) => Some(value),
-            Item::Parameter(_) => None,
-        }
+        Some(self.allow(read, entry, decrypt, false, served))
     }
 
     /// A read served: its evidence and its `allow` line (`decrypt`: a parameter's; `named`:
