@@ -84,8 +84,8 @@ pub async fn handle<B: Body>(
             return error_response(refusal);
         }
     };
-    let read = Read { secret_id: &query.secret_id, api, refresh: query.refresh, caller, deadline, stage_of_id: None };
-    let answered = reader.read(read, query.version.clone()).await.map_err(|e| e.code()).and_then(|value| {
+    let read = Read { secret_id: &query.secret_id, api, refresh: query.refresh, caller, stage_of_id: None };
+    let answered = reader.read(read, query.version.clone(), deadline).await.map_err(|e| e.code()).and_then(|value| {
         match &query.json_key {
             // The body is the value's own zeroizing JSON: wiped with the value.
             None => Ok(value.json_body()),
@@ -125,14 +125,8 @@ pub fn answer_now<B: Body>(
         // The body is the value's own zeroizing JSON: wiped with the value.
         match route {
             Route::Read { api, query } if query.json_key.is_none() => {
-                let read = Read {
-                    secret_id: &query.secret_id,
-                    api: *api,
-                    refresh: query.refresh,
-                    caller,
-                    deadline: reader.deadline(),
-                    stage_of_id: None,
-                };
+                let read =
+                    Read { secret_id: &query.secret_id, api: *api, refresh: query.refresh, caller, stage_of_id: None };
                 match reader.read_ready(read, Wanted::Secret(query.version.clone()))? {
                     Item::Secret(value) => Some(json_response(StatusCode::OK, value.json_body(), &JSON)),
                     Item::Parameter(_) => None,
@@ -140,15 +134,7 @@ pub fn answer_now<B: Body>(
             }
             Route::Parameter { query } => {
                 let ParameterQuery { name, version, decrypt } = query;
-                let value = parameters::read_ready(
-                    reader,
-                    Api::Get,
-                    caller,
-                    name,
-                    version.clone(),
-                    *decrypt,
-                    reader.deadline(),
-                )?;
+                let value = parameters::read_ready(reader, Api::Get, caller, name, version.clone(), *decrypt)?;
                 Some(json_response(StatusCode::OK, value.get_body(), &JSON))
             }
             Route::Read { .. } | Route::Ping => None,

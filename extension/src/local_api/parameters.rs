@@ -70,15 +70,15 @@ pub async fn read(
     match Target::of(name)? {
         Target::Parameter(base, selected) => {
             let version = selected_version(version, selected)?;
-            let read = Read { secret_id: base, api, refresh: false, caller, deadline, stage_of_id: None };
-            reader.read_parameter(read, version, decrypt).await.map_err(|e| Refusal::of(e.code()))
+            let read = Read { secret_id: base, api, refresh: false, caller, stage_of_id: None };
+            reader.read_parameter(read, version, decrypt, deadline).await.map_err(|e| Refusal::of(e.code()))
         }
         Target::Reference(secret_id) => {
             if !decrypt || version.is_some() {
                 return Err(Refusal::of(Code::InvalidReference));
             }
-            let read = Read { secret_id, api, refresh: false, caller, deadline, stage_of_id: None };
-            let secret = reader.read(read, Version::Current).await.map_err(|e| Refusal::of(e.code()))?;
+            let read = Read { secret_id, api, refresh: false, caller, stage_of_id: None };
+            let secret = reader.read(read, Version::Current, deadline).await.map_err(|e| Refusal::of(e.code()))?;
             Ok(Arc::new(ParameterValue::from_secret(name, &secret)))
         }
     }
@@ -95,11 +95,10 @@ pub fn read_ready(
     name: &str,
     version: Option<ParameterVersion>,
     decrypt: bool,
-    deadline: Instant,
 ) -> Option<Arc<ParameterValue>> {
     let Ok(Target::Parameter(base, selected)) = Target::of(name) else { return None };
     let version = selected_version(version, selected).ok()?;
-    let read = Read { secret_id: base, api, refresh: false, caller, deadline, stage_of_id: None };
+    let read = Read { secret_id: base, api, refresh: false, caller, stage_of_id: None };
     match reader.read_ready(read, Wanted::Parameter { version, decrypt })? {
         Item::Parameter(value) => Some(value),
         Item::Secret(_) => None,

@@ -14,8 +14,9 @@
 //! proxy, it is only a label the caller asserts (`request_id_asserted`).
 //!
 //! Every wait of one request (for the tenant, for an invocation, for its session) ends at one
-//! deadline, [`Read::deadline`]: a request is bounded by one wait timeout in all, plus the
-//! upstream call it makes.
+//! deadline ([`ReadPath::deadline`] at its arrival, given to [`ReadPath::read`]): a request is
+//! bounded by one wait timeout in all, plus the upstream call it makes. A read served at once
+//! ([`ReadPath::read_ready`]) waits for nothing and needs none.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -95,8 +96,6 @@ pub struct Read<'a> {
     pub refresh: bool,
     /// The caller's own request id (Managed Instances), if it gave one.
     pub caller: Option<&'a str>,
-    /// When every wait of this request ends ([`ReadPath::deadline`] at its arrival).
-    pub deadline: Instant,
     /// A staging label the version asked for by id must carry (the SDK's `VersionId` with a
     /// `VersionStage`): AWS refuses a pair that names two versions.
     pub stage_of_id: Option<&'a str>,
@@ -109,12 +108,18 @@ impl ReadPath {
     }
 
     /// Reads `version` of the secret `read` names: allowlist, cache or fetch (single flight,
-    /// the invocation's session), evidence, and the audit line for an allow.
+    /// the invocation's session), evidence, and the audit line for an allow. Every wait ends at
+    /// `deadline`.
     ///
     /// # Errors
     /// [`ReadError`]; the caller answers in its own protocol and calls [`ReadPath::audit_deny`].
-    pub async fn read(&self, read: Read<'_>, version: Version) -> Result<Arc<SecretValue>, ReadError> {
-        match self.read_item(read, Wanted::Secret(version)).await? {
+    pub async fn read(
+        &self,
+        read: Read<'_>,
+        version: Version,
+        deadline: Instant,
+    ) -> Result<Arc<SecretValue>, ReadError> {
+        match self.read_item(read, Wanted::Secret(version), deadline).await? {
             Item::Secret(value) => Ok(value),
             Item::Parameter(_) => Err(ReadError::Upstream { kind: "a parameter where a secret was due".into() }),
         }
@@ -131,8 +136,9 @@ impl ReadPath {
         read: Read<'_>,
         version: ParameterVersion,
         decrypt: bool,
+        deadline: Instant,
     ) -> Result<Arc<ParameterValue>, ReadError> {
-        match self.read_item(read, Wanted::Parameter { version, decrypt }).await? {
+        match self.read_item(read, Wanted::Parameter { version, decrypt }, deadline).await? {
             Item::Parameter(value) => Ok(value),
             Item::Secret(_) => Err(ReadError::Upstream { kind: "a secret where a parameter was due".into() }),
         }
@@ -152,9 +158,9 @@ impl ReadPath {
         }
     }
 
-    async fn read_item(&self, read: Read<'_>, wanted: Wanted) -> Result<Item, ReadError> {
-        let named = self.named_scope(read.caller, read.deadline).await?;
-        let allowlist = self.tenancy.allowlist(read.deadline).await?;
+    async fn read_item(&self, read: Read<'_>, wanted: Wanted, deadline: Instant) -> Result<Item, ReadError> {
+        let named = self.named_scope(read.caller, deadline).await?;
+        let allowlist = self.tenancy.allowlist(deadline).await?;
         let kind = wanted.kind();
         let entry = match kind {
             Kind::Secret => allowlist.find(read.secret_id).ok_or(ReadError::NotAllowed)?,
@@ -171,13 +177,13 @@ impl ReadPath {
             // Served only once the platform has named this invocation's tenant as ours.
             let scope = match &named {
                 Some(scope) => Arc::clone(scope),
-                None => self.invocations.current_scope_until(read.deadline).await?,
+                None => self.invocations.current_scope_until(deadline).await?,
             };
             if !scope.is_per_fetch() {
-                self.tenancy.wait_confirmed(scope.label(), read.deadline).await?;
+                self.tenancy.wait_confirmed(scope.label(), deadline).await?;
             }
         }
-        let served = self.secrets.get(entry, wanted, read.refresh, read.deadline, named.as_ref()).await?;
+        let served = self.secrets.get(entry, wanted, read.refresh, deadline, named.as_ref()).await?;
         check_served(&read, by_arn, &served.value)?;
         Ok(self.allow(read, entry, decrypt, named.is_some(), served))
     }

@@ -226,10 +226,12 @@ async fn get_secret_value(reader: &ReadPath, body: &[u8], deadline: Instant) -> 
         api: Api::Sdk,
         refresh: false,
         caller: None,
-        deadline,
         stage_of_id: stage_of_id.as_deref(),
     };
-    let value = reader.read(read, version).await.map_err(|e| (Refusal::of(e.code()), Some(input.secret_id.clone())))?;
+    let value = reader
+        .read(read, version, deadline)
+        .await
+        .map_err(|e| (Refusal::of(e.code()), Some(input.secret_id.clone())))?;
     Ok(json_response(StatusCode::OK, value.json_body(), &AMZ_JSON))
 }
 
@@ -252,8 +254,8 @@ async fn batch_get_secret_value(
     // Each id through the shared read path, concurrently; refusals become Errors[] entries,
     // as AWS reports them inside a 200.
     let reads = ids.iter().map(|id| {
-        let read = Read { secret_id: id, api: Api::Sdk, refresh: false, caller: None, deadline, stage_of_id: None };
-        reader.read(read, Version::Current)
+        let read = Read { secret_id: id, api: Api::Sdk, refresh: false, caller: None, stage_of_id: None };
+        reader.read(read, Version::Current, deadline)
     });
     let results = futures_util::future::join_all(reads).await;
     let mut values: Vec<Arc<SecretValue>> = Vec::new();
