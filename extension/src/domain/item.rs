@@ -46,4 +46,12 @@ impl Wanted {
             Wanted::Parameter { .. } => Kind::Parameter,
         }
     }
+
+    /// A parameter read's `WithDecryption`; `None` for a secret.
+    pub fn decrypt(&self) -> Option<bool> {
+        match self {
+            Wanted::Secret(_) => None,
+            Wanted::Parameter { decrypt, .. } => Some(*decrypt),
+        }
+    }
 }

@@ -25,7 +25,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::config::LocalToken;
-use crate::config::allowlist::EntryIndex;
+use crate::config::allowlist::{Allowlist, EntryIndex};
 use crate::domain::api::Api;
 use crate::domain::code::Code;
 use crate::domain::error::ReadError;
@@ -80,8 +80,8 @@ struct AllowKey {
     request_id: String,
     secret_id: String,
     version_id: String,
-    /// Asserted, checked, api, kind, decrypt, source, refresh.
-    flags: (bool, bool, Api, Kind, Option<bool>, Source, bool),
+    /// Asserted, checked, api, decrypt (which also gives the kind), source, refresh.
+    flags: (bool, bool, Api, Option<bool>, Source, bool),
 }
 
 /// One read as a protocol parsed it.
@@ -161,18 +161,8 @@ impl ReadPath {
     async fn read_item(&self, read: Read<'_>, wanted: Wanted, deadline: Instant) -> Result<Item, ReadError> {
         let named = self.named_scope(read.caller, deadline).await?;
         let allowlist = self.tenancy.allowlist(deadline).await?;
-        let kind = wanted.kind();
-        let entry = match kind {
-            Kind::Secret => allowlist.find(read.secret_id).ok_or(ReadError::NotAllowed)?,
-            Kind::Parameter => allowlist.find_parameter(read.secret_id).ok_or(ReadError::ParameterNotAllowed)?,
-        };
-        // A complete ARN other than the configured id (a secret configured by name matches any
-        // suffix): served only if it is the secret's actual ARN, learnt from AWS's answer.
-        let by_arn = kind == Kind::Secret && allowlist.entry(entry).is_some_and(|e| e.is_named_by_arn(read.secret_id));
-        let decrypt = match &wanted {
-            Wanted::Parameter { decrypt, .. } => Some(*decrypt),
-            Wanted::Secret(_) => None,
-        };
+        let (entry, by_arn) = locate(&allowlist, &read, &wanted)?;
+        let decrypt = wanted.decrypt();
         if self.tenancy.is_scoped() {
             // Served only once the platform has named this invocation's tenant as ours.
             let scope = match &named {
@@ -198,17 +188,8 @@ impl ReadPath {
         if read.refresh || self.tenancy.is_scoped() || (read.caller.is_some() && self.checks_callers()) {
             return None;
         }
-        let allowlist = self.tenancy.template();
-        let kind = wanted.kind();
-        let entry = match kind {
-            Kind::Secret => allowlist.find(read.secret_id)?,
-            Kind::Parameter => allowlist.find_parameter(read.secret_id)?,
-        };
-        let by_arn = kind == Kind::Secret && allowlist.entry(entry).is_some_and(|e| e.is_named_by_arn(read.secret_id));
-        let decrypt = match &wanted {
-            Wanted::Parameter { decrypt, .. } => Some(*decrypt),
-            Wanted::Secret(_) => None,
-        };
+        let (entry, by_arn) = locate(self.tenancy.template(), &read, &wanted).ok()?;
+        let (kind, decrypt) = (wanted.kind(), wanted.decrypt());
         let served = self.secrets.cached(entry, wanted)?;
         let of_kind = match &served.value {
             Item::Secret(_) => kind == Kind::Secret,
@@ -235,7 +216,7 @@ impl ReadPath {
         };
         let version_id = served.value.version_id();
         let (asserted, checked) = (read.caller.is_some() && !named, named);
-        let flags = (asserted, checked, read.api, kind, decrypt, served.source, read.refresh);
+        let flags = (asserted, checked, read.api, decrypt, served.source, read.refresh);
         // A cached read repeats the last line's fields: only its timestamp is formatted then.
         let same = |last: &AllowKey| {
             last.flags == flags
@@ -336,6 +317,23 @@ impl ReadPath {
     fn logged(&self, text: &str) -> String {
         if self.token.appears_in(text) { REDACTED_ID.to_owned() } else { printable(text).into_owned() }
     }
+}
+
+/// Where `read` is among the allowlist's entries of `wanted`'s kind, and whether it names a
+/// secret by a complete ARN other than the configured id (a secret configured by name matches
+/// any suffix): such a read is served only if that is the secret's actual ARN, learnt from
+/// AWS's answer ([`check_served`]).
+///
+/// # Errors
+/// [`ReadError::NotAllowed`] or [`ReadError::ParameterNotAllowed`].
+fn locate(allowlist: &Allowlist, read: &Read<'_>, wanted: &Wanted) -> Result<(EntryIndex, bool), ReadError> {
+    let entry = match wanted.kind() {
+        Kind::Secret => allowlist.find(read.secret_id).ok_or(ReadError::NotAllowed)?,
+        Kind::Parameter => allowlist.find_parameter(read.secret_id).ok_or(ReadError::ParameterNotAllowed)?,
+    };
+    let by_arn =
+        wanted.kind() == Kind::Secret && allowlist.entry(entry).is_some_and(|e| e.is_named_by_arn(read.secret_id));
+    Ok((entry, by_arn))
 }
 
 /// What the value served must still match: a secret asked for by a complete ARN other than the
