@@ -25,6 +25,7 @@ use crate::domain::arn::{RoleArn, is_account_id, is_region};
 use crate::domain::item::Kind;
 use crate::domain::parameter;
 use crate::domain::tenant::{MAX_TENANT_ID_CHARS, PLACEHOLDER};
+use crate::domain::text::same_bytes;
 
 /// A rejected allowlist, as the end of a sentence starting with the variable's name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -131,14 +132,17 @@ impl Entry {
             // Unresolved: no request can name it until the tenant is known.
             return false;
         }
-        if self.alias.as_deref() == Some(requested) || self.id == requested {
+        // Word-at-a-time equality ([`same_bytes`]): this runs on every read, for every entry
+        // until one answers (`==` on text was a byte-at-a-time `bcmp`, ~45 instructions).
+        let same = |text: &str| same_bytes(text.as_bytes(), requested.as_bytes());
+        if self.alias.as_deref().is_some_and(same) || same(&self.id) {
             return true;
         }
         if self.kind == Kind::Parameter {
             let by_name = !requested.starts_with("arn:") && parameter::same_name(&self.name, requested);
             return by_name || self.resource == requested;
         }
-        if self.name == requested {
+        if same(&self.name) {
             return true;
         }
         match self.resource.strip_suffix("-??????") {

@@ -217,9 +217,10 @@ impl Extension {
         let limits = ConnectionLimits { max_connections: config.max_connections, ..Default::default() };
         tasks.spawn(accept_loop(listener, limits, shutdown.clone(), move |request| {
             // A cached read that needs no wait is answered here, without a future to build.
-            if let Some(response) = api.answer_now(&request) {
-                return Either::Left(std::future::ready(response));
-            }
+            let request = match api.answer_now(request) {
+                Ok(response) => return Either::Left(std::future::ready(response)),
+                Err(request) => request,
+            };
             let api = Arc::clone(&api);
             // Boxed: hyper moves a request's future twice on its way in; a pointer is cheaper
             // to move than the read path's 1.4 KB (2.9 % of a cached GET's instructions).

@@ -75,7 +75,9 @@ fn check_host_values(version: Version, first: Option<&HeaderValue>, another: boo
         _ => host,
     };
     let loopback: [&[u8]; 4] = [b"localhost", b"127.0.0.1", b"[::1]", b"0.0.0.0"];
-    if !loopback.iter().any(|name| hostname.eq_ignore_ascii_case(name)) {
+    // The name as clients send it first, a word at a time; then in any case.
+    let exact = loopback.iter().any(|name| same_bytes(hostname, name));
+    if !exact && !loopback.iter().any(|name| hostname.eq_ignore_ascii_case(name)) {
         return Err(Refusal::with(Code::InvalidHost, "The Host header must name the loopback address."));
     }
     Ok(())

@@ -104,14 +104,15 @@ pub async fn handle<B: Body>(
 }
 
 /// Answers a cached read at once, without a future: a `/secretsmanager/get` or `/v1/` read that
-/// routes and needs no `jsonKey`, or a parameter read, served by [`ReadPath::read_ready`].
-/// `None`, with nothing logged or counted, for anything else ([`handle`] answers it).
+/// routes and needs no `jsonKey`, or a parameter read, served by [`ReadPath::read_ready`]. The
+/// body of the 200 JSON answer; `None`, with nothing logged or counted, for anything else
+/// ([`handle`] answers it).
 pub fn answer_now<B: Body>(
     reader: &ReadPath,
     token: &LocalToken,
     caller: Option<&str>,
     request: &Request<B>,
-) -> Option<Response<Full<Bytes>>> {
+) -> Option<Bytes> {
     let checked = route_checked(request, token).ok().filter(|checked| *checked != Checked::Ping)?;
     let target = request.uri().path_and_query()?.as_str();
     LAST_ROUTE.with(|last| {
@@ -128,14 +129,14 @@ pub fn answer_now<B: Body>(
                 let read =
                     Read { secret_id: &query.secret_id, api: *api, refresh: query.refresh, caller, stage_of_id: None };
                 match reader.read_ready(read, Wanted::Secret(query.version.clone()))? {
-                    Item::Secret(value) => Some(json_response(StatusCode::OK, value.json_body(), &JSON)),
+                    Item::Secret(value) => Some(value.json_body()),
                     Item::Parameter(_) => None,
                 }
             }
             Route::Parameter { query } => {
                 let ParameterQuery { name, version, decrypt } = query;
                 let value = parameters::read_ready(reader, Api::Get, caller, name, version.clone(), *decrypt)?;
-                Some(json_response(StatusCode::OK, value.get_body(), &JSON))
+                Some(value.get_body())
             }
             Route::Read { .. } | Route::Ping => None,
         }

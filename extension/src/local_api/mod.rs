@@ -20,7 +20,7 @@ pub mod sdk;
 pub mod ssm;
 
 use bytes::Bytes;
-use http::{Method, Request, Response};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
@@ -70,16 +70,25 @@ impl LocalApi {
     }
 
     /// [`LocalApi::handle`] for a cached GET that needs no wait, answered at once without a
-    /// future (see [`get::answer_now`]); `None` for every other request.
-    pub fn answer_now<B>(&self, request: &Request<B>) -> Option<Response<Full<Bytes>>>
+    /// future (see [`get::answer_now`]), in the request's own header map
+    /// ([`crate::http::json_response_in`]); every other request is given back.
+    ///
+    /// # Errors
+    /// The request, untouched, when it cannot be answered at once.
+    pub fn answer_now<B>(&self, request: Request<B>) -> Result<Response<Full<Bytes>>, Request<B>>
     where
         B: hyper::body::Body,
     {
         if request.method() != Method::GET {
-            return None;
+            return Err(request);
         }
-        let caller = self.caller_request_id(request).ok()?;
-        get::answer_now(&self.reader, &self.token, caller.as_deref(), request)
+        let Ok(caller) = self.caller_request_id(&request) else { return Err(request) };
+        match get::answer_now(&self.reader, &self.token, caller.as_deref(), &request) {
+            Some(body) => {
+                Ok(crate::http::json_response_in(request.into_parts().0.headers, StatusCode::OK, body, &get::JSON))
+            }
+            None => Err(request),
+        }
     }
 
     /// The caller's own request id, where it is taken (Managed Instances): 1 to 64 of
