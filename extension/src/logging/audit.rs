@@ -71,7 +71,10 @@ impl Fields<'_> {
 /// Queues the audit line `event` with the fields `fields` adds, as
 /// `tracing::info!(target: "audit", event = …, …)` would write it.
 pub fn write(event: &'static str, fields: impl FnOnce(&mut Fields<'_>)) {
-    write_with(event, |line| push_tail(line, fields));
+    write_with(event, |line| {
+        push_tail(line, fields);
+        stdout().push(line.as_bytes());
+    });
 }
 
 /// One call site's last line: what its fields were made of (`K`), and its text after the
@@ -104,23 +107,28 @@ pub fn write_memoized<K>(
     key: impl FnOnce() -> K,
     fields: impl FnOnce(&mut Fields<'_>),
 ) {
-    write_with(event, |line| push_tail_memoized(line, memo, same, key, fields));
+    write_with(event, |line| queue_memoized(line, memo, same, key, fields, |parts| stdout().push_parts(parts)));
 }
 
-/// [`push_tail`] through `memo` (see [`write_memoized`]).
-fn push_tail_memoized<K>(
+/// Ends `line` (its head written) with the tail, through `memo` (see [`write_memoized`]), and
+/// hands it to `queue` in parts: on a hit, the head and the kept tail as they are (one copy of
+/// the tail, into the queue, instead of two).
+fn queue_memoized<K>(
     line: &mut String,
     memo: &Memo<K>,
     same: impl FnOnce(&K) -> bool,
     key: impl FnOnce() -> K,
     fields: impl FnOnce(&mut Fields<'_>),
+    queue: impl FnOnce(&[&[u8]]),
 ) {
     // Re-entrant use (a line written while this one is formatted) goes without the memo.
-    let Ok(mut kept) = memo.0.try_borrow_mut() else { return push_tail(line, fields) };
-    let hit = kept.as_ref().is_some_and(|(last, _)| same(last));
+    let Ok(mut kept) = memo.0.try_borrow_mut() else {
+        push_tail(line, fields);
+        return queue(&[line.as_bytes()]);
+    };
     let start = line.len();
     match kept.as_mut() {
-        Some((_, tail)) if hit => line.push_str(tail),
+        Some((last, tail)) if same(last) => return queue(&[line.as_bytes(), tail.as_bytes()]),
         Some((last, tail)) => {
             push_tail(line, fields);
             *last = key();
@@ -132,9 +140,11 @@ fn push_tail_memoized<K>(
             *kept = Some((key(), line[start..].to_owned()));
         }
     }
+    drop(kept);
+    queue(&[line.as_bytes()]);
 }
 
-fn write_with(event: &'static str, tail: impl FnOnce(&mut String)) {
+fn write_with(event: &'static str, finish: impl FnOnce(&mut String)) {
     if !INSTALLED.load(Ordering::Acquire) {
         return;
     }
@@ -148,8 +158,7 @@ fn write_with(event: &'static str, tail: impl FnOnce(&mut String)) {
         };
         line.clear();
         push_head(line, SystemTime::now(), event);
-        tail(line);
-        stdout().push(line.as_bytes());
+        finish(line);
     });
 }
 
@@ -245,10 +254,10 @@ mod tests {
             let now = SystemTime::now();
             let mut fresh = String::new();
             format(&mut fresh, now, "allow", fields);
-            let mut memoized = String::new();
-            push_head(&mut memoized, now, "allow");
-            push_tail_memoized(
-                &mut memoized,
+            let (mut head, mut memoized) = (String::new(), Vec::new());
+            push_head(&mut head, now, "allow");
+            queue_memoized(
+                &mut head,
                 &memo,
                 |last: &(String, String, bool)| last.0 == request_id && last.1 == secret_id && last.2 == flag,
                 || (request_id.to_owned(), secret_id.to_owned(), flag),
@@ -256,14 +265,15 @@ mod tests {
                     formatted += 1;
                     fields(line);
                 },
+                |parts| memoized = parts.concat(),
             );
-            assert_eq!(memoized, fresh);
+            assert_eq!(String::from_utf8(memoized).expect("UTF-8"), fresh);
         }
         assert_eq!(formatted, 5, "formatted again only when a field changed");
         // Re-entrant use goes without it, and leaves it alone.
         let held = memo.0.borrow_mut();
-        let mut line = String::new();
-        push_tail_memoized(
+        let (mut line, mut queued) = (String::new(), Vec::new());
+        queue_memoized(
             &mut line,
             &memo,
             |_| true,
@@ -271,8 +281,9 @@ mod tests {
             |fields| {
                 fields.str("request_id", "c");
             },
+            |parts| queued = parts.concat(),
         );
-        assert_eq!(line, ",\"request_id\":\"c\",\"target\":\"audit\"}\n");
+        assert_eq!(queued, b",\"request_id\":\"c\",\"target\":\"audit\"}\n");
         drop(held);
     }
 }

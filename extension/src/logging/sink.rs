@@ -99,24 +99,37 @@ impl Sink {
 
     /// Queues `line` (already terminated by a newline), blocking while the queue is full.
     pub fn push(&self, line: &[u8]) {
+        self.push_parts(&[line]);
+    }
+
+    /// Queues one line given in parts (the last one ends with its newline), whole: no other
+    /// line comes between them. Blocks while the queue is full. The parts are copied into the
+    /// queue as they are: a line made of a fresh head and a kept tail is not put together in a
+    /// buffer of its own first.
+    pub fn push_parts(&self, parts: &[&[u8]]) {
+        let length: usize = parts.iter().map(|part| part.len()).sum();
         let mut state = self.lock();
         if state.broken {
             return;
         }
         if state.direct {
             let mut out = self.out.lock().unwrap_or_else(PoisonError::into_inner);
-            state.broken = out.write_all(line).and_then(|()| out.flush()).is_err();
+            let written = parts.iter().try_for_each(|part| out.write_all(part));
+            state.broken = written.and_then(|()| out.flush()).is_err();
             return;
         }
-        while !state.queue.is_empty() && state.queue.len() + line.len() > self.capacity && !state.broken {
+        while !state.queue.is_empty() && state.queue.len() + length > self.capacity && !state.broken {
             self.work.notify_one();
             state.blocked += 1;
             state = self.written.wait(state).unwrap_or_else(PoisonError::into_inner);
             state.blocked -= 1;
         }
-        let wake = (state.idle && state.queue.is_empty()) || state.queue.len() + line.len() >= self.capacity / 2;
-        state.queue.extend_from_slice(line);
-        state.queued += line.len() as u64;
+        let wake = (state.idle && state.queue.is_empty()) || state.queue.len() + length >= self.capacity / 2;
+        state.queue.reserve(length);
+        for part in parts {
+            state.queue.extend_from_slice(part);
+        }
+        state.queued += length as u64;
         drop(state);
         if wake {
             self.work.notify_one();

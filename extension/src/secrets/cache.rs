@@ -42,7 +42,10 @@ pub struct Key {
 
 struct Cached {
     value: Item,
-    fetched_at: Instant,
+    /// When the TTL runs out (`None`: past what an `Instant` can hold). Kept as the instant,
+    /// not the fetch time: a read compares it with now, with no subtraction (callgrind: the
+    /// `elapsed()` it replaced was ~40 of a cached GET's instructions).
+    stale_at: Option<Instant>,
     generation: u64,
 }
 
@@ -145,16 +148,16 @@ impl Cache {
         if scope.has_ended() || (self.ttl.is_zero() && !scope.keeps_values_while_running()) {
             return;
         }
-        let (fetched_at, generation) = (Instant::now(), scope.generation());
+        let (stale_at, generation) = (Instant::now().checked_add(self.ttl), scope.generation());
         if let (Wanted::Parameter { version, decrypt }, Item::Parameter(parameter)) = (&key.wanted, &value)
             && !parameter.is_secure()
         {
             // The same answer with or without decryption: either request finds it.
             let other =
                 Key { entry: key.entry, wanted: Wanted::Parameter { version: version.clone(), decrypt: !decrypt } };
-            entries.insert(other, Cached { value: value.clone(), fetched_at, generation });
+            entries.insert(other, Cached { value: value.clone(), stale_at, generation });
         }
-        entries.insert(key, Cached { value, fetched_at, generation });
+        entries.insert(key, Cached { value, stale_at, generation });
         drop(entries);
         self.stored.notify_one();
     }
@@ -164,7 +167,7 @@ impl Cache {
         let now = Instant::now();
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         let before = entries.len();
-        entries.retain(|_, cached| !self.ttl.is_zero() && now.duration_since(cached.fetched_at) < self.ttl);
+        entries.retain(|_, cached| !self.ttl.is_zero() && cached.stale_at.is_none_or(|at| now < at));
         before - entries.len()
     }
 
@@ -194,7 +197,7 @@ impl Cache {
             return None;
         }
         let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        entries.values().map(|cached| cached.fetched_at + self.ttl).min()
+        entries.values().filter_map(|cached| cached.stale_at).min()
     }
 
     /// Wipes each value as its TTL runs out, even when no invocation comes (provisioned
@@ -226,7 +229,7 @@ impl Cache {
         let fresh = if self.ttl.is_zero() {
             self.invocations.is_current_generation(cached.generation)
         } else {
-            cached.fetched_at.elapsed() < self.ttl
+            cached.stale_at.is_none_or(|at| Instant::now() < at)
         };
         fresh.then(|| cached.value.clone())
     }
