@@ -28,37 +28,56 @@ pub fn iso8601_ceil(time: SystemTime) -> String {
 /// microseconds when the second is the same (the civil date and the twelve divisions were
 /// about 180 of the 260 instructions this took per audit line).
 pub fn push_rfc3339_micros(out: &mut String, time: SystemTime) {
+    with_rfc3339_micros(time, |head, micros| {
+        out.push_str(head);
+        // Pushed as ASCII characters: no validating pass over a byte array (`str::from_utf8`
+        // on the 27 bytes was a third of this function's ~320 instructions under callgrind).
+        out.reserve(micros.len() + 1);
+        for &digit in micros {
+            out.push(char::from(digit));
+        }
+        out.push('Z');
+    });
+}
+
+/// `time` as [`push_rfc3339_micros`] writes it, in two pieces handed to `f` without a buffer
+/// of their own: the text up to the decimal point (`YYYY-MM-DDThh:mm:ss.`, the thread's kept
+/// second) and the six digits of the microseconds; the `Z` is the caller's. A line whose rest
+/// is kept (an audit line repeated) is then queued from the pieces as they are.
+pub fn with_rfc3339_micros<R>(time: SystemTime, f: impl FnOnce(&str, &[u8; 6]) -> R) -> R {
     thread_local! {
         /// The last second formatted on this thread, and its `YYYY-MM-DDThh:mm:ss.` text.
         static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
     }
     let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
     let seconds = since.as_secs();
-    let head = SECOND.with(|second| {
-        let mut second = second.try_borrow_mut().ok()?;
-        if second.0 != seconds {
-            let digits = second_digits(seconds)?;
-            second.1.clear();
-            second.1.push_str(std::str::from_utf8(&digits).ok()?);
-            second.0 = seconds;
-        }
-        out.push_str(&second.1);
-        Some(())
-    });
-    if head.is_none() {
-        push_seconds(out, seconds);
-        let _ = write!(out, ".{:06}Z", since.subsec_micros());
-        return;
-    }
-    // Pushed as ASCII characters: no validating pass over a byte array (`str::from_utf8` on
-    // the 27 bytes was a third of this function's ~320 instructions under callgrind).
     let mut micros = [0u8; 6];
     put_digits(&mut micros, u64::from(since.subsec_micros()));
-    out.reserve(micros.len() + 1);
-    for digit in micros {
-        out.push(char::from(digit));
-    }
-    out.push('Z');
+    SECOND.with(|second| {
+        let mut kept = second.try_borrow_mut().ok();
+        if let Some(second) = kept.as_mut()
+            && second.0 != seconds
+        {
+            match second_digits(seconds).as_ref().and_then(|digits| std::str::from_utf8(digits).ok()) {
+                Some(digits) => {
+                    second.1.clear();
+                    second.1.push_str(digits);
+                    second.0 = seconds;
+                }
+                None => kept = None,
+            }
+        }
+        match kept {
+            Some(second) => f(&second.1, &micros),
+            // Re-entered on this thread, or past the year 9999: formatted here.
+            None => {
+                let mut head = String::with_capacity(24);
+                push_seconds(&mut head, seconds);
+                head.push('.');
+                f(&head, &micros)
+            }
+        }
+    })
 }
 
 /// `YYYY-MM-DDThh:mm:ss.` for `seconds` since the epoch; `None` past the year 9999.
