@@ -70,8 +70,10 @@ fn check_host_values(version: Version, first: Option<&HeaderValue>, another: boo
     if another {
         return Err(Refusal::with(Code::InvalidHost, "The Host header must appear once."));
     }
-    let hostname = match host.iter().rposition(|&b| b == b':') {
-        Some(colon) if host[colon + 1..].iter().all(u8::is_ascii_digit) => &host[..colon],
+    // The port's digits walked once from the end; a `:` before them ends the name.
+    let digits = host.iter().rev().take_while(|b| b.is_ascii_digit()).count();
+    let hostname = match host.len().checked_sub(digits + 1) {
+        Some(colon) if host[colon] == b':' => &host[..colon],
         _ => host,
     };
     let loopback: [&[u8]; 4] = [b"localhost", b"127.0.0.1", b"[::1]", b"0.0.0.0"];
