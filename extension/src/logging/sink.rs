@@ -323,7 +323,7 @@ mod tests {
     }
 
     #[test]
-    fn every_line_arrives_once_whole_and_in_order_per_producer_under_concurrent_load() {
+    fn every_line_arrives_once_whole_and_in_order_per_producer_under_concurrent_load_in_parts_too() {
         let out = Recorder { slow: Some(Duration::from_micros(200)), ..Recorder::default() };
         // A small queue, so producers block on it again and again.
         let sink = Sink::start(out.clone(), 4096, LINGER);
@@ -332,7 +332,15 @@ mod tests {
                 let sink = Arc::clone(&sink);
                 std::thread::spawn(move || {
                     for line in 0..2000 {
-                        sink.push(format!("{{\"producer\":{producer},\"line\":{line}}}\n").as_bytes());
+                        let text = format!("{{\"producer\":{producer},\"line\":{line}}}\n");
+                        // Every other line in three parts, as a repeated audit line is queued.
+                        if line % 2 == 0 {
+                            sink.push(text.as_bytes());
+                        } else {
+                            let (head, rest) = text.as_bytes().split_at(5);
+                            let (middle, tail) = rest.split_at(7);
+                            sink.push_parts(&[head, middle, tail]);
+                        }
                     }
                 })
             })
