@@ -172,3 +172,24 @@ async fn with_notice_hangup_the_handler_is_dropped_when_the_client_goes() {
     assert!(cancelled, "the handler still ran after the client's EOF");
     assert!(answer.is_empty(), "answer: {:?}", String::from_utf8_lossy(&answer));
 }
+
+/// An answer made in a request's own header map carries the answer's two headers and nothing
+/// of the request's, whatever it held (a custom name, repeated values, many entries).
+#[test]
+fn an_answer_in_the_request_map_keeps_none_of_the_request_headers() {
+    static JSON: HeaderValue = HeaderValue::from_static("application/json");
+    let mut request = HeaderMap::new();
+    request.insert(header::HOST, HeaderValue::from_static("127.0.0.1:2773"));
+    request.insert("x-aws-parameters-secrets-token", HeaderValue::from_static("the-token"));
+    for n in 0..40 {
+        let name = http::HeaderName::from_bytes(format!("x-extra-{n}").as_bytes()).expect("a name");
+        request.append(name.clone(), HeaderValue::from_static("a"));
+        request.append(name, HeaderValue::from_static("b"));
+    }
+    let answer = json_response_in(request, StatusCode::OK, Bytes::from_static(b"{}"), &JSON);
+    let fresh = json_response(StatusCode::OK, Bytes::from_static(b"{}"), &JSON);
+    assert_eq!(answer.status(), fresh.status());
+    assert_eq!(answer.headers(), fresh.headers());
+    assert_eq!(answer.headers().len(), 2);
+    assert_eq!(answer.headers().get(header::CACHE_CONTROL), Some(&HeaderValue::from_static("no-store")));
+}
