@@ -80,8 +80,12 @@ pub fn with_rfc3339_micros<R>(time: SystemTime, f: impl FnOnce(&str, &[u8; 6]) -
     })
 }
 
+/// The length of `YYYY-MM-DDThh:mm:ss.`, a timestamp's second up to the year 9999: what
+/// [`with_rfc3339_micros`] hands out as the second up to then.
+pub const SECOND_LEN: usize = 20;
+
 /// `YYYY-MM-DDThh:mm:ss.` for `seconds` since the epoch; `None` past the year 9999.
-fn second_digits(seconds: u64) -> Option<[u8; 20]> {
+fn second_digits(seconds: u64) -> Option<[u8; SECOND_LEN]> {
     let (year, month, day) = civil_from_days(seconds / 86_400);
     if year > 9_999 {
         return None;

@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use super::{INSTALLED, LINE, push_escaped, stdout};
-use crate::domain::time::{push_rfc3339_micros, with_rfc3339_micros};
+use crate::domain::time::{SECOND_LEN, push_rfc3339_micros, with_rfc3339_micros};
 
 /// The fields of one audit line, appended in the order they are given. Always inlined: each
 /// call then appends its constant pieces (`,"name":` and the quotes) as a few stores, where a
@@ -186,9 +186,6 @@ fn with_line(f: impl FnOnce(&mut String)) {
 
 /// Every line's first characters.
 const OPEN: &str = r#"{"timestamp":""#;
-
-/// `YYYY-MM-DDThh:mm:ss.`: a timestamp's second, up to the year 9999.
-const SECOND_LEN: usize = 20;
 
 /// The timestamp, level and event. Returns where the timestamp's closing `Z` is: what follows
 /// the digits is the same from one line to the next when the event and fields are.
