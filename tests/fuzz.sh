@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 seconds="${1:-15}"
 shift || true
-all=(local_request config sigv4_header sdk_request ssm_body telemetry extensions_event runtime_route)
+all=(local_request lane_head config sigv4_header sdk_request ssm_body telemetry extensions_event runtime_route)
 targets=("$@")
 ((${#targets[@]})) || targets=("${all[@]}")
 export RUSTC_BOOTSTRAP=1

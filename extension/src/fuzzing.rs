@@ -13,6 +13,7 @@
 //! - [`decode_event`]: the Extensions API's `/event/next` decoder ([`crate::extensions_api`]).
 //! - [`runtime_route`], [`runtime_next`]: the Runtime API proxy's routing of a runtime request
 //!   and its reading of a `/next` answer ([`crate::runtime_proxy`]).
+//! - [`lane_head`]: the local API's fast lane reading a connection's bytes (`crate::http::fast`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -417,4 +418,24 @@ pub fn runtime_route(method: &Method, path: &str) -> RuntimeRoute {
 /// What the proxy reports of a `/next` answer's headers.
 pub fn runtime_next(headers: &HeaderMap) -> Option<RuntimeEvent> {
     crate::runtime_proxy::next_event(headers)
+}
+
+/// What the local API's fast lane made of the bytes at the start of a connection's buffer.
+#[derive(Debug)]
+pub enum LaneHead {
+    /// Not a whole head yet: the buffer is left as it was.
+    Partial,
+    /// hyper's (see `crate::http::fast`): the buffer is left as it was.
+    Hypers,
+    /// A head the lane answers: its bytes, taken from the start of the buffer, and its request.
+    Ours(Bytes, Request<http_body_util::Empty<Bytes>>),
+}
+
+/// The fast lane's parse of `buffer`'s first head.
+pub fn lane_head(buffer: &mut bytes::BytesMut) -> LaneHead {
+    match crate::http::fast::parse(buffer, HeaderMap::new()) {
+        crate::http::fast::Parsed::Partial => LaneHead::Partial,
+        crate::http::fast::Parsed::NotOurs => LaneHead::Hypers,
+        crate::http::fast::Parsed::Request(head, request) => LaneHead::Ours(head, request),
+    }
 }

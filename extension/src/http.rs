@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::Full;
@@ -234,14 +234,37 @@ pub async fn accept_loop<H, F, B>(
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    serve(listener, limits, shutdown, move |request| handler(request).map(Ok::<_, Infallible>)).await;
+    serve(listener, limits, shutdown, None, move |request| handler(request).map(Ok::<_, Infallible>)).await;
+}
+
+/// [`accept_loop`] with a fast lane: each connection's requests are first offered to `fast`,
+/// and hyper serves the connection from the first one `fast` does not answer ([`fast`]'s
+/// module: the local API's cached reads).
+pub async fn accept_loop_with_fast_lane<H, F, B>(
+    listener: TcpListener,
+    limits: ConnectionLimits,
+    shutdown: CancellationToken,
+    fast: FastAnswer,
+    handler: H,
+) where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    serve(listener, limits, shutdown, Some(fast), move |request| handler(request).map(Ok::<_, Infallible>)).await;
 }
 
 /// [`accept_loop`] for a handler that may fail: a failed request's connection is closed
 /// without an answer (the Runtime API proxy: what its runtime sees when Lambda's API cannot be
 /// reached).
-pub async fn serve<H, F, B, E>(listener: TcpListener, limits: ConnectionLimits, shutdown: CancellationToken, handler: H)
-where
+pub async fn serve<H, F, B, E>(
+    listener: TcpListener,
+    limits: ConnectionLimits,
+    shutdown: CancellationToken,
+    fast: Option<FastAnswer>,
+    handler: H,
+) where
     H: Fn(Request<Incoming>) -> F + Clone + Send + 'static,
     F: Future<Output = Result<Response<B>, E>> + Send + 'static,
     B: Body<Data = Bytes> + Send + 'static,
@@ -291,8 +314,17 @@ where
         let handler = handler.clone();
         let shutdown = shutdown.clone();
         let clock = Arc::clone(&clock);
+        let fast = fast.clone();
         tracker.spawn(async move {
             let _permit = permit;
+            let mut io = WriteDeadline::watched(stream, limits.write_timeout, Arc::clone(&slot), Arc::clone(&clock));
+            let unanswered = match &fast {
+                None => BytesMut::new(),
+                Some(answer) => match fast::serve(&mut io, &slot, &clock, answer, limits.graceful_close).await {
+                    fast::Outcome::Closed => return,
+                    fast::Outcome::HandOff(unanswered) => unanswered,
+                },
+            };
             let (state, stamps) = (Arc::clone(&slot), Arc::clone(&clock));
             let service = hyper::service::service_fn(move |request| {
                 state.state.store(SERVING, Ordering::Release);
@@ -309,8 +341,7 @@ where
             // No timer for hyper: the header timeout is the sweeper's ([`Clock`]).
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder.max_buf_size(limits.max_head_bytes.max(8_192)).keep_alive(true).half_close(!limits.notice_hangup);
-            let io = TokioIo::new(WriteDeadline::watched(stream, limits.write_timeout, Arc::clone(&slot), clock));
-            let connection = builder.serve_connection(io, service);
+            let connection = builder.serve_connection(TokioIo::new(fast::Prefixed::new(unanswered, io)), service);
             tokio::pin!(connection);
             // Biased, the connection first: no random branch order drawn on every wake-up.
             tokio::select! {
@@ -376,8 +407,10 @@ pub fn closing_response(status: StatusCode) -> Response<Full<Bytes>> {
     response
 }
 
+pub(crate) mod fast;
 #[cfg(test)]
 mod tests;
 mod write_deadline;
 
+pub use fast::{FastAnswer, FastLane};
 pub use write_deadline::WriteDeadline;

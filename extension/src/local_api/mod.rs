@@ -19,9 +19,12 @@ pub mod read;
 pub mod sdk;
 pub mod ssm;
 
+use std::future::Future;
+use std::pin::Pin;
+
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{Empty, Full};
 use hyper::body::Incoming;
 
 use self::envelope::Refusal;
@@ -31,6 +34,7 @@ use crate::config::LocalToken;
 use crate::domain::api::Api;
 use crate::domain::code::Code;
 use crate::domain::request_id::RequestId;
+use crate::http::FastLane;
 
 /// The header a function may send on Managed Instances to name its invocation: checked against
 /// the invocations running once the Runtime API proxy knows them (the read then uses that
@@ -59,8 +63,14 @@ impl LocalApi {
             // future is moved on its way into hyper: 3.3 KB with it inline, 1.4 KB without).
             return Box::pin(sdk::handle(&self.reader, &self.signatures, request)).await;
         }
-        match self.caller_request_id(&request) {
-            Ok(caller) => get::handle(&self.reader, &self.token, caller.as_deref(), &request).await,
+        self.handle_get(&request).await
+    }
+
+    /// [`LocalApi::handle`] for anything but the SDK protocol's `POST /`: the GET API (which
+    /// refuses other methods).
+    pub async fn handle_get<B: hyper::body::Body>(&self, request: &Request<B>) -> Response<Full<Bytes>> {
+        match self.caller_request_id(request) {
+            Ok(caller) => get::handle(&self.reader, &self.token, caller.as_deref(), request).await,
             Err(refusal) => {
                 let status = get::status_of(refusal.code).as_u16();
                 self.reader.audit_deny(Api::Get, None, None, refusal.code, status).await;
@@ -96,6 +106,22 @@ impl LocalApi {
             (Some(Ok(id)), None) => Ok(Some(id.as_str().to_owned())),
             _ => Err(Refusal::of(Code::InvalidRequestId)),
         }
+    }
+}
+
+/// The connection's fast lane ([`crate::http::FastLane`]) serves the GET API: a cached read
+/// at once, anything else through [`LocalApi::handle_get`]; the SDK protocol's `POST /` goes to
+/// hyper.
+impl FastLane for LocalApi {
+    fn answer_now(&self, request: &Request<Empty<Bytes>>) -> Option<Bytes> {
+        LocalApi::answer_now(self, request)
+    }
+
+    fn answer(
+        &self,
+        request: Request<Empty<Bytes>>,
+    ) -> Pin<Box<dyn Future<Output = Response<Full<Bytes>>> + Send + '_>> {
+        Box::pin(async move { self.handle_get(&request).await })
     }
 }
 

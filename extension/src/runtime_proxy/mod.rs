@@ -132,7 +132,7 @@ pub async fn serve_proxy(
         notice_hangup: true,
         ..ConnectionLimits::default()
     };
-    serve(bound.listener, limits, shutdown, move |request| {
+    serve(bound.listener, limits, shutdown, None, move |request| {
         let forwarder = Arc::clone(&forwarder);
         async move { forwarder.forward(request).await }
     })
