@@ -13,7 +13,7 @@
 //! - [`decode_event`]: the Extensions API's `/event/next` decoder ([`crate::extensions_api`]).
 //! - [`runtime_route`], [`runtime_next`]: the Runtime API proxy's routing of a runtime request
 //!   and its reading of a `/next` answer ([`crate::runtime_proxy`]).
-//! - [`lane_head`]: the local API's fast lane reading a connection's bytes (`crate::http::fast`).
+//! - [`Lane`]: the local API's fast lane reading a connection's bytes (`crate::http::fast`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -431,11 +431,25 @@ pub enum LaneHead {
     Ours(Bytes, Request<http_body_util::Empty<Bytes>>),
 }
 
-/// The fast lane's parse of `buffer`'s first head.
-pub fn lane_head(buffer: &mut bytes::BytesMut) -> LaneHead {
-    match crate::http::fast::parse(buffer, HeaderMap::new()) {
-        crate::http::fast::Parsed::Partial => LaneHead::Partial,
-        crate::http::fast::Parsed::NotOurs => LaneHead::Hypers,
-        crate::http::fast::Parsed::Request(head, request) => LaneHead::Ours(head, request),
+/// The fast lane reading one connection: what it keeps from one head to the next (the last
+/// target) is kept here between calls.
+#[derive(Debug)]
+pub struct Lane(crate::http::fast::Kept);
+
+impl Default for Lane {
+    fn default() -> Self {
+        Self(crate::http::fast::Kept::new())
+    }
+}
+
+impl Lane {
+    /// The lane's parse of `buffer`'s first head.
+    pub fn head(&mut self, buffer: &mut bytes::BytesMut) -> LaneHead {
+        let names = [HeaderName::from_static("x-aws-parameters-secrets-token")];
+        match crate::http::fast::parse(buffer, HeaderMap::new(), &mut self.0, &names) {
+            crate::http::fast::Parsed::Partial => LaneHead::Partial,
+            crate::http::fast::Parsed::NotOurs => LaneHead::Hypers,
+            crate::http::fast::Parsed::Request(head, request) => LaneHead::Ours(head, request),
+        }
     }
 }

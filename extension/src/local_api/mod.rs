@@ -23,7 +23,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
+use http::{HeaderName, Method, Request, Response, StatusCode};
 use http_body_util::{Empty, Full};
 use hyper::body::Incoming;
 
@@ -122,6 +122,12 @@ impl FastLane for LocalApi {
         request: Request<Empty<Bytes>>,
     ) -> Pin<Box<dyn Future<Output = Response<Full<Bytes>>> + Send + '_>> {
         Box::pin(async move { self.handle_get(&request).await })
+    }
+
+    fn header_names(&self) -> &'static [HeaderName] {
+        static NAMES: [HeaderName; 2] =
+            [HeaderName::from_static(get::TOKEN_HEADER), HeaderName::from_static(REQUEST_ID_HEADER)];
+        &NAMES
     }
 }
 

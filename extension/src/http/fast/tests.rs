@@ -290,6 +290,39 @@ async fn shutdown_closes_idle_lane_connections() {
     server.task.await.expect("the accept loop ends");
 }
 
+#[tokio::test]
+async fn a_client_that_keeps_sending_is_cut_at_shutdown() {
+    let server = start().await;
+    let client = TcpStream::connect(("127.0.0.1", server.port)).await.expect("connect");
+    let (mut reader, mut writer) = client.into_split();
+    let sending = tokio::spawn(async move {
+        // Pipelined reads without end, as fast as the socket takes them.
+        let burst: Vec<u8> = CACHED.repeat(64);
+        while writer.write_all(&burst).await.is_ok() {}
+    });
+    let draining = tokio::spawn(async move {
+        let mut buffer = vec![0_u8; 64 * 1024];
+        let mut read = 0;
+        loop {
+            match reader.read(&mut buffer).await {
+                Ok(0) | Err(_) => return read,
+                Ok(n) => read += n,
+            }
+        }
+    });
+    while server.lane.now.load(Ordering::SeqCst) < 1_000 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    server.shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(2), server.task)
+        .await
+        .expect("the accept loop ends at shutdown however fast the client sends")
+        .expect("joined");
+    let read = tokio::time::timeout(Duration::from_secs(2), draining).await.expect("closed").expect("joined");
+    assert!(read > 0);
+    sending.abort();
+}
+
 #[test]
 fn the_ready_head_is_hypers_for_every_length() {
     for length in [0, 1, 9, 10, 99, 65_536, usize::MAX] {
