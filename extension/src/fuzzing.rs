@@ -420,36 +420,5 @@ pub fn runtime_next(headers: &HeaderMap) -> Option<RuntimeEvent> {
     crate::runtime_proxy::next_event(headers)
 }
 
-/// What the local API's fast lane made of the bytes at the start of a connection's buffer.
-#[derive(Debug)]
-pub enum LaneHead {
-    /// Not a whole head yet: the buffer is left as it was.
-    Partial,
-    /// hyper's (see `crate::http::fast`): the buffer is left as it was.
-    Hypers,
-    /// A head the lane answers: its bytes, taken from the start of the buffer, and its request.
-    Ours(Bytes, Request<http_body_util::Empty<Bytes>>),
-}
-
-/// The fast lane reading one connection: what it keeps from one head to the next (the last
-/// target) is kept here between calls.
-#[derive(Debug)]
-pub struct Lane(crate::http::fast::Kept);
-
-impl Default for Lane {
-    fn default() -> Self {
-        Self(crate::http::fast::Kept::new())
-    }
-}
-
-impl Lane {
-    /// The lane's parse of `buffer`'s first head.
-    pub fn head(&mut self, buffer: &mut bytes::BytesMut) -> LaneHead {
-        let names = [HeaderName::from_static("x-aws-parameters-secrets-token")];
-        match crate::http::fast::parse(buffer, HeaderMap::new(), &mut self.0, &names) {
-            crate::http::fast::Parsed::Partial => LaneHead::Partial,
-            crate::http::fast::Parsed::NotOurs => LaneHead::Hypers,
-            crate::http::fast::Parsed::Request(head, request) => LaneHead::Ours(head, request),
-        }
-    }
-}
+mod lane;
+pub use lane::{Lane, LaneHead};

@@ -1,21 +1,22 @@
 //! The local API's fast lane: a connection's requests are parsed here (with `httparse`, the
-//! parser hyper itself uses) and a GET that its head alone decides, a cached read, is answered
-//! here; the first request that is anything else, and the rest of the connection, go to hyper
-//! with every byte read so far ([`Prefixed`]).
+//! parser hyper itself uses) and its GET requests answered here, a cached read at once and any
+//! other GET through [`FastLane::answer`]; the first request the lane does not take, and the
+//! rest of the connection, go to hyper with every byte read so far ([`Prefixed`]).
 //!
 //! Why: under load the extension's CPU per cached GET sets whether requests queue at it or at
 //! the client (docs/performance.md, "Who waits"), and hyper's own work per request (the request
 //! head turned into a `Request`, its dispatcher, its encoder and write queue) was ~7 k of the
 //! ~10 k instructions of a cached GET under callgrind. This lane builds the same `Request` the
-//! checks read, so every check is the one the hyper path runs (`LocalApi::answer_now`), and
-//! writes the answer with one `writev` of a head made on the stack and the body the cache
-//! holds: no copy of a secret is made into a connection's buffers.
+//! checks read, so every check is the one the hyper path runs (`LocalApi::answer_now`,
+//! `LocalApi::handle_get`), and writes a cached read's answer with one `writev` of a head made
+//! on the stack and the body the cache holds: no copy of a secret is made into a connection's
+//! buffers.
 //!
-//! What it never does: serve a request with a body or with a framing header
-//! (`Content-Length`, `Transfer-Encoding`, `Expect`, `Upgrade`, `TE`, `Trailer`, a
-//! `Connection` other than `keep-alive`), an HTTP/1.0 request, a request hyper's parser
-//! would reject, or one whose head is larger than the read buffer: those are hyper's, which
-//! answers or refuses them as before.
+//! What it never takes: a request with a body or with a framing header (`Content-Length`,
+//! `Transfer-Encoding`, `Expect`, `Upgrade`, `TE`, `Trailer`, a `Connection` other than
+//! `keep-alive`), another method than GET, an HTTP/1.0 request, a request hyper's parser or the
+//! `http` crate would reject, or one whose head is larger than the read buffer: those are
+//! hyper's, which answers or refuses them as before.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -24,13 +25,12 @@ use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri, Version, header};
 use http_body_util::{BodyExt, Empty, Full};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::{AFTER, Clock, SERVING, Slot};
 use crate::domain::text::same_bytes;
@@ -394,60 +394,8 @@ async fn write_both<S: AsyncWrite + Unpin>(io: &mut S, mut head: &[u8], body: &B
     io.write_all(&body).await
 }
 
-/// A stream that reads `prefix` first: hyper is handed what the lane read and did not answer.
-#[derive(Debug)]
-pub(super) struct Prefixed<S> {
-    prefix: BytesMut,
-    inner: S,
-}
-
-impl<S> Prefixed<S> {
-    pub(super) fn new(prefix: BytesMut, inner: S) -> Self {
-        Self { prefix, inner }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        if self.prefix.is_empty() {
-            return Pin::new(&mut self.inner).poll_read(cx, buf);
-        }
-        let length = self.prefix.len().min(buf.remaining());
-        buf.put_slice(&self.prefix[..length]);
-        self.prefix.advance(length);
-        if self.prefix.is_empty() {
-            // Freed (so wiped: it held the request's token) once hyper has it.
-            self.prefix = BytesMut::new();
-        }
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
+mod prefixed;
 #[cfg(test)]
 mod tests;
+
+pub(super) use prefixed::Prefixed;
