@@ -222,11 +222,14 @@ impl Clock {
 pub type BoxError = Box<dyn StdError + Send + Sync>;
 
 /// Accepts HTTP/1 connections until `shutdown`, then lets the open ones finish their current
-/// request. Every request gets `handler`'s answer.
+/// request. Every request gets `handler`'s answer; with a fast lane, each connection's requests
+/// are first offered to `fast`, and hyper serves the connection from the first one the lane
+/// does not take ([`fast`]'s module: the local API's GET requests).
 pub async fn accept_loop<H, F, B>(
     listener: TcpListener,
     limits: ConnectionLimits,
     shutdown: CancellationToken,
+    fast: Option<FastAnswer>,
     handler: H,
 ) where
     H: Fn(Request<Incoming>) -> F + Clone + Send + 'static,
@@ -234,25 +237,7 @@ pub async fn accept_loop<H, F, B>(
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    serve(listener, limits, shutdown, None, move |request| handler(request).map(Ok::<_, Infallible>)).await;
-}
-
-/// [`accept_loop`] with a fast lane: each connection's requests are first offered to `fast`,
-/// and hyper serves the connection from the first one `fast` does not answer ([`fast`]'s
-/// module: the local API's cached reads).
-pub async fn accept_loop_with_fast_lane<H, F, B>(
-    listener: TcpListener,
-    limits: ConnectionLimits,
-    shutdown: CancellationToken,
-    fast: FastAnswer,
-    handler: H,
-) where
-    H: Fn(Request<Incoming>) -> F + Clone + Send + 'static,
-    F: Future<Output = Response<B>> + Send + 'static,
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
-    serve(listener, limits, shutdown, Some(fast), move |request| handler(request).map(Ok::<_, Infallible>)).await;
+    serve(listener, limits, shutdown, fast, move |request| handler(request).map(Ok::<_, Infallible>)).await;
 }
 
 /// [`accept_loop`] for a handler that may fail: a failed request's connection is closed

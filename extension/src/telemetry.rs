@@ -258,7 +258,7 @@ pub async fn serve(listener: TcpListener, sinks: Arc<Sinks>, shutdown: Cancellat
         header_timeout: Some(HEADER_TIMEOUT),
         ..Default::default()
     };
-    accept_loop(listener, limits, shutdown, move |request| {
+    accept_loop(listener, limits, shutdown, None, move |request| {
         let sinks = Arc::clone(&sinks);
         async move { handle(request, &sinks).await }
     })

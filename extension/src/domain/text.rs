@@ -78,6 +78,22 @@ pub fn same_bytes(a: &[u8], b: &[u8]) -> bool {
     word(&a[last..]) == word(&b[last..]) && a.chunks_exact(8).zip(b.chunks_exact(8)).all(|(x, y)| word(x) == word(y))
 }
 
+/// `value` in decimal, written at the end of `digits` (twenty hold any `u64`), without the
+/// `fmt` machinery: an audit line's numbers and an answer's `content-length`.
+pub fn decimal(value: u64, digits: &mut [u8; 20]) -> &[u8] {
+    let mut at = digits.len();
+    let mut rest = value;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    &digits[at..]
+}
+
 /// Caller text as a log line may show it: without control characters and at most
 /// [`MAX_LOGGED_CHARS`] characters.
 /// Borrowed when `text` already is (every allowed read's id): no copy per audit line.
@@ -118,6 +134,14 @@ mod tests {
                 other[at] ^= 0x80;
                 assert!(!same_bytes(&text, &other), "length {length}, differs at {at}");
             }
+        }
+    }
+
+    #[test]
+    fn decimal_is_to_string() {
+        let mut digits = [0; 20];
+        for value in [0, 1, 9, 10, 99, 100, 12_345, u64::from(u32::MAX), u64::MAX - 1, u64::MAX] {
+            assert_eq!(decimal(value, &mut digits), value.to_string().as_bytes());
         }
     }
 

@@ -28,7 +28,7 @@ impl Default for Lane {
 impl Lane {
     /// The lane's parse of `buffer`'s first head.
     pub fn head(&mut self, buffer: &mut BytesMut) -> LaneHead {
-        let names = [HeaderName::from_static("x-aws-parameters-secrets-token")];
+        let names = [HeaderName::from_static(crate::local_api::get::TOKEN_HEADER)];
         match crate::http::fast::parse(buffer, HeaderMap::new(), &mut self.0, &names) {
             crate::http::fast::Parsed::Partial => LaneHead::Partial,
             crate::http::fast::Parsed::NotOurs => LaneHead::Hypers,

@@ -33,7 +33,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::{AFTER, Clock, SERVING, Slot};
-use crate::domain::text::same_bytes;
+use crate::domain::text::{decimal, same_bytes};
 
 /// What the lane serves with: the GET requests of a listener (the local API's).
 pub trait FastLane: Send + Sync + 'static {
@@ -203,7 +203,7 @@ async fn write_response<S: AsyncWrite + Unpin>(io: &mut S, response: Response<Fu
         head.extend_from_slice(b"\r\n");
     }
     head.extend_from_slice(b"content-length: ");
-    head.extend_from_slice(body.len().to_string().as_bytes());
+    head.extend_from_slice(decimal(body.len() as u64, &mut [0; 20]));
     head.extend_from_slice(b"\r\ndate: ");
     with_date(|date| head.extend_from_slice(date));
     head.extend_from_slice(b"\r\n\r\n");
@@ -338,18 +338,7 @@ fn ready_head(out: &mut [u8; HEAD_CAPACITY], length: usize) -> usize {
         at += bytes.len();
     };
     put(START);
-    let mut digits = [0_u8; 20];
-    let mut first = digits.len();
-    let mut rest = length;
-    loop {
-        first -= 1;
-        digits[first] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    put(&digits[first..]);
+    put(decimal(length as u64, &mut [0; 20]));
     put(b"\r\ndate: ");
     with_date(|date| put(date));
     put(b"\r\n\r\n");

@@ -130,7 +130,7 @@ async fn half_closed_client(notice_hangup: bool, watch: Duration) -> (bool, Vec<
     let shutdown = CancellationToken::new();
     let server = {
         let (dropped, release) = (Arc::clone(&dropped), Arc::clone(&release));
-        tokio::spawn(accept_loop(listener, limits, shutdown.clone(), move |_request| {
+        tokio::spawn(accept_loop(listener, limits, shutdown.clone(), None, move |_request| {
             let guard = Dropped(Arc::clone(&dropped));
             let release = Arc::clone(&release);
             async move {

@@ -23,7 +23,7 @@ use crate::domain::item::Kind;
 use crate::evidence::Evidence;
 use crate::extensions_api::{self, Registered};
 use crate::hardening::Hardening;
-use crate::http::{ConnectionLimits, FastAnswer, accept_loop_with_fast_lane};
+use crate::http::{ConnectionLimits, FastAnswer, accept_loop};
 use crate::invocation::{Invocations, Start};
 use crate::local_api::read::ReadPath;
 use crate::local_api::sdk::Signatures;
@@ -218,7 +218,7 @@ impl Extension {
         // A cached read that needs no wait is answered on the connection's fast lane, without
         // hyper; and here, without a future to build, once hyper serves the connection.
         let fast: FastAnswer = Arc::clone(&api) as FastAnswer;
-        tasks.spawn(accept_loop_with_fast_lane(listener, limits, shutdown.clone(), fast, move |request| {
+        tasks.spawn(accept_loop(listener, limits, shutdown.clone(), Some(fast), move |request| {
             if let Some(body) = api.answer_now(&request) {
                 return Either::Left(std::future::ready(local_api::ready_answer(request, body)));
             }

@@ -44,17 +44,7 @@ impl Fields<'_> {
     pub fn u64(&mut self, name: &'static str, value: u64) -> &mut Self {
         self.key(name);
         let mut digits = [0u8; 20];
-        let mut at = digits.len();
-        let mut rest = value;
-        loop {
-            at -= 1;
-            digits[at] = b'0' + (rest % 10) as u8;
-            rest /= 10;
-            if rest == 0 {
-                break;
-            }
-        }
-        self.0.push_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
+        self.0.push_str(std::str::from_utf8(crate::domain::text::decimal(value, &mut digits)).unwrap_or_default());
         self
     }
 

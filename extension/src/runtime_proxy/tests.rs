@@ -34,6 +34,7 @@ async fn lambda(next_headers: Vec<(&'static str, String)>) -> (String, Seen) {
         listener,
         ConnectionLimits::default(),
         CancellationToken::new(),
+        None,
         move |request: Request<Incoming>| {
             let (record, next_headers) = (Arc::clone(&record), next_headers.clone());
             async move {

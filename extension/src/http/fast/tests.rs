@@ -13,7 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::http::{ConnectionLimits, accept_loop_with_fast_lane, closing_response, json_response};
+use crate::http::{ConnectionLimits, accept_loop, closing_response, json_response};
 
 static JSON_TYPE: HeaderValue = HeaderValue::from_static("application/json");
 
@@ -65,11 +65,11 @@ async fn start() -> Server {
     let lane = Arc::new(Lane::default());
     let shutdown = CancellationToken::new();
     let fast: FastAnswer = Arc::clone(&lane) as FastAnswer;
-    let task = tokio::spawn(accept_loop_with_fast_lane(
+    let task = tokio::spawn(accept_loop(
         listener,
         ConnectionLimits::default(),
         shutdown.clone(),
-        fast,
+        Some(fast),
         |request: Request<hyper::body::Incoming>| async move {
             let body = format!(r#"{{"hyper":"{} {}"}}"#, request.method(), request.uri().path());
             json_response(StatusCode::OK, Bytes::from(body), &JSON_TYPE)
